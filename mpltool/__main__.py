@@ -1,0 +1,3 @@
+from mpltool.cli import run
+
+run()

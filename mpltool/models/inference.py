@@ -1,0 +1,221 @@
+"""The inference graph, and running it from a checkpoint or from a frozen .pb.
+
+Eval and freeze share this one definition so the frozen model and the evaluated model cannot drift:
+raw 0..255 pixels in (`input`), normalisation inside the graph, `training=False` as a Python bool
+(no Switch/Merge, no dropout, BN on moving statistics), `logits` and `probs` out.
+
+Weights are restored with a Saver built over exactly the variables this graph created -- never
+`import_meta_graph`, whose second copy of the graph (`..._1` names) is where the Ascend port's restore
+went while the frozen graph kept its initial weights. No initializer is ever run here, so a variable the
+checkpoint does not fill cannot silently keep a random value: it is refused by name before the restore.
+"""
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mpltool.errors import InvalidInputError
+from mpltool.models import MODEL_PATTERN, build_model
+from mpltool.tfv1 import tf
+
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+PROBS_NAME = "probs"
+OUTPUT_NAMES = (LOGITS_NAME, PROBS_NAME)
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def build_inference_graph(model, scope: str, batch_size: Optional[int] = None):
+    """(input, logits, probs) in the current graph, which must not already hold these names."""
+    from mpltool.data.augment import normalize
+
+    images = tf.placeholder(tf.float32, [batch_size] + list(IMAGE_SHAPE), name=INPUT_NAME)
+    output = model(normalize(images), training=False, scope=scope)
+    logits = tf.identity(output.logits, name=LOGITS_NAME)
+    probs = tf.identity(tf.nn.softmax(output.logits), name=PROBS_NAME)
+    for tensor, name in ((images, INPUT_NAME), (logits, LOGITS_NAME), (probs, PROBS_NAME)):
+        if tensor.op.name != name:  # a name clash would make TF rename the node silently
+            raise RuntimeError("inference graph node {!r} was created as {!r}; build it in a fresh tf.Graph"
+                               .format(name, tensor.op.name))
+    return images, logits, probs
+
+
+def network_in_checkpoint(variables: Dict[str, List[int]], scope: str, prefix: str):
+    """(model name, num_classes) of the network stored under `scope/` in a checkpoint's variable map."""
+    names = sorted({name.split("/")[1] for name in variables
+                    if name.startswith(scope + "/") and name.count("/") >= 2
+                    and MODEL_PATTERN.match(name.split("/")[1])})
+    if not names:
+        scopes = sorted({name.split("/")[0] for name in variables if "/" in name})
+        raise InvalidInputError("checkpoint {} holds no network under '{}/' (it has: {})".format(
+            prefix, scope, ", ".join(scopes) or "no scoped variables"))
+    if len(names) > 1:
+        raise InvalidInputError("checkpoint {} holds several networks under '{}/': {}".format(
+            prefix, scope, ", ".join(names)))
+    bias = "{}/{}/head/dense/bias".format(scope, names[0])
+    if bias not in variables or len(variables[bias]) != 1:
+        raise InvalidInputError("checkpoint {} lacks the classifier variable {}".format(prefix, bias))
+    return names[0], int(variables[bias][0])
+
+
+def check_variables_present(graph_variables, stored: Dict[str, List[int]], prefix: str) -> None:
+    """Refuse (exit 3) a checkpoint that lacks, or has another shape for, any variable of the graph."""
+    missing, wrong_shape = [], []
+    for variable in graph_variables:
+        name = variable.op.name
+        if name not in stored:
+            missing.append(name)
+        elif list(stored[name]) != variable.shape.as_list():
+            wrong_shape.append("{} {} != {}".format(name, list(stored[name]), variable.shape.as_list()))
+    if missing:
+        raise InvalidInputError("checkpoint {} lacks {} variable(s) of the inference graph: {}".format(
+            prefix, len(missing), _first(missing)))
+    if wrong_shape:
+        raise InvalidInputError("checkpoint {} has other shapes for {} variable(s): {}".format(
+            prefix, len(wrong_shape), _first(wrong_shape)))
+
+
+def _first(items: Sequence[str], count: int = 3) -> str:
+    shown = ", ".join(items[:count])
+    return shown + (", ... ({} more)".format(len(items) - count) if len(items) > count else "")
+
+
+class CheckpointModel:
+    """The inference graph of one network (`scope`: ema/student/teacher) restored from a checkpoint.
+
+    `variables` is the checkpoint's name -> shape map (train.checkpoints.checkpoint_variables, which
+    already turned an unreadable checkpoint into exit 3).
+    """
+
+    def __init__(self, prefix: str, scope: str, variables: Dict[str, List[int]], batch_size: Optional[int] = None):
+        self.prefix = str(prefix)
+        self.scope = scope
+        self.model_name, self.num_classes = network_in_checkpoint(variables, scope, self.prefix)
+        self.batch_size = batch_size
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            model = build_model(self.model_name, num_classes=self.num_classes, dropout_rate=0.0)
+            self.input, self.logits, self.probs = build_inference_graph(model, scope, batch_size)
+            self.variables = tf.global_variables()
+            check_variables_present(self.variables, variables, self.prefix)
+            saver = tf.train.Saver(var_list={v.op.name: v for v in self.variables})
+            uninitialised = tf.report_uninitialized_variables(self.variables)
+        self.session = tf.Session(graph=self.graph)
+        try:
+            saver.restore(self.session, self.prefix)
+        except tf.errors.OpError as exc:
+            self.session.close()
+            raise InvalidInputError("unreadable checkpoint {}: {}".format(self.prefix, _first_line(exc)))
+        left = [name.decode() for name in self.session.run(uninitialised)]
+        if left:  # cannot happen after a complete restore; guards the invariant the freeze relies on
+            self.session.close()
+            raise InvalidInputError("checkpoint {} did not fill: {}".format(self.prefix, _first(left)))
+
+    @property
+    def variable_names(self) -> List[str]:
+        return [v.op.name for v in self.variables]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(self.logits, {self.input: images})
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _first_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_graph_def(path) -> "tf.GraphDef":
+    """A frozen GraphDef from a file; anything else (not a GraphDef, or no `input`/`logits`) is exit 3."""
+    try:
+        with open(str(path), "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InvalidInputError("cannot read {}: {}".format(path, exc.strerror))
+    return parse_graph_def(data, str(path))
+
+
+def parse_graph_def(data: bytes, what: str) -> "tf.GraphDef":
+    graph_def = tf.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except Exception:  # protobuf raises DecodeError (and sometimes others) on garbage
+        raise InvalidInputError("{} is not a TensorFlow GraphDef (.pb)".format(what))
+    names = {node.name for node in graph_def.node}
+    if not names:
+        raise InvalidInputError("{} is not a TensorFlow GraphDef (.pb): it holds no nodes".format(what))
+    lacking = [name for name in (INPUT_NAME, LOGITS_NAME) if name not in names]
+    if lacking:
+        raise InvalidInputError("{} has no node named {} (expected a graph frozen by `mpltool freeze`)".format(
+            what, " or ".join(repr(n) for n in lacking)))
+    return graph_def
+
+
+class FrozenModel:
+    """A frozen GraphDef in its own graph and session.
+
+    `any_batch=True` maps `input` onto a [None,32,32,3] placeholder (eval: batch as you like; works because
+    the graph has no Reshape tied to its batch); `any_batch=False` runs the graph exactly as written,
+    so a static batch is fed that many images at a time (the last batch padded, its padding dropped).
+    """
+
+    def __init__(self, graph_def, what: str, any_batch: bool = True):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            input_map = None
+            if any_batch:
+                input_map = {INPUT_NAME + ":0": tf.placeholder(tf.float32, [None] + list(IMAGE_SHAPE),
+                                                               name=INPUT_NAME)}
+            try:
+                tf.import_graph_def(graph_def, input_map=input_map, name="frozen")
+            except (ValueError, TypeError, tf.errors.OpError) as exc:
+                raise InvalidInputError("{} cannot be loaded as a graph: {}".format(what, _first_line(exc)))
+            self.input = input_map[INPUT_NAME + ":0"] if any_batch else self.graph.get_tensor_by_name(
+                "frozen/" + INPUT_NAME + ":0")
+            self.logits = self.graph.get_tensor_by_name("frozen/" + LOGITS_NAME + ":0")
+        static = self.input.shape.as_list()[0] if self.input.shape.ndims else None
+        self.static_batch = None if any_batch else static
+        self.num_classes = self.logits.shape.as_list()[-1] if self.logits.shape.ndims else None
+        self.session = tf.Session(graph=self.graph)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if not self.static_batch:
+            return self._run(images)
+        count = images.shape[0]
+        parts = []
+        for start in range(0, count, self.static_batch):
+            chunk = images[start:start + self.static_batch]
+            valid = chunk.shape[0]
+            if valid < self.static_batch:
+                chunk = np.concatenate([chunk, np.zeros((self.static_batch - valid,) + chunk.shape[1:], np.float32)])
+            parts.append(self._run(chunk)[:valid])
+        if not parts:
+            return np.zeros((0, self.num_classes or 0), np.float32)
+        return np.concatenate(parts)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(self.logits, {self.input: images})
+        except tf.errors.OpError as exc:
+            raise InvalidInputError("the frozen graph failed to run: {}".format(_first_line(exc)))
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,236 @@
+"""Recipes: one flat, typed configuration that every stage receives.
+
+Precedence (design §4): schema defaults < recipe file < `--set key=value`. Every key is declared once in
+`FIELDS` with its type and its check, so a typo is an error that names the closest key, a value of the
+wrong type is refused, and the resolved config (and its hash) is what the manifest records.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+from mpltool.errors import InvalidInputError, UsageError
+
+RECIPE_DIR = Path(__file__).resolve().parent
+
+
+class Field:
+    def __init__(self, name, kind, default, doc, check=None, choices=None):
+        self.name = name
+        self.kind = kind  # int | float | bool | str
+        self.default = default
+        self.doc = doc
+        self.check = check  # type: Optional[Callable[[Any], Optional[str]]]
+        self.choices = choices  # type: Optional[Sequence[str]]
+
+
+def _at_least(low):
+    return lambda v: None if v >= low else "must be >= {}".format(low)
+
+
+def _in_unit_interval(v):
+    return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+
+
+def _model_name(v):
+    from mpltool.models import parse_model_name
+
+    parse_model_name(v)
+    return None
+
+
+FIELDS = [
+    Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs)", _model_name),
+    Field("num_classes", "int", 10, "classes in the data set", _at_least(2)),
+    Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", _at_least(1)),
+    Field("split", "str", "first", "labelled split: first N records (reference) or class-balanced",
+          choices=("first", "balanced")),
+    Field("split_seed", "int", 0, "seed of the balanced split", _at_least(0)),
+    Field("batch_size", "int", 64, "labelled images per step and replica (B)", _at_least(1)),
+    Field("uda_data", "int", 7, "unlabelled images per labelled one (U = uda_data * B)", _at_least(1)),
+    Field("eval_batch_size", "int", 64, "batch size of evaluation (every image counted once)", _at_least(1)),
+    Field("num_train_steps", "int", 300000, "total training steps (N)", _at_least(1)),
+    Field("teacher_lr", "float", 0.05, "teacher base learning rate", _at_least(0.0)),
+    Field("teacher_lr_warmup_steps", "int", 5000, "teacher linear warmup steps", _at_least(0)),
+    Field("student_lr", "float", 0.05, "student base learning rate", _at_least(0.0)),
+    Field("student_lr_wait_steps", "int", 1000, "steps the student's learning rate stays 0 (W)", _at_least(0)),
+    Field("student_lr_warmup_steps", "int", 5000, "student linear warmup steps after the wait", _at_least(0)),
+    Field("lr_scale_by_batch", "bool", False, "multiply base rates by B/256 (reference TPU code; the Ascend run did not)"),
+    Field("lr_decay", "str", "cosine", "decay after warmup", choices=("cosine", "constant")),
+    Field("momentum", "float", 0.9, "Nesterov momentum of both optimizers", _in_unit_interval),
+    Field("weight_decay", "float", 5e-4, "L2 added to the gradients of non-BN variables", _at_least(0.0)),
+    Field("grad_bound", "float", 1e9, "global-norm gradient clip (1e9: none in practice)", _at_least(0.0)),
+    Field("label_smoothing", "float", 0.15, "smoothing of labelled CE and the student's targets", _in_unit_interval),
+    Field("uda_temp", "float", 0.7, "temperature of the teacher's sharpened distribution", _at_least(1e-6)),
+    Field("uda_threshold", "float", 0.6, "confidence mask threshold of the UDA loss", _in_unit_interval),
+    Field("uda_weight", "float", 8.0, "final weight of the UDA loss", _at_least(0.0)),
+    Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", _at_least(1)),
+    Field("ema_decay", "float", 0.995, "EMA decay of the student (capped by (t+1)/(t+10))", _in_unit_interval),
+    Field("dropout_rate", "float", 0.2, "dropout before the classifier", _in_unit_interval),
+    Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", _at_least(0)),
+    Field("augment_layers", "int", 2, "RandAugment ops per image", _at_least(0)),
+    Field("cutout_size", "int", 16, "Cutout square after RandAugment", _at_least(0)),
+    Field("mpl_feedback", "str", "reference", "teacher MPL term: reference (the released code: zero gradient) "
+          "or paper (hard pseudo labels: the h-term moves the teacher)", choices=("reference", "paper")),
+    Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", _in_unit_interval),
+    Field("save_every", "int", 100, "steps between checkpoints", _at_least(1)),
+    Field("eval_every", "int", 100, "steps between evaluations of teacher, student and EMA", _at_least(1)),
+    Field("log_every", "int", 50, "steps between log lines", _at_least(1)),
+    Field("keep_checkpoints", "int", 6, "latest checkpoints kept", _at_least(1)),
+    Field("shuffle_buffer", "int", 1024, "shuffle buffer of the input streams (records)", _at_least(1)),
+    Field("seed", "int", 0, "graph-level random seed", _at_least(0)),
+    Field("precision_mode", "str", "allow_mix_precision", "NPU precision mode (NpuOptimizer)",
+          choices=("allow_mix_precision", "force_fp32", "force_fp16", "must_keep_origin_dtype",
+                   "allow_fp32_to_fp16")),
+    Field("loss_scale", "float", 10.0, "fixed loss scale on NPU (losses scaled, gradients unscaled)", _at_least(1.0)),
+    Field("loss_scale_overflow_check", "bool", False, "skip the update of a step whose gradients overflow"),
+    Field("modify_mixlist", "str", "ops_info.json", "NPU mixed-precision list file (recipe dir relative)"),
+    Field("fusion_switch_file", "str", "fusion_switch.cfg", "NPU fusion switch file (recipe dir relative)"),
+]
+FIELD_BY_NAME = {field.name: field for field in FIELDS}
+
+
+class Recipe(dict):
+    """The resolved configuration: a dict with attribute access, plus where it came from."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name)
+
+    @property
+    def values(self) -> Dict[str, Any]:
+        return {field.name: self[field.name] for field in FIELDS}
+
+
+def available_recipes() -> List[str]:
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_file) -> Path:
+    candidate = Path(str(name_or_file))
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise UsageError("recipe file {} does not exist".format(candidate))
+        return candidate
+    path = RECIPE_DIR / "{}.yaml".format(name_or_file)
+    if not path.is_file():
+        names = available_recipes()
+        close = difflib.get_close_matches(str(name_or_file), names, n=1)
+        hint = "did you mean {}?".format(close[0]) if close else "available: {}".format(", ".join(names))
+        raise UsageError("unknown recipe {!r}".format(name_or_file), hint=hint)
+    return path
+
+
+def parse_value(field: Field, raw: Any, source: str, error=UsageError) -> Any:
+    """A value of the field's type, or a one-line error naming the key and the source."""
+    value = raw
+    try:
+        if field.kind == "bool":
+            if isinstance(raw, str):
+                lowered = raw.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                value = lowered in ("true", "1", "yes")
+            elif not isinstance(raw, bool):
+                raise ValueError(raw)
+        elif field.kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError(raw)
+                value = int(raw)
+            else:
+                value = int(str(raw).replace("_", ""))
+        elif field.kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = float(raw)
+        else:
+            value = str(raw)
+    except ValueError:
+        raise error("{}: {}={!r} is not a valid {}".format(source, field.name, raw, field.kind))
+    if field.choices and value not in field.choices:
+        raise error("{}: {}={!r} must be one of {}".format(source, field.name, value, ", ".join(field.choices)))
+    if field.check is not None:
+        try:
+            problem = field.check(value)
+        except UsageError as exc:
+            problem = exc.message
+        if problem:
+            raise error("{}: {}={!r} {}".format(source, field.name, value, problem))
+    return value
+
+
+def _unknown_key(key: str, source: str, error=UsageError):
+    close = difflib.get_close_matches(key, list(FIELD_BY_NAME), n=1, cutoff=0.5)
+    hint = "did you mean {}?".format(close[0]) if close else "`mpltool recipes show` lists the keys"
+    return error("{}: unknown key {!r}".format(source, key), hint=hint)
+
+
+def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError("--set {!r}: expected key=value".format(pair))
+        key, raw = pair.split("=", 1)
+        key = key.strip().lstrip("-")
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            raise _unknown_key(key, "--set")
+        overrides[key] = parse_value(field, raw.strip(), "--set")
+    return overrides
+
+
+def load_recipe(name_or_file="mpl-wrn28-2", overrides: Sequence[str] = ()) -> Recipe:
+    path = recipe_path(name_or_file)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " line {}".format(mark.line + 1) if mark is not None else ""
+        raise InvalidInputError("recipe {}{}: invalid YAML".format(path, where))
+    if not isinstance(document, dict):
+        raise InvalidInputError("recipe {}: expected a mapping of key: value".format(path))
+    values = {field.name: field.default for field in FIELDS}
+    description = str(document.pop("description", ""))
+    for key, raw in document.items():
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            raise _unknown_key(str(key), "recipe {}".format(path), error=InvalidInputError)
+        values[key] = parse_value(field, raw, "recipe {}".format(path), error=InvalidInputError)
+    applied = parse_overrides(overrides)
+    values.update(applied)
+    recipe = Recipe(values)
+    _check_consistency(recipe)
+    return _with_meta(recipe, path.stem, str(path), description, applied)
+
+
+def _with_meta(recipe: Recipe, name: str, path: str, description: str, applied: Dict[str, Any]) -> Recipe:
+    # Stored as attributes, not keys, so `values`/hashing see only the configuration itself.
+    object.__setattr__(recipe, "recipe_name", name)
+    object.__setattr__(recipe, "recipe_path", path)
+    object.__setattr__(recipe, "description", description)
+    object.__setattr__(recipe, "overrides", applied)
+    return recipe
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    if recipe["split"] == "balanced" and recipe["num_labelled"] % recipe["num_classes"]:
+        raise UsageError("num_labelled={} is not divisible by num_classes={} (split=balanced)".format(
+            recipe["num_labelled"], recipe["num_classes"]))
+
+
+def recipe_from_record(values: Dict[str, Any]) -> Recipe:
+    """The recipe a manifest recorded, re-validated (a hand-edited manifest cannot smuggle bad values)."""
+    resolved = {field.name: field.default for field in FIELDS}
+    for key, raw in values.items():
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            raise _unknown_key(key, "manifest train params", error=InvalidInputError)
+        resolved[key] = parse_value(field, raw, "manifest train params", error=InvalidInputError)
+    return Recipe(resolved)

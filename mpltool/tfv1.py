@@ -1,0 +1,16 @@
+"""The one import of TensorFlow: graph-mode tf.compat.v1 with TF's start-up chatter silenced."""
+
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import tensorflow as _tf  # noqa: E402
+
+tf = _tf.compat.v1
+tf.disable_v2_behavior() if hasattr(tf, "disable_v2_behavior") and _tf.__version__.startswith("2") else None
+tf.logging.set_verbosity(tf.logging.ERROR)
+
+__all__ = ["tf"]

@@ -1,0 +1,23 @@
+#!/bin/sh
+# The whole lifecycle on the embedded demo data, with the very commands a user would type.
+# Called by `make demo` (VPY = the venv's python, DEMO = the project directory).
+set -e
+VPY=${VPY:-.venv/bin/python}
+DEMO=${DEMO:-demo-project}
+M="$VPY -m mpltool --project $DEMO"
+run() { echo "\$ mpltool --project $DEMO $*"; $M "$@"; }
+
+run data demo --out "$DEMO/demo-cifar"
+run data prepare --cifar "$DEMO/demo-cifar" --recipe mpl-demo
+if $M recipes show mpl-demo >/dev/null 2>&1 && [ -f mpltool/train/stage.py ]; then
+  run train --recipe mpl-demo
+  run eval
+  run freeze ckpt
+  if command -v atc >/dev/null 2>&1 || [ -n "${ASCEND_TOOLKIT_HOME:-}" ]; then
+    run convert
+  else
+    echo "(no atc on this machine: pre-checking the graph and printing the atc command instead)"
+    run convert --check-only
+  fi
+fi
+run status
