@@ -164,6 +164,101 @@ def recipes_show(ctx, name, overrides):
                     "overrides": recipe.overrides})
 
 
+# -- train ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--recipe", default=None, help="Recipe name or FILE.yaml [default: the project's recorded one, "
+              "else mpl-wrn28-2].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "npu"]), default="auto", show_default=True)
+@click.option("--extend-steps", type=int, default=None, help="Train a finished run N steps further.")
+@click.option("--force", is_flag=True, help="Start over: delete this project's checkpoints and training logs.")
+@command
+def train(ctx, recipe, overrides, device, extend_steps, force):
+    """Train teacher and student with Meta Pseudo Labels; resumes from the latest checkpoint."""
+    from mpltool.train.stage import train as train_stage
+
+    def progress_factory(total):
+        return ctx.out.progress("train", total, every=10 ** 9)  # plain lines come from the trainer's log
+
+    result = train_stage(ctx.project, recipe=recipe, overrides=overrides, device=device, extend_steps=extend_steps,
+                         force=force, log=ctx.out.info,
+                         progress_factory=progress_factory if ctx.out.interactive else None)
+    metrics = result.get("metrics") or {}
+    ctx.out.fields("train", {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"]),
+                             "ema top-1": metrics.get("ema_top1"), "student top-1": metrics.get("student_top1"),
+                             "teacher top-1": metrics.get("teacher_top1"),
+                             "best ema top-1": metrics.get("best_ema_top1"),
+                             "latest checkpoint": (result.get("checkpoints") or {}).get("latest", {}).get("prefix")})
+    ctx.out.result(result)
+
+
+# -- eval -------------------------------------------------------------------------------------------
+@main.command("eval")
+@click.option("--target", type=click.Choice(["ema", "student", "teacher"]), default="ema", show_default=True)
+@click.option("--model", default=None, help="A checkpoint (prefix, .index or directory) or a frozen .pb "
+              "[default: the best checkpoint train recorded for the target].")
+@click.option("--batch-size", type=int, default=None, help="Evaluation batch size [recipe: eval_batch_size].")
+@command
+def eval_command(ctx, target, model, batch_size):
+    """Top-1, top-5 and loss over every test image exactly once."""
+    from mpltool.eval.stage import evaluate
+
+    result = evaluate(ctx.project, target=target, model=model, batch_size=batch_size)
+    ctx.out.fields("eval", {k: result.get(k) for k in ("source", "top1", "top5", "loss", "images",
+                                                      "images_per_second")})
+    ctx.out.result(result)
+
+
+# -- freeze -----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("checkpoint", default="ckpt")
+@click.option("--target", type=click.Choice(["ema", "student", "teacher"]), default="ema", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size of the input.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Where to write the .pb.")
+@click.option("--parity-images", type=int, default=1000, show_default=True,
+              help="Test images the parity check runs (0 = all).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max |logit difference| allowed.")
+@command
+def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
+    """Checkpoint -> frozen GraphDef (.pb), op-checked and parity-checked.
+
+    CHECKPOINT: `ckpt` (the best the manifest records for the target), `latest`, or a checkpoint path.
+    """
+    from mpltool.freeze.stage import freeze as freeze_stage
+
+    result = freeze_stage(ctx.project, checkpoint=checkpoint, target=target, batch=batch, output=output,
+                          parity_images=parity_images, tolerance=tolerance)
+    ctx.out.fields("freeze", {"pb": result.get("pb"), "sha256": result.get("sha256"),
+                              "input": result.get("input"), "outputs": result.get("outputs"),
+                              "parity": result.get("parity")})
+    ctx.out.result(result)
+
+
+# -- convert ----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--soc", default=None, help="soc_version, e.g. Ascend910A [default: detected].")
+@click.option("--atc", "atc_path", default=None, type=click.Path(dir_okay=False), help="Path of atc.")
+@click.option("--model", default=None, type=click.Path(dir_okay=False), help="A .pb other than the frozen one.")
+@click.option("--output", default=None, help="Output path without .om [default: <project>/om/<pb name>].")
+@click.option("--check-only", is_flag=True, help="Only pre-check the graph and print the atc command.")
+@click.option("--precision-mode", default=None, help="atc --precision_mode.")
+@click.option("--log-level", default=None, help="atc --log (debug, info, warning, error, null).")
+@click.option("--out-nodes", default=None, help='atc --out_nodes, e.g. "probs:0".')
+@click.option("--output-type", default=None, help="atc --output_type (FP32, FP16, UINT8, INT8).")
+@click.option("--timeout", type=int, default=900, show_default=True, help="Seconds before atc is killed.")
+@command
+def convert(ctx, soc, atc_path, model, output, check_only, precision_mode, log_level, out_nodes, output_type,
+            timeout):
+    """Frozen .pb -> Ascend .om through Huawei's atc (soc_version detected when not given)."""
+    from mpltool.convert.stage import convert as convert_stage
+
+    result = convert_stage(ctx.project, soc=soc, atc=atc_path, model=model, output=output, check_only=check_only,
+                           precision_mode=precision_mode, log_level=log_level, out_nodes=out_nodes,
+                           output_type=output_type, timeout=timeout, progress=ctx.out.info)
+    ctx.out.fields("convert", {k: v for k, v in result.items() if not isinstance(v, (dict, list))})
+    ctx.out.result(result)
+
+
 def run():
     main(prog_name="mpltool")
 
