@@ -204,8 +204,12 @@ def eval_command(ctx, target, model, batch_size):
     from mpltool.eval.stage import evaluate
 
     result = evaluate(ctx.project, target=target, model=model, batch_size=batch_size)
-    ctx.out.fields("eval", {k: result.get(k) for k in ("source", "top1", "top5", "loss", "images",
-                                                      "images_per_second")})
+    source = result["source"]
+    described = (source["path"] if source["kind"] == "pb"
+                 else "{} {} (step {}, {})".format(source["target"], source["prefix"], source["step"], source["chosen"]))
+    ctx.out.fields("eval", {"model": described, "top-1": result["top1"], "top-5": result["top5"],
+                            "loss": result["loss"], "images": result["images"],
+                            "images/s": round(result["images_per_second"] or 0.0, 1)})
     ctx.out.result(result)
 
 
@@ -228,9 +232,14 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
 
     result = freeze_stage(ctx.project, checkpoint=checkpoint, target=target, batch=batch, output=output,
                           parity_images=parity_images, tolerance=tolerance)
-    ctx.out.fields("freeze", {"pb": result.get("pb"), "sha256": result.get("sha256"),
-                              "input": result.get("input"), "outputs": result.get("outputs"),
-                              "parity": result.get("parity")})
+    io, parity = result["io"], result["parity"]
+    ctx.out.fields("freeze", {
+        "pb": result["pb"], "sha256": result["sha256"],
+        "input": "{} {} {} ({})".format(io["input_name"], io["input_shape"], io["input_dtype"], io["input_range"]),
+        "outputs": ", ".join("{} {}".format(n, s) for n, s in zip(io["output_names"], io["output_shapes"])),
+        "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
+            parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
+        "next": "mpltool --project {} convert".format(ctx.project)})
     ctx.out.result(result)
 
 

@@ -10,6 +10,7 @@ went while the frozen graph kept its initial weights. No initializer is ever run
 checkpoint does not fill cannot silently keep a random value: it is refused by name before the restore.
 """
 
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -99,13 +100,14 @@ class CheckpointModel:
             self.variables = tf.global_variables()
             check_variables_present(self.variables, variables, self.prefix)
             saver = tf.train.Saver(var_list={v.op.name: v for v in self.variables})
-            uninitialised = tf.report_uninitialized_variables(self.variables)
         self.session = tf.Session(graph=self.graph)
         try:
             saver.restore(self.session, self.prefix)
         except tf.errors.OpError as exc:
             self.session.close()
             raise InvalidInputError("unreadable checkpoint {}: {}".format(self.prefix, _first_line(exc)))
+        with self.graph.as_default():
+            uninitialised = tf.report_uninitialized_variables(self.variables)
         left = [name.decode() for name in self.session.run(uninitialised)]
         if left:  # cannot happen after a complete restore; guards the invariant the freeze relies on
             self.session.close()
@@ -147,9 +149,15 @@ def read_graph_def(path) -> "tf.GraphDef":
 
 def parse_graph_def(data: bytes, what: str) -> "tf.GraphDef":
     graph_def = tf.GraphDef()
-    try:
-        graph_def.ParseFromString(data)
-    except Exception:  # protobuf raises DecodeError (and sometimes others) on garbage
+    with warnings.catch_warnings():
+        # The C++ protobuf parser stops early on garbage with only a RuntimeWarning ("Not all data was
+        # converted"): a partial parse is as invalid as a failed one.
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            consumed = graph_def.ParseFromString(data)
+        except Exception:  # DecodeError, the RuntimeWarning above, and others on garbage
+            consumed = -1
+    if consumed is not None and consumed != len(data):
         raise InvalidInputError("{} is not a TensorFlow GraphDef (.pb)".format(what))
     names = {node.name for node in graph_def.node}
     if not names:
@@ -187,6 +195,10 @@ class FrozenModel:
         self.static_batch = None if any_batch else static
         self.num_classes = self.logits.shape.as_list()[-1] if self.logits.shape.ndims else None
         self.session = tf.Session(graph=self.graph)
+
+    def tensor(self, name: str):
+        """A tensor of the graph as written (`input` is the original one, whatever input_map did)."""
+        return self.graph.get_tensor_by_name("frozen/{}:0".format(name))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.float32)

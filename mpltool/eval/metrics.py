@@ -1,0 +1,87 @@
+"""Top-1, top-5 and loss over a test set, every image counted exactly once.
+
+The Ascend port divided by 10,112 because it padded the last batch from a repeating stream
+(mpl-reference §4); here batches are plain slices, the last one simply shorter. Scoring is numpy on
+the host so the same code serves the eval stage, the freeze parity check and the training loop's
+periodic teacher/student/EMA evaluation: anything that maps an image batch to logits can be scored.
+"""
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+TOP_K = 5
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def batched_logits(predict_batch: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,
+                   progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """predict_batch over consecutive slices of `images`; one row of logits per image, in order.
+
+    `progress(done, total)` is called after every batch with image counts.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1, got {}".format(batch_size))
+    total = int(images.shape[0])
+    parts = []
+    for start in range(0, total, batch_size):
+        batch = images[start:start + batch_size]
+        logits = np.asarray(predict_batch(batch))
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+            raise ValueError("predict_batch returned logits of shape {} for a batch of {} images".format(
+                logits.shape, batch.shape[0]))
+        parts.append(logits)
+        if progress is not None:
+            progress(start + batch.shape[0], total)
+    if not parts:
+        raise ValueError("no images to evaluate")
+    return np.concatenate(parts)
+
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0) -> Dict[str, Any]:
+    """top1/top5 (fractions of all images), loss = mean CE against smoothed one-hot targets, nll = plain CE.
+
+    Smoothing follows tf.losses.softmax_cross_entropy: targets (1 - s) * onehot + s / num_classes.
+    top-k counts an image when fewer than k classes score strictly higher than its label (tf.nn.in_top_k).
+    """
+    logits = np.asarray(logits)
+    labels = np.asarray(labels, np.int64)
+    count, num_classes = logits.shape
+    if labels.shape != (count,):
+        raise ValueError("{} labels for {} rows of logits".format(labels.shape, count))
+    log_probs = log_softmax(logits)
+    nll = -log_probs[np.arange(count), labels]
+    smoothed = (1.0 - label_smoothing) * nll - (label_smoothing / num_classes) * log_probs.sum(axis=1)
+    label_logit = logits[np.arange(count), labels]
+    rank = (logits > label_logit[:, None]).sum(axis=1)
+    correct_top1 = int((logits.argmax(axis=1) == labels).sum())
+    correct_top5 = int((rank < min(TOP_K, num_classes)).sum())
+    return {
+        "images": int(count),
+        "top1": correct_top1 / count,
+        "top5": correct_top5 / count,
+        "correct_top1": correct_top1,
+        "correct_top5": correct_top5,
+        "loss": float(smoothed.mean()),
+        "nll": float(nll.mean()),
+        "label_smoothing": float(label_smoothing),
+    }
+
+
+def evaluate_logits_fn(predict_batch: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+                       batch_size: int, label_smoothing: float = 0.0,
+                       progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
+    """Metrics of any image-batch -> logits callable over all images, plus its throughput."""
+    started = time.perf_counter()
+    logits = batched_logits(predict_batch, images, batch_size, progress)
+    seconds = time.perf_counter() - started
+    result = metrics_from_logits(logits, labels, label_smoothing)
+    result["seconds"] = seconds
+    result["images_per_second"] = result["images"] / seconds if seconds > 0 else None
+    return result

@@ -1,0 +1,134 @@
+"""The `eval` stage: top-1/top-5/loss of a checkpoint or a frozen .pb on every test image, once.
+
+By default it scores the checkpoint the train stage recorded as best for the target network (the
+latest one before any best exists), after proving by sha256 that its files are the recorded ones.
+A `.pb` is scored through the same metric code, so `eval --model frozen.pb` and the checkpoint's
+eval are directly comparable (timm's habit: validate the export through the very same pipeline).
+"""
+
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from mpltool.data.cifar import read_images
+from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
+from mpltool.eval.metrics import evaluate_logits_fn
+from mpltool.manifest import Project
+from mpltool.recipes import FIELD_BY_NAME, recipe_from_record
+from mpltool.train.checkpoints import (TARGETS, checkpoint_record, checkpoint_variables, resolve_user_checkpoint,
+                                       step_of, verify_checkpoint)
+
+DATA_COMMAND = "mpltool data prepare --cifar PATH"
+TRAIN_COMMAND = "mpltool train"
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise UsageError("unknown target {!r}: choose one of {}".format(target, ", ".join(TARGETS)))
+    return target
+
+
+def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Test images (raw uint8 HWC), labels and the file record, from the data stage's hash-checked copy."""
+    record = project.require_stage("data", DATA_COMMAND)
+    test = (record.get("outputs") or {}).get("test_batch")
+    if not test:
+        raise PrerequisiteError("the data record names no test_batch file", hint="re-run `{}`".format(DATA_COMMAND))
+    path = project.verify_file(test, "test data file")
+    images, labels = read_images([path])
+    if images.shape[0] == 0:
+        raise InvalidInputError("test data file {} holds no images".format(path))
+    return images, labels, test
+
+
+def train_recipe(project: Project):
+    """The recipe training recorded, or the defaults when a model was given without any training here."""
+    params = (project.stage("train") or {}).get("params") or {}
+    # Only recipe keys: a train record may carry bookkeeping params (recipe name, overrides) besides them.
+    return recipe_from_record({key: value for key, value in params.items() if key in FIELD_BY_NAME})
+
+
+def recorded_checkpoint(project: Project, target: str, which: str = "best") -> Dict[str, Any]:
+    """The train record's checkpoint for `target` (best, else latest), its files verified (exit 4 if changed).
+
+    A train stage that was interrupted or is still running counts too: its recorded checkpoints are
+    complete files, and the hash check proves they are the ones recorded.
+    """
+    train = project.stage("train")
+    if train is None:
+        raise PrerequisiteError("no 'train' stage in {}".format(project.manifest_path),
+                                hint="run `{}` first, or pass a checkpoint or .pb explicitly".format(TRAIN_COMMAND))
+    checkpoints = train.get("checkpoints") or {}
+    record, chosen = None, which
+    if which == "best":
+        record = (checkpoints.get("best") or {}).get(target)
+    if record is None:
+        record, chosen = checkpoints.get("latest"), "latest"
+    if record is None:
+        raise PrerequisiteError("the train stage ({}) recorded no checkpoint yet".format(train.get("status")),
+                                hint="run `{}` until it saves one".format(TRAIN_COMMAND))
+    prefix = verify_checkpoint(project, record, "checkpoint")
+    return {"prefix": prefix, "step": int(record["step"]), "chosen": chosen, "record": record}
+
+
+def user_checkpoint(path) -> Dict[str, Any]:
+    """A checkpoint the user named: missing is exit 3, unreadable is exit 3."""
+    prefix = resolve_user_checkpoint(path)
+    variables = checkpoint_variables(prefix)
+    step = step_of(prefix)
+    return {"prefix": prefix, "step": step if step >= 0 else None, "chosen": "path", "variables": variables}
+
+
+def is_frozen_graph_path(model) -> bool:
+    return str(model).lower().endswith(".pb")
+
+
+def evaluate(project_dir, target: str = "ema", model=None, batch_size: Optional[int] = None,
+             progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
+    """Score `target` (or the given checkpoint / .pb) on all test images; recorded as stage `eval`.
+
+    `progress(done, total)` receives image counts after every batch.
+    """
+    from mpltool.models.inference import CheckpointModel, FrozenModel, read_graph_def
+
+    project = Project(project_dir)
+    check_target(target)
+    if batch_size is not None and int(batch_size) < 1:
+        raise UsageError("batch size must be >= 1, got {}".format(batch_size))
+    images, labels, test_record = load_test_set(project)
+    if model is None:
+        source = recorded_checkpoint(project, target)
+        source["variables"] = checkpoint_variables(source["prefix"])
+    elif is_frozen_graph_path(model):
+        source = {"pb": Path(str(model)).absolute(), "chosen": "path"}
+        source["graph_def"] = read_graph_def(source["pb"])
+    else:
+        source = user_checkpoint(model)
+    recipe = train_recipe(project)
+    batch_size = int(batch_size or recipe.eval_batch_size)
+    params = {"target": target, "model": None if model is None else str(model), "batch_size": batch_size,
+              "label_smoothing": recipe.label_smoothing}
+
+    with project.stage_run("eval", params) as run:
+        run.inputs["test_batch"] = test_record
+        if "pb" in source:
+            run.inputs["pb"] = project.file_record(source["pb"])
+            described = {"kind": "pb", "path": run.inputs["pb"]["path"], "sha256": run.inputs["pb"]["sha256"]}
+            network = FrozenModel(source["graph_def"], str(source["pb"]), any_batch=True)
+        else:
+            run.inputs["checkpoint"] = source.get("record") or checkpoint_record(
+                project, source["prefix"], -1 if source["step"] is None else source["step"])
+            described = {"kind": "checkpoint", "target": target, "prefix": project.relative(source["prefix"]),
+                         "step": source["step"], "chosen": source["chosen"]}
+            network = CheckpointModel(source["prefix"], target, source["variables"])
+        with network:
+            if network.num_classes is not None and int(labels.max()) >= network.num_classes:
+                raise InvalidInputError("the model has {} classes but the test data has label {}".format(
+                    network.num_classes, int(labels.max())))
+            result = evaluate_logits_fn(network.predict, images, labels, batch_size, recipe.label_smoothing,
+                                        progress)
+        run.metrics.update(result)
+        run.record["source"] = described
+    result = dict(result, source=described, batch_size=batch_size, project=str(project.dir))
+    return result

@@ -1,0 +1,153 @@
+"""The `freeze` stage: checkpoint -> frozen `.pb` that provably computes what the checkpoint computes.
+
+Order of work, each step a guard against a known way exports go wrong:
+1. a fresh inference graph (training=False as a Python bool) restored through a Saver over exactly its
+   own variables -- a variable the checkpoint lacks is refused by name (exit 3);
+2. variables -> constants, subgraph `input` -> `logits`, `probs`, written atomically;
+3. the file as written is re-read and checked: no training/stateful/random/iterator ops, no placeholder
+   but `input` (exit 7), and every constant equals the checkpoint's value of its variable (exit 7);
+4. parity: the .pb run as written (its static batch) against the checkpoint restored in a separate
+   session, on the same test images: max |Δlogit| over tolerance is exit 7. The .pb stays for
+   inspection but the manifest says failed, so `convert` will not take it.
+"""
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from mpltool.errors import InvalidInputError, UsageError, VerificationError
+from mpltool.eval.metrics import batched_logits
+from mpltool.eval.stage import check_target, load_test_set, recorded_checkpoint, user_checkpoint
+from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
+from mpltool.manifest import Project, atomic_write_bytes
+from mpltool.train.checkpoints import checkpoint_record, checkpoint_variables
+
+FROZEN_DIR = "frozen"
+RECORDED_CHOICES = {"ckpt": "best", "latest": "latest"}
+PARITY_REFERENCE_BATCH = 100
+
+
+def describe_io(frozen) -> Dict[str, Any]:
+    """What a deployer (and `convert`) needs to feed the graph and read its answer."""
+    from mpltool.data.augment import CIFAR_MEAN, CIFAR_STD
+    from mpltool.models.inference import INPUT_NAME, OUTPUT_NAMES
+
+    image = frozen.tensor(INPUT_NAME)
+    outputs = [frozen.tensor(name) for name in OUTPUT_NAMES]
+    return {
+        "input_name": INPUT_NAME,
+        "input_shape": image.shape.as_list(),
+        "input_dtype": image.dtype.name,
+        "input_range": "raw pixels 0..255",
+        "input_layout": "NHWC, RGB",
+        "normalisation": {"inside_graph": True, "formula": "(x - 255*mean) / (255*std)",
+                          "mean": [float(v) for v in np.ravel(CIFAR_MEAN)],
+                          "std": [float(v) for v in np.ravel(CIFAR_STD)]},
+        "output_names": list(OUTPUT_NAMES),
+        "output_shapes": [t.shape.as_list() for t in outputs],
+        "output_dtypes": [t.dtype.name for t in outputs],
+    }
+
+
+def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                 tolerance: float, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
+    """Frozen graph vs checkpoint logits on the same images (raw pixels)."""
+    images = images.astype(np.float32)
+    expected = batched_logits(reference_predict, images, PARITY_REFERENCE_BATCH)
+    actual = batched_logits(frozen.predict, images, frozen.static_batch or PARITY_REFERENCE_BATCH, progress)
+    max_diff = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
+    return {"images": int(images.shape[0]), "max_abs_logit_diff": max_diff, "top1_agreement": agreement,
+            "tolerance": float(tolerance), "passed": bool(max_diff <= tolerance)}
+
+
+def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: int = 1, output=None,
+           parity_images: int = 1000, tolerance: float = 1e-4,
+           progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
+    """Freeze one network of a checkpoint to a .pb and prove it; recorded as stage `freeze`.
+
+    `checkpoint`: "ckpt" = the train record's best for `target` (else its latest), "latest", or a path.
+    `parity_images`: how many test images the parity check uses (0 = all). `progress(done, total)`
+    follows the frozen graph's parity run, the slow part at batch 1.
+    """
+    from mpltool.models.inference import (CheckpointModel, FrozenModel, network_in_checkpoint,
+                                          parse_graph_def)
+
+    project = Project(project_dir)
+    check_target(target)
+    batch = _positive_int(batch, "batch", 1)
+    parity_images = _positive_int(parity_images, "parity images", 0)
+    try:
+        tolerance = float(tolerance)
+    except (TypeError, ValueError):
+        raise UsageError("tolerance must be a number, got {!r}".format(tolerance))
+    images, _, test_record = load_test_set(project)
+    if checkpoint in RECORDED_CHOICES:
+        source = recorded_checkpoint(project, target, RECORDED_CHOICES[checkpoint])
+        source["variables"] = checkpoint_variables(source["prefix"])
+    else:
+        source = user_checkpoint(checkpoint)
+    prefix, step = source["prefix"], source["step"]
+    model_name, _ = network_in_checkpoint(source["variables"], target, prefix)
+    if output is None:
+        output = project.path("{}/{}-{}-step{}.pb".format(
+            FROZEN_DIR, model_name, target, "unknown" if step is None else step))
+    output = Path(str(output)).absolute()
+    if output.is_dir():
+        raise UsageError("output {} is a directory; give a file name ending in .pb".format(output))
+    params = {"checkpoint": str(checkpoint), "target": target, "batch": batch, "output": project.relative(output),
+              "parity_images": parity_images, "tolerance": tolerance}
+
+    started = time.perf_counter()
+    with project.stage_run("freeze", params) as run:
+        run.inputs["checkpoint"] = source.get("record") or checkpoint_record(
+            project, prefix, -1 if step is None else step)
+        run.inputs["test_batch"] = test_record
+        run.record["source"] = {"prefix": project.relative(prefix), "step": step, "target": target,
+                                "model": model_name, "chosen": source["chosen"]}
+        with CheckpointModel(prefix, target, source["variables"], batch_size=batch) as network:
+            graph_def = freeze_graph_def(network.session, network.graph)
+            variable_names = network.variable_names
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(output, graph_def.SerializeToString())
+        except OSError as exc:
+            raise InvalidInputError("cannot write {}: {}".format(output, exc.strerror or exc))
+        run.outputs["pb"] = project.file_record(output)
+
+        written = parse_graph_def(output.read_bytes(), str(output))
+        check_frozen_graph(written, str(output))
+        run.record["weights_checked"] = check_weights_match_checkpoint(written, prefix, variable_names, str(output))
+        count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
+        with FrozenModel(written, str(output), any_batch=False) as frozen, \
+                CheckpointModel(prefix, target, source["variables"]) as reference:
+            run.record["io"] = describe_io(frozen)
+            parity = parity_check(frozen, reference.predict, images[:count], tolerance, progress)
+        run.record["parity"] = parity
+        run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"],
+                            "top1_agreement": parity["top1_agreement"], "parity_images": parity["images"],
+                            "seconds": time.perf_counter() - started})
+        if not parity["passed"]:
+            raise VerificationError(
+                "parity check failed: {} differs from checkpoint {} by up to {:.3g} in logits (tolerance {:g}) "
+                "on {} test images, top-1 agreement {:.4f}".format(
+                    output, prefix, parity["max_abs_logit_diff"], tolerance, parity["images"],
+                    parity["top1_agreement"]),
+                hint="the .pb was kept for inspection; do not convert it")
+        result = {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],
+                  "source": run.record["source"], "io": run.record["io"], "parity": parity,
+                  "weights_checked": run.record["weights_checked"], "seconds": run.metrics["seconds"],
+                  "project": str(project.dir)}
+    return result
+
+
+def _positive_int(value, what: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError("{} must be a whole number, got {!r}".format(what, value))
+    if number < minimum or isinstance(value, bool) or number != float(value):
+        raise UsageError("{} must be a whole number >= {}, got {!r}".format(what, minimum, value))
+    return number
