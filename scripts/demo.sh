@@ -17,7 +17,7 @@ if $M recipes show mpl-demo >/dev/null 2>&1 && [ -f mpltool/train/stage.py ]; th
     run convert
   else
     echo "(no atc on this machine: pre-checking the graph and printing the atc command instead)"
-    run convert --check-only
+    run convert --check-only --soc Ascend910A
   fi
 fi
 run status

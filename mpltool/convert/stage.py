@@ -1,0 +1,232 @@
+"""The `convert` stage: frozen .pb -> Ascend .om through atc, recorded in the project manifest.
+
+Read top to bottom: the frozen graph (from the freeze record, hash-checked, or a .pb given explicitly),
+the offline pre-check, atc and the soc_version (each with the rule that found it), the exact command,
+then either the command for a CANN host (check-only / no atc) or the run and its verified .om.
+"""
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from mpltool.convert import atc as atc_tool
+from mpltool.convert import precheck as graph_check
+from mpltool.convert.soc import resolve_soc
+from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, VerificationError
+from mpltool.manifest import Project, sha256_file
+
+FREEZE_COMMAND = "mpltool freeze"
+OM_DIR = "om"
+LOG_DIR = "logs"
+WORK_DIR = "atc-work"  # atc's cwd: fusion_result.json and kernel_meta/ land here, not in the user's cwd
+
+
+def _batch_one(shape):
+    """An unknown batch dimension is converted for batch 1, as the seed did; other unknown dims stay -1."""
+    if shape is None:
+        return None
+    dims = [-1 if d is None else int(d) for d in shape]
+    return [1] + dims[1:] if dims and dims[0] == -1 else dims
+
+
+def _frozen_graph(project: Project, model) -> Dict[str, Any]:
+    """The .pb to convert and its input/output names: the freeze record's, or read from an explicit .pb."""
+    record = project.stage("freeze")
+    if model is None:
+        record = project.require_stage("freeze", FREEZE_COMMAND)
+        pb_record = (record.get("outputs") or {}).get("pb")
+        if not pb_record or not (record.get("io") or {}).get("input_name") or not record["io"].get("input_shape"):
+            raise PrerequisiteError("the freeze record lacks the .pb or its input name/shape",
+                                    hint="re-run `{}`".format(FREEZE_COMMAND))
+        pb = project.verify_file(pb_record, "frozen graph")
+        explicit_but_recorded = False
+    else:
+        pb = Path(str(model)).expanduser().absolute()
+        pb_record = ((record or {}).get("outputs") or {}).get("pb") or {}
+        explicit_but_recorded = bool(record and record.get("status") == "done" and record.get("io")
+                                     and pb.is_file() and pb_record.get("sha256") == sha256_file(pb))
+    graph_def = graph_check.load_graph_def(pb)
+    if model is None or explicit_but_recorded:
+        io = record["io"]
+        return {"pb": pb, "graph_def": graph_def, "input_name": io["input_name"],
+                "input_shape": _batch_one(io["input_shape"]), "output_names": list(io.get("output_names") or []),
+                "io_source": "freeze record"}
+    placeholder = graph_check.graph_input(graph_def)
+    return {"pb": pb, "graph_def": graph_def, "input_name": placeholder["name"],
+            "input_shape": _batch_one(placeholder["shape"]), "output_names": [],
+            "io_source": "Placeholder in {}".format(pb.name)}
+
+
+def _locate_toolkit(atc, toolkit_root):
+    """(atc location or None, the ToolMissingError if none, the root whose platform_config inis count).
+
+    The inis come from an explicit toolkit root first, else from beside atc, else $ASCEND_TOOLKIT_HOME or
+    the default root."""
+    default_root = Path(str(toolkit_root)) if toolkit_root else atc_tool.DEFAULT_TOOLKIT_ROOT
+    try:
+        location, missing = atc_tool.find_atc(atc, default_root=default_root), None
+    except ToolMissingError as exc:
+        location, missing = None, exc
+    if toolkit_root:
+        ini_root = default_root
+    elif location is not None and location.toolkit_root is not None:
+        ini_root = location.toolkit_root
+    else:
+        ini_root = atc_tool.default_toolkit_root(default_root)
+    return location, missing, ini_root
+
+
+def _output_base(project: Project, pb: Path, output) -> Path:
+    if output is None:
+        return project.path(OM_DIR) / pb.stem
+    text = str(output)
+    if text.endswith("/") or Path(text).is_dir():
+        raise UsageError("--output {} is a directory; give a file name without .om, e.g. {}/{}".format(
+            text, text.rstrip("/"), pb.stem))
+    base = Path(text).expanduser().absolute()
+    return base.with_suffix("") if base.suffix == ".om" else base
+
+
+def _new_log_path(project: Project) -> Path:
+    stamp = datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ")
+    path = project.path(LOG_DIR) / "atc-{}.log".format(stamp)
+    counter = 1
+    while path.exists():
+        path = project.path(LOG_DIR) / "atc-{}-{}.log".format(stamp, counter)
+        counter += 1
+    return path
+
+
+def _fingerprint(argv, atc_path: Path, pb_sha256: str) -> str:
+    """Same command, same atc binary (a `latest` link resolves to the installed version), same .pb."""
+    payload = {"argv": list(argv), "atc": str(atc_path.resolve()), "pb": pb_sha256}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _up_to_date(project: Project, fingerprint: str) -> Optional[Dict[str, Any]]:
+    previous = project.stage("convert")
+    if not previous or previous.get("status") != "done" or previous.get("fingerprint") != fingerprint:
+        return None
+    om_record = (previous.get("outputs") or {}).get("om")
+    if not om_record:
+        return None
+    try:
+        project.verify_file(om_record, "offline model")
+    except PrerequisiteError:
+        return None
+    return previous
+
+
+def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, model=None, output=None,
+            check_only: bool = False, precision_mode: Optional[str] = None, log_level: Optional[str] = None,
+            out_nodes=None, output_type: Optional[str] = None, timeout: float = 900, npu_smi: Optional[str] = None,
+            toolkit_root=None, force: bool = False,
+            progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Convert the frozen graph to `<project>/om/<pb stem>.om`, or with `check_only` print how to.
+
+    `model` and `output` (no .om suffix needed) are paths as the user typed them, relative to the cwd.
+    `toolkit_root` stands in for /usr/local/Ascend/ascend-toolkit/latest: the last place atc is looked for,
+    and the platform_config set that validates soc_version. A check-only run is recorded with mode
+    `check-only` and no .om output.
+    """
+    if timeout is None or timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds, not {}".format(timeout))
+    options = atc_tool.validate_options(precision_mode, log_level, out_nodes, output_type)
+    project = Project(project_dir)
+    graph = _frozen_graph(project, model)
+    pb = graph["pb"]
+    requested_outputs = (options["--out_nodes"] or "").split(";")
+    report = graph_check.precheck_graph(graph["graph_def"], graph["input_name"], graph["input_shape"],
+                                        graph["output_names"] + [n for n in requested_outputs if n])
+    location, missing, ini_root = _locate_toolkit(atc, toolkit_root)
+    choice = resolve_soc(soc, npu_smi=npu_smi, toolkit_root=ini_root)
+    om_base = _output_base(project, pb, output)
+    om_path = om_base.with_name(om_base.name + ".om")
+    command = None
+    if report["input"]["input_shape"] is not None:
+        command = atc_tool.build_command(
+            location.path if location else "atc", pb, om_base, choice.soc_version, report["input"]["name"],
+            report["input"]["input_shape"], precision_mode=precision_mode, log_level=log_level,
+            out_nodes=out_nodes, output_type=output_type)
+    pb_sha256 = sha256_file(pb)
+    result = {
+        "project": str(project.dir),
+        "mode": "check-only" if check_only else "convert",
+        "pb": project.relative(pb),
+        "pb_sha256": pb_sha256,
+        "io_source": graph["io_source"],
+        "om": project.relative(om_path),
+        "om_sha256": None,
+        "soc_version": choice.soc_version,
+        "soc_rule": choice.rule,
+        "atc_path": str(location.path) if location else None,
+        "atc_rule": location.rule if location else None,
+        "atc_version": None,
+        "command": command.display if command else None,
+        "argv": command.argv if command else None,
+        "exit_status": None,
+        "log": None,
+        "precheck": report,
+        "skipped": False,
+    }
+    failed_check = None
+    if not report["ok"]:
+        failed_check = VerificationError(
+            "{} fails the ATC pre-check: {}".format(result["pb"], graph_check.problems_line(report["problems"])),
+            hint="re-run `{}` on an inference graph".format(FREEZE_COMMAND))
+    params = {"model": result["pb"], "output": result["om"], "soc": soc, "precision_mode": precision_mode,
+              "log_level": log_level, "out_nodes": out_nodes, "output_type": output_type, "timeout": timeout,
+              "atc": str(atc) if atc else None, "toolkit_root": str(toolkit_root) if toolkit_root else None,
+              "check_only": check_only}
+    fingerprint = _fingerprint(command.argv, location.path, pb_sha256) if (location and command) else None
+    recorded = {
+        "mode": result["mode"], "soc_version": choice.soc_version, "soc_rule": choice.rule,
+        "command": result["command"], "argv": result["argv"], "atc_path": result["atc_path"],
+        "atc_rule": result["atc_rule"],
+        "io": {"input_name": report["input"]["name"], "input_shape": report["input"]["input_shape"],
+               "output_names": report["outputs"], "source": graph["io_source"]},
+        "precheck": {"ok": report["ok"], "nodes": report["nodes"], "op_counts": report["op_counts"],
+                     "problems": report["problems"]},
+        "fingerprint": fingerprint,
+    }
+    if check_only:
+        if failed_check:
+            raise failed_check
+        # Recorded as mode check-only with no .om output: `status` then shows the command for a CANN host.
+        with project.stage_run("convert", params) as run:
+            run.inputs["pb"] = project.file_record(pb)
+            run.record.update(recorded)
+        return result
+
+    previous = None if force or fingerprint is None else _up_to_date(project, fingerprint)
+    if previous:
+        result.update({"om_sha256": previous["outputs"]["om"]["sha256"], "atc_version": previous.get("atc_version"),
+                       "exit_status": previous.get("exit_status"), "log": previous.get("log"), "skipped": True})
+        return result
+
+    with project.stage_run("convert", params) as run:
+        run.inputs["pb"] = project.file_record(pb)
+        run.record.update(recorded)
+        if failed_check:
+            raise failed_check
+        if location is None:
+            raise ToolMissingError("{}; the pre-check passed: {}, or on a CANN host run: {}".format(
+                missing.message, missing.hint, command.display))
+        om_path.parent.mkdir(parents=True, exist_ok=True)
+        if om_path.exists():
+            om_path.unlink()  # a stale .om must never pass for this run's output
+        log_path = _new_log_path(project)
+        result["log"] = run.record["log"] = project.relative(log_path)
+        outcome = atc_tool.run_atc(command.argv, project.path(WORK_DIR), log_path, timeout, progress=progress)
+        result["exit_status"] = run.record["exit_status"] = outcome.exit_status
+        version = atc_tool.parse_version(outcome.lines)
+        if version is None and not outcome.timed_out:
+            version = atc_tool.query_version(location.path)
+        result["atc_version"] = run.record["atc_version"] = version
+        run.metrics["atc_seconds"] = round(outcome.seconds, 3)
+        atc_tool.check_run(outcome, om_path, result["log"])
+        run.outputs["om"] = project.file_record(om_path)
+        result["om_sha256"] = run.outputs["om"]["sha256"]
+    return result
