@@ -30,8 +30,7 @@ class MplInput:
             return augment.normalize(augment.labelled_view(image)), label
 
         def unlabelled_map(image):
-            ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
-                                                cutout_size=cutout_size)
+            ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers)
             return augment.normalize(ori), augment.normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.

@@ -225,6 +225,15 @@ def _check_consistency(recipe: Recipe) -> None:
             recipe["num_labelled"], recipe["num_classes"]))
 
 
+def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
+    """A copy of `recipe` with `--set` overrides applied on top (e.g. of the recipe a project recorded)."""
+    applied = parse_overrides(overrides)
+    updated = Recipe(dict(recipe.values, **applied))
+    _check_consistency(updated)
+    return _with_meta(updated, getattr(recipe, "recipe_name", "recorded"), getattr(recipe, "recipe_path", ""),
+                      getattr(recipe, "description", ""), dict(getattr(recipe, "overrides", {}) or {}, **applied))
+
+
 def recipe_from_record(values: Dict[str, Any]) -> Recipe:
     """The recipe a manifest recorded, re-validated (a hand-edited manifest cannot smuggle bad values)."""
     resolved = {field.name: field.default for field in FIELDS}

@@ -13,7 +13,7 @@ from mpltool.data import cifar
 from mpltool.data.stage import file_key, load_prepared, read_labelled_indices
 from mpltool.errors import Interrupted, PrerequisiteError, UsageError
 from mpltool.manifest import Project
-from mpltool.recipes import load_recipe, recipe_from_record
+from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
 from mpltool.train.checkpoints import CHECKPOINT_DIR, TARGETS, checkpoint_record, step_of
 
 # Keys that may change between sessions of one run without making the checkpoints meaningless.
@@ -37,18 +37,15 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
                              hint="run `mpltool train --recipe NAME` first")
         return load_recipe(recipe or "mpl-wrn28-2", overrides), None
     recorded = recipe_from_record(previous.get("params") or {})
-    if recipe is not None or overrides:
-        wanted = load_recipe(recipe or previous.get("recipe") or "mpl-wrn28-2", overrides)
-        changed = _changed_keys(recorded.values, wanted.values)
-        if changed:
-            raise UsageError("this project already trains with other settings ({}); re-run `mpltool train` "
-                             "to resume it, or start over with --force".format(
-                                 ", ".join("{}: {} -> {}".format(k, recorded[k], wanted[k]) for k in changed)))
-        resolved = wanted
-    else:
-        resolved = recorded
-        object.__setattr__(resolved, "recipe_name", previous.get("recipe") or "recorded")
-        object.__setattr__(resolved, "overrides", previous.get("overrides") or {})
+    object.__setattr__(recorded, "recipe_name", previous.get("recipe") or "recorded")
+    object.__setattr__(recorded, "overrides", previous.get("overrides") or {})
+    # --set alone applies on top of the recorded run; --recipe names a whole new configuration.
+    resolved = load_recipe(recipe, overrides) if recipe is not None else with_overrides(recorded, overrides)
+    changed = _changed_keys(recorded.values, resolved.values)
+    if changed:
+        raise UsageError("this project already trains with other settings ({}); re-run `mpltool train` "
+                         "to resume it, or start over with --force".format(
+                             ", ".join("{}: {} -> {}".format(k, recorded[k], resolved[k]) for k in changed)))
     if extend_steps is not None:
         if extend_steps < 1:
             raise UsageError("--extend-steps must be >= 1")

@@ -1,0 +1,307 @@
+"""Meta Pseudo Labels: one training step, built as ONE graph op (mpl-reference §3).
+
+Notation: l = B labelled images with labels y; u_ori, u_aug = two views of U = uda_data·B unlabelled
+images; t = the global step before this step; K classes; CE(p, z) = −Σ p·log softmax(z);
+smooth(p) = (1 − ls)·p + ls/K with ls = label_smoothing. Every loss is a mean over its batch.
+
+ 1. Teacher forward: ONE training-mode call on concat[l, u_ori, u_aug], so batch norm normalises over
+    all B + 2U images together → logits z_l, z_ori, z_aug.
+ 2. Teacher's own losses: CE_l = mean CE(smooth(y), z_l). UDA: q = stopgrad(softmax(z_ori / uda_temp)),
+    mask = [max q ≥ uda_threshold], CE_u = Σ mask·CE(q, z_aug) / U (divided by all of U, not by the
+    number of confident images).
+ 3. Pseudo labels from z_aug: `reference` (the released code) uses the soft p = stopgrad(softmax(z_aug));
+    `paper` uses hard labels ŷ = argmax z_aug, p = onehot(ŷ).
+ 4. Student forward: ONE training-mode call on concat[u_aug, l] → s_u, s_l_old.
+    L_S = mean CE(smooth(p), s_u): the student learns only from pseudo labels, never from y.
+    CE_old = mean CE(y, s_l_old), unsmoothed: how good the student is on labels BEFORE its update.
+ 5. Student update: g = ∇L_S + weight_decay·w (non-BN variables, the dense bias included), clipped to
+    global norm grad_bound, Nesterov momentum at the student's rate. The rate is 0 for the first
+    student_lr_wait_steps steps (the momentum accumulates all the same). The BN moving statistics of
+    the call in 4 are updated first.
+ 6. EMA: d = min(ema_decay, (t+1)/(t+10)); ema ← ema − (1−d)(ema − w) for EVERY student variable, the
+    BN moving statistics included, using the weights just updated.
+ 7. Second student forward, AFTER the update: training mode on l alone → CE_new = mean CE(y, ·).
+    Its BN moving statistics are not updated (as the reference).
+ 8. Feedback h: `reference` h = CE_new − CE_old; `paper` h = CE_old − CE_new (see below). A moving
+    baseline m ← m − mpl_baseline_decay·(m − h), updated BEFORE use, centres it: h′ = stopgrad(h − m).
+ 9. Teacher loss: L_T = uda_weight·min(1, t/uda_steps)·CE_u + CE_l + h′·CE_mpl, with
+    `reference` CE_mpl = mean CE(stopgrad(softmax(z_aug)), z_aug): its gradient is softmax − softmax = 0,
+    so the released code's teacher learns from UDA and labels only (reference issues #534, #541, #584);
+    `paper` CE_mpl = mean CE(onehot(ŷ), z_aug): the h-term really moves the teacher.
+10. Teacher update: the same weight decay, clip and optimizer at the teacher's rate; the teacher's BN
+    moving statistics from 1 are updated with it; then global_step += 1 (always: it is the run's clock).
+
+Loss scale (NPU mixed precision): with loss_scale ≠ 1 both gradients come from loss·scale and are divided
+by the scale before weight decay and clipping; with recipe.loss_scale_overflow_check a network whose
+gradients are not finite skips its update that step (metric `overflow`). With loss_scale = 1 none of
+this is in the graph.
+
+Why `paper` uses h = CE_old − CE_new. The teacher φ wants the student after its step,
+θ′ = θ − η_S·∇_θ CE(ŷ, S(u_aug; θ)), to do well on labelled data: minimise f(ŷ) = CE(y, S(l; θ′)).
+ŷ is drawn from the teacher, so the score-function identity gives
+∇_φ E_ŷ[f] = E[f·∇_φ log P_T(ŷ)] = −E[f·∇_φ CE(onehot ŷ, z_aug)], i.e. the teacher should minimise
+−(f − b)·CE_mpl for any baseline b independent of ŷ. Taking b = CE_old = CE(y, S(l; θ)) and f = CE_new:
+−(CE_new − CE_old)·CE_mpl = h·CE_mpl with h = CE_old − CE_new ≈ η_S·∇_θ CE_lᵀ·∇_θ L_S (first-order
+Taylor: the paper's dot product). h > 0 when the pseudo labels lowered the student's labelled loss, and
+minimising h′·CE_mpl then raises the teacher's probability of those labels. The reference's opposite sign
+would push the teacher away from helpful labels; it is harmless only because its CE_mpl is inert.
+
+The whole step is one op (`train_op`): fetch the metrics in the same `session.run` as `train_op`, never
+alone (fetching a late metric such as `h` alone would run the student update without the teacher's).
+"""
+
+import collections
+
+from mpltool.models.wrn import is_batch_norm_variable
+from mpltool.tfv1 import tf
+from mpltool.train import schedules
+
+FEEDBACK_MODES = ("reference", "paper")
+TEACHER_SCOPE = "teacher"
+STUDENT_SCOPE = "student"
+EMA_SCOPE = "ema"
+H_BASELINE_NAME = "mpl/h_baseline"
+
+MplStep = collections.namedtuple("MplStep", [
+    "train_op",            # the whole step; run once per session.run
+    "metrics",             # name -> float32 scalar, computed by this step
+    "teacher_variables",   # every teacher variable (trainable + BN moving statistics)
+    "student_variables",   # every student variable (trainable + BN moving statistics)
+    "ema_variables",       # the EMA copy of student_variables, same order
+    "ema_init_op",         # copies the student into the EMA (fresh runs, after initialisation)
+    "h_baseline",          # the moving baseline m of the feedback h (a global variable)
+    "mpl_term",            # h′·CE_mpl, the term of the teacher loss that carries the MPL feedback
+    "teacher_optimizer",
+    "student_optimizer",
+])
+
+
+def smooth_labels(onehot, label_smoothing):
+    """(1 − ls)·p + ls/K, as tf.losses.softmax_cross_entropy smooths."""
+    num_classes = tf.cast(tf.shape(onehot)[-1], onehot.dtype)
+    return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def soft_cross_entropy(targets, logits):
+    """Per-example −Σ targets·log softmax(logits); targets are labels, so no gradient flows into them."""
+    return tf.nn.softmax_cross_entropy_with_logits_v2(labels=tf.stop_gradient(targets), logits=logits)
+
+
+def uda_loss(z_ori, z_aug, temp, threshold):
+    """(CE_u, mask): the sharpened, confidence-masked consistency loss, summed and divided by all of U."""
+    targets = tf.stop_gradient(tf.nn.softmax(z_ori / temp, axis=-1))
+    mask = tf.cast(tf.reduce_max(targets, axis=-1) >= threshold, z_aug.dtype)
+    return tf.reduce_mean(mask * soft_cross_entropy(targets, z_aug)), mask
+
+
+def add_weight_decay(variables, gradients, weight_decay):
+    """g + wd·w for every variable but batch norm's (the reference skips names with 'bn')."""
+    decayed = []
+    for variable, gradient in zip(variables, gradients):
+        if gradient is None:
+            gradient = tf.zeros_like(variable)
+        if weight_decay and not is_batch_norm_variable(variable):
+            gradient = gradient + weight_decay * tf.stop_gradient(variable)
+        decayed.append(gradient)
+    return decayed
+
+
+def make_optimizer(learning_rate, recipe):
+    """The one place optimizers are made (a distributed wrapper wraps this): Nesterov momentum."""
+    return tf.train.MomentumOptimizer(learning_rate, momentum=recipe.momentum, use_nesterov=True,
+                                      use_locking=True)
+
+
+def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_images, global_step,
+                   loss_scale=1.0, optimizer_wrapper=None):
+    """The MPL step of the module docstring; `model(images, training, scope)` is called 4 times.
+
+    `optimizer_wrapper(optimizer) -> optimizer` wraps both optimizers (NPU loss scale, distributed
+    all-reduce). Gradients go through the optimizer's own `compute_gradients`, so a wrapper that works
+    there is not bypassed (the seed's loss scale was). Use it or `loss_scale`, not both.
+    """
+    if recipe.mpl_feedback not in FEEDBACK_MODES:
+        raise ValueError("mpl_feedback must be one of {}, got {!r}".format(FEEDBACK_MODES, recipe.mpl_feedback))
+    loss_scale = float(loss_scale)
+    check_overflow = loss_scale != 1.0 and bool(recipe.loss_scale_overflow_check)
+    paper = recipe.mpl_feedback == "paper"
+    num_labelled, num_unlabelled = _batch_size(labelled_images), _batch_size(ori_images)
+
+    # Read the step once: every schedule of this step sees t, and the increment waits for the read.
+    step = tf.cast(global_step, tf.float32, name="step")
+    teacher_lr = schedules.teacher_learning_rate(step, recipe)
+    student_lr = schedules.student_learning_rate(step, recipe)
+    # The reference gives m no initialiser, so TF's default glorot-uniform draws it from ±√3 (fan 1);
+    # kept, seeded, so runs reproduce. Created first, outside any control dependency.
+    h_baseline = tf.get_variable(H_BASELINE_NAME, [], tf.float32, trainable=False,
+                                 initializer=tf.glorot_uniform_initializer(seed=recipe.seed))
+
+    # 1-2. Teacher forward and its own losses.
+    teacher = model(tf.concat([labelled_images, ori_images, aug_images], axis=0), training=True,
+                    scope=TEACHER_SCOPE)
+    teacher_variables = _network_variables(TEACHER_SCOPE)
+    z_l, z_ori, z_aug = tf.split(teacher.logits, [num_labelled, num_unlabelled, num_unlabelled], axis=0)
+    dtype = z_l.dtype
+    y = tf.one_hot(labels, recipe.num_classes, dtype=dtype)
+    labelled_ce = tf.reduce_mean(soft_cross_entropy(smooth_labels(y, recipe.label_smoothing), z_l))
+    unlabelled_ce, uda_mask = uda_loss(z_ori, z_aug, recipe.uda_temp, recipe.uda_threshold)
+
+    # 3. Pseudo labels, and the teacher's CE on them (its MPL term, used in 9).
+    if paper:
+        pseudo = tf.one_hot(tf.argmax(z_aug, axis=-1), recipe.num_classes, dtype=dtype)
+        mpl_ce = tf.reduce_mean(soft_cross_entropy(pseudo, z_aug))
+    else:
+        pseudo = tf.stop_gradient(tf.nn.softmax(z_aug, axis=-1))
+        # CE(stopgrad(softmax(z)), z) has gradient softmax − softmax, but TF 1.15's fused kernel computes
+        # its own softmax and leaves ~1e-9 residues (measured on CPU; NPU/GPU kernels differ again).
+        # Stopping the gradient at z keeps the value and makes the reference's zero gradient exact.
+        mpl_ce = tf.reduce_mean(soft_cross_entropy(pseudo, tf.stop_gradient(z_aug)))
+
+    # 4. Student forward on [u_aug, l]: pseudo-label loss and the labelled CE before the update.
+    student = model(tf.concat([aug_images, labelled_images], axis=0), training=True, scope=STUDENT_SCOPE)
+    student_variables = _network_variables(STUDENT_SCOPE)
+    s_u, s_l_old = tf.split(student.logits, [num_unlabelled, num_labelled], axis=0)
+    student_loss = tf.reduce_mean(soft_cross_entropy(smooth_labels(pseudo, recipe.label_smoothing), s_u))
+    student_ce_old = tf.reduce_mean(soft_cross_entropy(y, s_l_old))
+
+    ema_variables = _build_ema(model, labelled_images, student_variables)
+    ema_init_op = tf.group(*[tf.assign(e, s) for e, s in zip(ema_variables, student_variables)],
+                           name="ema_init")
+
+    # 5. Student update, after this call's BN statistics.
+    student_optimizer = _wrapped(make_optimizer(student_lr, recipe), optimizer_wrapper)
+    student_update, student_grad_norm, student_overflow = _gradient_step(
+        student_loss, _trainable(student_variables), student_optimizer, recipe, loss_scale, check_overflow,
+        dependencies=student.bn_updates)
+
+    # 6. EMA of the updated student.
+    decay = schedules.ema_decay(step, recipe)
+    with tf.control_dependencies([student_update]):
+        ema_update = tf.group(*[tf.assign_sub(e, (1.0 - tf.cast(decay, e.dtype)) * (e - w))
+                                for e, w in zip(ema_variables, student_variables)], name="ema_update")
+
+    # 7. Second student forward, after the update (its BN updates are dropped on purpose).
+    with tf.control_dependencies([ema_update]):
+        s_l_new = model(labelled_images, training=True, scope=STUDENT_SCOPE).logits
+    student_ce_new = tf.reduce_mean(soft_cross_entropy(y, s_l_new))
+
+    # 8. Feedback and its baseline (updated before use).
+    h = student_ce_old - student_ce_new if paper else student_ce_new - student_ce_old
+    baseline = tf.identity(tf.assign_sub(
+        h_baseline, recipe.mpl_baseline_decay * (h_baseline - tf.cast(h, tf.float32))), name="h_baseline")
+    h_prime = tf.stop_gradient(h - tf.cast(baseline, dtype))
+
+    # 9-10. Teacher loss and update. The reference leaves the teacher's BN statistics stale (it never
+    # evaluates the teacher); mpltool evaluates it every eval, so they are updated here, as the Ascend
+    # port does. h′ is a dependency even where the MPL gradient is structurally zero, so the student half
+    # above always runs first and within this one op.
+    uda_weight = schedules.uda_weight(step, recipe)
+    mpl_term = h_prime * mpl_ce
+    teacher_loss = tf.cast(uda_weight, dtype) * unlabelled_ce + labelled_ce + mpl_term
+    teacher_optimizer = _wrapped(make_optimizer(teacher_lr, recipe), optimizer_wrapper)
+    teacher_update, teacher_grad_norm, teacher_overflow = _gradient_step(
+        teacher_loss, _trainable(teacher_variables), teacher_optimizer, recipe, loss_scale, check_overflow,
+        dependencies=list(teacher.bn_updates) + [h_prime])
+    with tf.control_dependencies([teacher_update, step]):
+        train_op = tf.group(tf.assign_add(global_step, 1), name="mpl_train_op")
+
+    metrics = collections.OrderedDict([
+        ("teacher_loss", teacher_loss),
+        ("labelled_ce", labelled_ce),
+        ("uda_loss", unlabelled_ce),
+        ("uda_mask_rate", tf.reduce_mean(uda_mask)),
+        ("uda_weight", uda_weight),
+        ("mpl_ce", mpl_ce),
+        ("student_loss", student_loss),
+        ("student_ce_old", student_ce_old),
+        ("student_ce_new", student_ce_new),
+        ("h", h),
+        ("h_baseline", baseline),
+        ("h_prime", h_prime),
+        ("teacher_lr", teacher_lr),
+        ("student_lr", student_lr),
+        ("ema_decay", decay),
+        ("teacher_grad_norm", teacher_grad_norm),
+        ("student_grad_norm", student_grad_norm),
+        ("teacher_accuracy", _accuracy(labels, z_l)),
+        ("student_accuracy", _accuracy(labels, s_l_old)),
+    ])
+    if check_overflow:
+        metrics["student_overflow"] = student_overflow
+        metrics["teacher_overflow"] = teacher_overflow
+        metrics["overflow"] = tf.maximum(student_overflow, teacher_overflow)
+    metrics = collections.OrderedDict((name, tf.cast(value, tf.float32)) for name, value in metrics.items())
+    return MplStep(train_op=train_op, metrics=metrics, teacher_variables=teacher_variables,
+                   student_variables=student_variables, ema_variables=ema_variables, ema_init_op=ema_init_op,
+                   h_baseline=h_baseline, mpl_term=mpl_term, teacher_optimizer=teacher_optimizer,
+                   student_optimizer=student_optimizer)
+
+
+def _gradient_step(loss, variables, optimizer, recipe, loss_scale, check_overflow, dependencies):
+    """(update op, global gradient norm, overflow flag or None) of one network.
+
+    With a loss scale the gradients come from loss·scale (fp16 backward passes keep small gradients)
+    and are unscaled before weight decay and clipping. With the overflow check, a step whose gradients
+    are not finite applies nothing to this network: no weight and no momentum change. (The BN
+    statistics in `dependencies` still update: an overflow happens in the scaled backward pass, after a
+    finite forward pass.)
+    """
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
+    gradients = [g for g, _ in optimizer.compute_gradients(scaled, var_list=variables)]
+    if loss_scale != 1.0:
+        gradients = [None if g is None else g / loss_scale for g in gradients]
+    gradients = add_weight_decay(variables, gradients, recipe.weight_decay)
+    gradients, norm = tf.clip_by_global_norm(gradients, recipe.grad_bound)
+    # The dependencies gate the gradients themselves, so they hold whatever a (wrapped) optimizer's
+    # apply_gradients builds, inside the overflow cond or not.
+    with tf.control_dependencies(dependencies):
+        gradients = [tf.identity(g) for g in gradients]
+
+    def apply():
+        return optimizer.apply_gradients(list(zip(gradients, variables)))
+
+    if not check_overflow:
+        return apply(), norm, None
+    finite = tf.is_finite(norm)
+    return tf.cond(finite, apply, tf.no_op), norm, 1.0 - tf.cast(finite, tf.float32)
+
+
+def _wrapped(optimizer, wrapper):
+    return optimizer if wrapper is None else wrapper(optimizer)
+
+
+def _build_ema(model, images, student_variables):
+    """The EMA network's variables, built as a third copy of the model so eval/freeze find it by name."""
+    model(images, training=False, scope=EMA_SCOPE)
+    by_name = {v.op.name: v for v in _network_variables(EMA_SCOPE)}
+    ema_variables = []
+    for variable in student_variables:
+        name = EMA_SCOPE + variable.op.name[len(STUDENT_SCOPE):]
+        if name not in by_name:
+            raise ValueError("the EMA network has no variable {} (model built different variables)".format(name))
+        ema_variables.append(by_name[name])
+    # The EMA is averaged, never trained: keep it out of the trainable collection.
+    trainable = tf.get_collection_ref(tf.GraphKeys.TRAINABLE_VARIABLES)
+    trainable[:] = [v for v in trainable if not v.op.name.startswith(EMA_SCOPE + "/")]
+    return ema_variables
+
+
+def _network_variables(scope):
+    return [v for v in tf.global_variables() if v.op.name.startswith(scope + "/")]
+
+
+def _trainable(variables):
+    if not variables:
+        return []
+    trainable = set(v.op.name for v in variables[0].graph.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES))
+    return [v for v in variables if v.op.name in trainable]
+
+
+def _batch_size(images):
+    static = tf.compat.dimension_value(images.shape[0]) if images.shape.ndims else None
+    return static if static is not None else tf.shape(images)[0]
+
+
+def _accuracy(labels, logits):
+    correct = tf.equal(tf.cast(labels, tf.int64), tf.argmax(logits, axis=-1))
+    return tf.reduce_mean(tf.cast(correct, tf.float32))
