@@ -1,0 +1,58 @@
+"""Shared by the benchmark scripts: timing with warm-up, peak RSS, running a measurement in a child process.
+
+Each measurement runs in its own process so that its peak RSS is its own and one configuration's graph
+never slows the next. Figures are printed; nothing here asserts a time (machines are shared and noisy).
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def timed(fn, warmup, repeat):
+    """Median seconds per call of fn() after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child(script, measurement, args, python=None):
+    """Run `script --child measurement args` in a fresh interpreter and return its JSON result."""
+    command = [python or sys.executable, script, "--child", measurement, json.dumps(args)]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    if out.returncode != 0:
+        raise RuntimeError("{} {} failed:\n{}".format(script, measurement, out.stderr.decode()[-3000:]))
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def child_main(measurements):
+    """Entry point of a child: `--child NAME ARGS_JSON` runs measurements[NAME](**args), prints JSON."""
+    if len(sys.argv) >= 4 and sys.argv[1] == "--child":
+        result = measurements[sys.argv[2]](**json.loads(sys.argv[3]))
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        print(json.dumps(result))
+        sys.exit(0)
+
+
+def machine():
+    import platform
+
+    return "{} cores, {} {}".format(os.cpu_count(), platform.machine(), platform.processor() or "")
