@@ -17,7 +17,7 @@ MplBatch = collections.namedtuple("MplBatch", ["labelled_images", "labels", "ori
 class MplInput:
     """Per step: B labelled (flip/pad/crop) + U ori (flip/pad/crop) + U aug (RandAugment, cutout, flip/crop)."""
 
-    def __init__(self, batch_size, uda_data, magnitude=16, num_layers=2, cutout_size=16, shuffle_buffer=1024,
+    def __init__(self, batch_size, uda_data, magnitude=16, num_layers=2, shuffle_buffer=1024,
                  seed=None, image_shape=(32, 32, 3)):
         self.batch_size = batch_size
         self.unlabelled_batch_size = batch_size * uda_data
@@ -26,11 +26,17 @@ class MplInput:
         self.unlabelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="unlabelled_images")
         parallel = tf.data.experimental.AUTOTUNE
 
+        # Distinct op seeds per stream: with only a graph-level seed, random ops inside different map
+        # functions can receive the same seeds and draw correlated numbers.
+        labelled_seed = None if seed is None else seed + 101
+        unlabelled_seed = None if seed is None else seed + 202
+
         def labelled_map(image, label):
-            return augment.normalize(augment.labelled_view(image)), label
+            return augment.normalize(augment.labelled_view(image, seed=labelled_seed)), label
 
         def unlabelled_map(image):
-            ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers)
+            ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
+                                                seed=unlabelled_seed)
             return augment.normalize(ori), augment.normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.

@@ -71,7 +71,6 @@ FIELDS = [
     Field("dropout_rate", "float", 0.2, "dropout before the classifier", _in_unit_interval),
     Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", _at_least(0)),
     Field("augment_layers", "int", 2, "RandAugment ops per image", _at_least(0)),
-    Field("cutout_size", "int", 16, "Cutout square after RandAugment", _at_least(0)),
     Field("mpl_feedback", "str", "reference", "teacher MPL term: reference (the released code: zero gradient) "
           "or paper (hard pseudo labels: the h-term moves the teacher)", choices=("reference", "paper")),
     Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", _in_unit_interval),

@@ -38,7 +38,7 @@ class TrainingGraph:
             tf.set_random_seed(recipe.seed)
             self.global_step = tf.train.get_or_create_global_step()
             self.input = MplInput(recipe.batch_size, recipe.uda_data, magnitude=recipe.augment_magnitude,
-                                  num_layers=recipe.augment_layers, cutout_size=recipe.cutout_size,
+                                  num_layers=recipe.augment_layers,
                                   shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device))

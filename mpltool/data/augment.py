@@ -1,0 +1,515 @@
+"""Per-image uint8 augmentation for the MPL input pipeline (TF 1.15 graph mode, for Dataset.map).
+
+Semantics follow the reference RandAugment (google-research meta_pseudo_labels/augment.py and
+data_utils.py; reference/mpl-reference.md §1). Deliberate differences, each tested:
+- `blend` clips to [0, 255] before the uint8 cast. The reference's float->uint8 cast wraps instead
+  (TF 1.15 casts 300.0 to 44), turning bright pixels dark at enhance factor 2.98.
+- Grayscale, autocontrast and the sharpness filter use exact integer arithmetic, where the reference
+  truncates float32 results (at most 1 apart); geometric sampling maps are computed in float64.
+- Geometric ops gather nearest neighbours instead of calling tf.contrib.image (not reachable through
+  tf.compat.v1) with its coordinates, rounding (half away from zero) and fill-where-outside.
+Reference quirks that are kept on purpose are commented where they happen (solarize, contrast).
+
+Every op needs a static HWC shape: masks and sampling maps become graph constants, which keeps the
+per-image work to a few kernels (tf.data pays ~2-20 us per kernel on a 32x32 image).
+"""
+
+import itertools
+import math
+
+import numpy as np
+
+from mpltool.errors import UsageError
+from mpltool.tfv1 import tf
+
+FILL = 128
+
+RANDAUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
+)
+# The reference flips the sign of these parameters with probability 1/2; the others are used as is.
+SIGNED_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+
+CIFAR_MEAN = (0.491400, 0.482158, 0.4465309)
+CIFAR_STD = (0.247032, 0.243485, 0.26159)
+# float32 like the reference (np.float32 array * 255), so normalisation is bit-identical to it.
+_MEAN_255 = np.array(CIFAR_MEAN, np.float32) * np.float32(255.0)
+_STD_255 = np.array(CIFAR_STD, np.float32) * np.float32(255.0)
+
+_MAX_LEVEL = 10.0
+
+# Dataset.map runs AutoGraph over every function it reaches, which costs seconds per pipeline build
+# here and buys nothing: these functions have no Python control flow on tensors.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+def _image(img):
+    """The input as a uint8 tensor of static HWC shape (masks and sampling maps are built from it)."""
+    img = tf.convert_to_tensor(img)
+    if img.dtype != tf.uint8:
+        raise ValueError("augmentation ops take a uint8 HWC image, got {}".format(img.dtype.name))
+    if img.shape.ndims != 3 or not img.shape.is_fully_defined():
+        raise ValueError("augmentation ops need a static HWC image shape, got {}; call set_shape first"
+                         .format(img.shape))
+    return img
+
+
+def _hwc(img):
+    return tuple(int(d) for d in img.shape)
+
+
+def _same_shape(out, img):
+    """Keep the input's static shape so tf.cond branches and Dataset.map stay fully shaped."""
+    out.set_shape(img.shape)
+    return out
+
+
+def _seeds(seed):
+    """Distinct op-level seeds (ops sharing a seed would draw identical numbers), or all None."""
+    if seed is None:
+        return itertools.repeat(None)
+    return itertools.count(int(seed) * 1000)
+
+
+# ---------------------------------------------------------------------------------------------- colour
+
+
+@_no_autograph
+def blend(img1, img2, factor):
+    """img1 + factor*(img2 - img1) in float32, clipped to [0, 255] (never wrapped), truncated to uint8."""
+    a = tf.cast(img1, tf.float32)
+    b = tf.cast(img2, tf.float32)
+    out = a + tf.cast(factor, tf.float32) * (b - a)
+    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+
+
+def _grayscale(img):
+    """PIL's "L" conversion, (299 R + 587 G + 114 B)/1000 rounded, as an int32 [H, W, 1] image."""
+    x = tf.cast(img, tf.int32)
+    gray = (x[:, :, 0:1] * 299 + x[:, :, 1:2] * 587 + x[:, :, 2:3] * 114 + 500) // 1000
+    return gray
+
+
+@_no_autograph
+def auto_contrast(img):
+    """Stretch each channel linearly so its minimum becomes 0 and its maximum 255."""
+    img = _image(img)
+    x = tf.cast(img, tf.int32)
+    lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+    hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+    flat = hi <= lo  # a flat channel stays as it is: stretch it by 255/255 from 0
+    lo = tf.where(flat, tf.zeros_like(lo), lo)
+    span = tf.where(flat, tf.fill(tf.shape(lo), 255), hi - lo)
+    return _same_shape(tf.cast((x - lo) * 255 // span, tf.uint8), img)
+
+
+@_no_autograph
+def equalize(img):
+    """PIL ImageOps.equalize per channel: LUT from the histogram, step excluding the top value's count."""
+    img = _image(img)
+    height, width, channels = _hwc(img)
+    flat = tf.reshape(tf.cast(img, tf.int32), [height * width, channels])
+    ids = flat + np.arange(channels, dtype=np.int32) * 256  # one histogram per channel, side by side
+    bins = channels * 256
+    hist = tf.reshape(tf.math.bincount(ids, minlength=bins, maxlength=bins), [channels, 256])
+    top_count = tf.reduce_sum(hist * tf.one_hot(tf.reduce_max(flat, axis=0), 256, dtype=tf.int32), axis=1)
+    step = tf.expand_dims((height * width - top_count) // 255, 1)
+    lut = (tf.cumsum(hist, axis=1, exclusive=True) + step // 2) // tf.maximum(step, 1)
+    identity = np.tile(np.arange(256, dtype=np.int32), (channels, 1))
+    # (tf.where with equal shapes: broadcasting SelectV2 is ~20x slower per element in TF 1.15.)
+    lut = tf.where(tf.equal(tf.tile(step, [1, 256]), 0), identity, tf.clip_by_value(lut, 0, 255))
+    out = tf.reshape(tf.gather(tf.reshape(lut, [-1]), ids), [height, width, channels])
+    return _same_shape(tf.cast(out, tf.uint8), img)
+
+
+@_no_autograph
+def invert(img):
+    img = _image(img)
+    return _same_shape(tf.constant(255, tf.uint8) - img, img)
+
+
+@_no_autograph
+def posterize(img, bits):
+    """Keep the top `bits` bits of every value; bits outside 0..8 are clamped (8 keeps the image)."""
+    img = _image(img)
+    bits = min(max(int(bits), 0), 8)
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return _same_shape(tf.bitwise.bitwise_and(img, tf.constant(mask, tf.uint8)), img)
+
+
+@_no_autograph
+def solarize(img, threshold):
+    """Invert values >= threshold.
+
+    The reference casts the threshold to the image dtype, and TF 1.15 wraps int32 -> uint8, so its
+    magnitude-16 threshold 409 becomes 409 % 256 = 153 (verified in the venv). Kept as is: thresholds
+    are taken modulo 256, so solarize(img, 409) == solarize(img, 153).
+    """
+    img = _image(img)
+    wrapped = tf.constant(int(threshold) % 256, tf.uint8)
+    return _same_shape(tf.where(img < wrapped, img, tf.constant(255, tf.uint8) - img), img)
+
+
+@_no_autograph
+def color(img, factor):
+    """PIL Color: blend from the grayscale image towards the input."""
+    img = _image(img)
+    gray = tf.tile(_grayscale(img), [1, 1, _hwc(img)[2]])
+    return _same_shape(blend(gray, img, factor), img)
+
+
+@_no_autograph
+def contrast(img, factor):
+    """Blend from a constant image towards the input.
+
+    The reference means to use the mean gray level, but computes sum(histogram)/256, i.e. the pixel
+    count / 256 (4 for 32x32): kept, so magnitude-16 contrast behaves like the run it reproduces.
+    """
+    img = _image(img)
+    height, width, _ = _hwc(img)
+    level = min(int(height * width / 256.0), 255)
+    return _same_shape(blend(np.full(_hwc(img), level, np.uint8), img, factor), img)
+
+
+@_no_autograph
+def brightness(img, factor):
+    img = _image(img)
+    return _same_shape(blend(tf.zeros_like(img), img, factor), img)
+
+
+@_no_autograph
+def sharpness(img, factor):
+    """PIL Sharpness: blend from the SMOOTH-filtered image (borders unfiltered) towards the input."""
+    img = _image(img)
+    height, width, channels = _hwc(img)
+    x = tf.cast(img, tf.float32)
+    # SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 on the interior, as separable slice sums
+    # (TF 1.15's depthwise_conv2d costs ~100 us on a 32x32 image; these slices a fraction of that).
+    row_sums = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
+    sums = row_sums[:-2] + row_sums[1:-1] + row_sums[2:] + 4.0 * x[1:-1, 1:-1]
+    # The sums are exact integers, so floor((sum + 0.5) / 13) is exactly sum // 13: no float quotient
+    # lies within 0.5/13 of an integer it must not reach.
+    smooth = tf.pad(tf.floor((sums + 0.5) / 13.0), [[1, 1], [1, 1], [0, 0]])
+    interior = np.zeros((height, width, channels), bool)  # the border keeps the original pixels
+    interior[1:-1, 1:-1] = True
+    degenerate = tf.where(interior, smooth, x)
+    return _same_shape(blend(degenerate, img, factor), img)
+
+
+# ------------------------------------------------------------------------------------------- geometry
+# Geometric ops take Python numbers: the source pixel of every output pixel is computed once in numpy
+# when the graph is built, so the per-image work is a single gather.
+
+
+def _round_half_away(v):
+    """std::round, as the tf.contrib.image NEAREST kernel rounds (np.round rounds half to even)."""
+    magnitude = np.abs(v)
+    whole = np.floor(magnitude)
+    return np.sign(v) * (whole + (magnitude - whole >= 0.5))
+
+
+def _source_index(shape, transform):
+    """Flat source index of every output pixel, -1 where it falls outside.
+
+    As in tf.contrib.image.transform, output (y, x) reads input (b0 x + b1 y + b2, a0 x + a1 y + a2),
+    rounded to the nearest pixel, for transform = (a0, a1, a2, b0, b1, b2).
+    """
+    height, width = shape[0], shape[1]
+    a0, a1, a2, b0, b1, b2 = (float(v) for v in transform)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    src_x = _round_half_away(a0 * xs + a1 * ys + a2).astype(np.int64)
+    src_y = _round_half_away(b0 * xs + b1 * ys + b2).astype(np.int64)
+    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    return np.where(inside, src_y * width + src_x, -1).astype(np.int32)
+
+
+def _rotation(shape, degrees):
+    """tf.contrib.image.rotate's matrix: counter-clockwise about the centre of the pixel grid."""
+    radians = float(degrees) * math.pi / 180.0
+    cos, sin = math.cos(radians), math.sin(radians)
+    last_x, last_y = shape[1] - 1.0, shape[0] - 1.0
+    x_offset = (last_x - (cos * last_x - sin * last_y)) / 2.0
+    y_offset = (last_y - (sin * last_x + cos * last_y)) / 2.0
+    return (cos, -sin, x_offset, sin, cos, y_offset)
+
+
+_TRANSFORMS = {
+    "Rotate": _rotation,
+    "ShearX": lambda shape, level: (1.0, level, 0.0, 0.0, 1.0, 0.0),
+    "ShearY": lambda shape, level: (1.0, 0.0, 0.0, level, 1.0, 0.0),
+    "TranslateX": lambda shape, pixels: (1.0, 0.0, pixels, 0.0, 1.0, 0.0),
+    "TranslateY": lambda shape, pixels: (1.0, 0.0, 0.0, 0.0, 1.0, pixels),
+}
+
+
+def _sample(img, index, fill=FILL):
+    """Output pixel (y, x) = input pixel index[y, x] (flat), or `fill` where index is negative.
+
+    One gather from [fill pixel, pixels...]: cheaper than masking, which in TF 1.15 means a
+    broadcasting SelectV2 at ~20x the per-element cost.
+    """
+    height, width, channels = _hwc(img)
+    table = tf.concat([tf.fill([1, channels], tf.constant(fill, tf.uint8)),
+                       tf.reshape(img, [height * width, channels])], 0)
+    if isinstance(index, np.ndarray):
+        rows = np.maximum(index + 1, 0)
+    else:
+        rows = tf.maximum(index + 1, 0)
+    return _same_shape(tf.gather(table, rows), img)
+
+
+def _geometric(name, img, parameter):
+    img = _image(img)
+    return _sample(img, _source_index(_hwc(img), _TRANSFORMS[name](_hwc(img), parameter)))
+
+
+@_no_autograph
+def rotate(img, degrees):
+    """Rotate counter-clockwise by `degrees` about the image centre."""
+    return _geometric("Rotate", img, degrees)
+
+
+@_no_autograph
+def shear_x(img, level):
+    """PIL-style shear about the top-left corner: output (y, x) takes input (y, x + level*y)."""
+    return _geometric("ShearX", img, level)
+
+
+@_no_autograph
+def shear_y(img, level):
+    """Output (y, x) takes input (y + level*x, x)."""
+    return _geometric("ShearY", img, level)
+
+
+@_no_autograph
+def translate_x(img, pixels):
+    """Output (y, x) takes input (y, x + pixels): positive pixels move the content left, like PIL."""
+    return _geometric("TranslateX", img, pixels)
+
+
+@_no_autograph
+def translate_y(img, pixels):
+    """Output (y, x) takes input (y + pixels, x): positive pixels move the content up."""
+    return _geometric("TranslateY", img, pixels)
+
+
+@_no_autograph
+def cutout_at(img, center_y, center_x, size, fill=FILL):
+    """Fill rows [cy - size//2, cy - size//2 + size) x the same for columns, clipped at the borders."""
+    img = _image(img)
+    height, width, _ = _hwc(img)
+    top = center_y - size // 2
+    left = center_x - size // 2
+    rows = np.arange(height, dtype=np.int32)
+    cols = np.arange(width, dtype=np.int32)
+    in_rows = tf.logical_and(rows >= top, rows < top + size)
+    in_cols = tf.logical_and(cols >= left, cols < left + size)
+    covered = tf.logical_and(in_rows[:, None], in_cols[None, :])
+    identity = np.arange(height * width, dtype=np.int32).reshape(height, width)
+    return _sample(img, tf.where(covered, tf.fill([height, width], -1), identity), fill)
+
+
+@_no_autograph
+def random_cutout(img, size=16, fill=FILL, seed=None):
+    """Cutout with a centre uniform over the pixels, so the square may hang over the border."""
+    img = _image(img)
+    height, width, _ = _hwc(img)
+    center = tf.random.uniform([], 0, height * width, tf.int32, seed=next(_seeds(seed)))
+    return cutout_at(img, center // width, center % width, size, fill)
+
+
+@_no_autograph
+def flip_pad_crop(img, pad=4, fill=FILL, seed=None):
+    """Random horizontal flip, pad `pad` px of `fill` on every side, random crop back to the input size."""
+    img = _image(img)
+    seeds = _seeds(seed)
+    height, width, _ = _hwc(img)
+    rows = np.arange(height, dtype=np.int32)
+    cols = np.arange(width, dtype=np.int32)
+    flip = tf.random.uniform([], seed=next(seeds)) < 0.5
+    # Crop offset o in [0, 2 pad] of the padded image = shift o - pad of the flipped image; the whole
+    # flip + pad + crop is then a single gather.
+    shift = tf.random.uniform([2], 0, 2 * pad + 1, tf.int32, seed=next(seeds)) - pad
+    src_y = rows + shift[0]
+    flipped_x = cols + shift[1]
+    src_x = tf.where(flip, (width - 1) - flipped_x, flipped_x)
+    # Outside rows/columns get a large negative offset so that every sum involving them stays < 0.
+    outside = -2 * height * width
+    row_start = tf.where((src_y >= 0) & (src_y < height), src_y * width, tf.fill([height], outside))
+    col = tf.where((src_x >= 0) & (src_x < width), src_x, tf.fill([width], outside))
+    return _sample(img, row_start[:, None] + col[None, :], fill)
+
+
+# ---------------------------------------------------------------------------------------- RandAugment
+
+_UNSIGNED_OPS = {
+    "AutoContrast": auto_contrast,
+    "Equalize": equalize,
+    "Invert": invert,
+    "Posterize": posterize,
+    "Solarize": solarize,
+    "Color": color,
+    "Contrast": contrast,
+    "Brightness": brightness,
+    "Sharpness": sharpness,
+}
+
+
+def op_parameters(name, magnitude, image_size=32):
+    """The reference's level -> arguments of op `name` (before the random sign), as a tuple.
+
+    Level = magnitude / 10, so magnitude 16 exceeds the nominal maximum: rotate 48 deg, shear 0.48,
+    translate 6.4 px and cutout 12 px (both from image_size // 8 = 4), enhance 2.98, posterize 6 bits,
+    solarize 409 (see `solarize` for what that means in uint8).
+    """
+    if name not in RANDAUGMENT_OPS:
+        raise UsageError("unknown augmentation op {!r}; choose one of {}".format(
+            name, ", ".join(RANDAUGMENT_OPS)))
+    if magnitude < 0:
+        raise UsageError("augment magnitude must be >= 0, got {}".format(magnitude))
+    level = magnitude / _MAX_LEVEL
+    size_const = int(image_size) // 8
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (magnitude * 30.0 / _MAX_LEVEL,)
+    if name in ("ShearX", "ShearY"):
+        return (magnitude * 0.3 / _MAX_LEVEL,)
+    if name in ("TranslateX", "TranslateY"):
+        return (magnitude * float(size_const) / _MAX_LEVEL,)
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return (magnitude * 1.8 / _MAX_LEVEL + 0.1,)
+    if name == "Posterize":
+        return (int(level * 4),)
+    if name == "Solarize":
+        return (int(level * 256),)
+    return (2 * int(level * size_const),)  # Cutout: the reference's pad_size is half the side
+
+
+def _apply_op(name, img, args, seed):
+    if name == "Cutout":
+        return random_cutout(img, args[0], seed=seed)
+    return _UNSIGNED_OPS[name](img, *args)
+
+
+def _branch_plan(ops, params, shape):
+    """How one layer dispatches: (branch of each op, unsigned op indices, map row of each op, maps).
+
+    Branch 0 leaves the image as is, branches 1..k run the unsigned ops, and one last branch serves
+    every signed op: a gather through its + or - sampling map, stacked as constants. Fewer branches
+    mean fewer nodes, which tf.data runs (as dead tensors) for every image even when not taken.
+    """
+    signed = [i for i, name in enumerate(ops) if name in SIGNED_OPS]
+    unsigned = [i for i, name in enumerate(ops) if name not in SIGNED_OPS]
+    branch_of_op = np.zeros(len(ops), np.int32)
+    branch_of_op[unsigned] = 1 + np.arange(len(unsigned))
+    branch_of_op[signed] = 1 + len(unsigned)
+    map_of_op = np.zeros(len(ops), np.int32)
+    map_of_op[signed] = 2 * np.arange(len(signed))  # row of the + map; the - map follows it
+    maps = [_source_index(shape, _TRANSFORMS[ops[i]](shape, sign * params[i][0]))
+            for i in signed for sign in (1, -1)]
+    return branch_of_op, unsigned, map_of_op, (np.stack(maps) if maps else None)
+
+
+def _switch(index, branches, first=0):
+    """branches[index]() as a balanced tree of tf.cond (tf.switch_case is not in TF 1.15's v1 API).
+
+    A tree nests each branch in log2(n) conds instead of the n of tf.case's chain: fewer Switch
+    nodes, which tf.data runs (as dead tensors) for every branch of every image.
+    """
+    if len(branches) == 1:
+        return branches[0]()
+    half = len(branches) // 2
+    return tf.cond(index < first + half,
+                   lambda: _switch(index, branches[:half], first),
+                   lambda: _switch(index, branches[half:], first + half))
+
+
+@_no_autograph
+def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=None, ops=RANDAUGMENT_OPS):
+    """RandAugment as in the reference: p ~ U(prob_range) once per image, then `num_layers` times pick
+    one of `ops` uniformly and apply it with probability p (random sign where SIGNED_OPS says).
+
+    prob_range=(0, 0) never applies an op (the input comes back unchanged); (1, 1) always does.
+    """
+    img = _image(img)
+    low, high = prob_range
+    if not 0.0 <= low <= high <= 1.0:
+        raise UsageError("RandAugment prob_range must satisfy 0 <= low <= high <= 1, got {}".format(
+            prob_range))
+    if int(num_layers) != num_layers or num_layers < 0:
+        raise UsageError("RandAugment num_layers must be a whole number >= 0, got {}".format(num_layers))
+    if not ops:
+        raise UsageError("RandAugment needs at least one op")
+    shape = _hwc(img)
+    params = [op_parameters(name, magnitude, min(shape[:2])) for name in ops]
+    branch_of_op, unsigned, map_of_op, maps = _branch_plan(ops, params, shape)
+    seeds = _seeds(seed)
+    prob = tf.random.uniform([], low, high, seed=next(seeds))
+    out = img
+    for _ in range(int(num_layers)):
+        choice = tf.random.uniform([], 0, len(ops), tf.int32, seed=next(seeds))
+        # u < p (strict) so that p = 0 can never apply an op; u is in [0, 1), so p = 1 always does.
+        applied = tf.random.uniform([], seed=next(seeds)) < prob
+        negative = tf.cast(tf.random.uniform([], seed=next(seeds)) < 0.5, tf.int32)
+        op_seed = next(seeds)
+        branches = [lambda layer_in=out: tf.identity(layer_in)]
+        branches += [lambda i=i, layer_in=out: _apply_op(ops[i], layer_in, params[i], op_seed)
+                     for i in unsigned]
+        if maps is not None:
+            branches.append(lambda layer_in=out, choice=choice, negative=negative: _sample(
+                layer_in, tf.gather(maps, tf.gather(map_of_op, choice) + negative)))
+        branch = tf.where_v2(applied, tf.gather(branch_of_op, choice), 0)
+        out = _same_shape(_switch(branch, branches), img)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- views
+
+
+def _jitter(img, seed):
+    """The reference's flip + pad + crop, padding by image_size // 8 (4 px for CIFAR)."""
+    img = _image(img)
+    return flip_pad_crop(img, pad=min(_hwc(img)[:2]) // 8, seed=seed)
+
+
+def _derived(seed, offset):
+    return None if seed is None else int(seed) + offset
+
+
+@_no_autograph
+def labelled_view(img, seed=None):
+    return _jitter(img, seed)
+
+
+@_no_autograph
+def ori_view(img, seed=None):
+    return _jitter(img, seed)
+
+
+@_no_autograph
+def aug_view(ori_img, magnitude=16, num_layers=2, seed=None):
+    """The strong view, from the already jittered ori image: RandAugment, cutout of half the image
+    size (16 px for CIFAR), then flip + pad + crop once more, as the reference does."""
+    out = randaugment(ori_img, num_layers=num_layers, magnitude=magnitude, seed=_derived(seed, 1))
+    out = random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=_derived(seed, 2))
+    return _jitter(out, _derived(seed, 3))
+
+
+@_no_autograph
+def unlabelled_views(img, magnitude=16, num_layers=2, seed=None):
+    """(ori, aug) for one unlabelled image; aug starts from this very ori image.
+
+    Pass distinct seeds (or none) to the labelled and unlabelled maps: with only a graph-level seed,
+    TF may give their random ops identical op seeds, i.e. correlated draws.
+    """
+    ori = ori_view(img, seed=seed)
+    return ori, aug_view(ori, magnitude=magnitude, num_layers=num_layers, seed=_derived(seed, 4))
+
+
+@_no_autograph
+def normalize(img):
+    """(x - 255 mean) / (255 std) in float32 over the last axis: one image, a batch, uint8 or float."""
+    x = tf.cast(img, tf.float32)
+    return (x - tf.constant(_MEAN_255)) / tf.constant(_STD_255)

@@ -1,0 +1,510 @@
+"""Augmentation ops against independent numpy computations, and the RandAugment/view wiring."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mpltool.data import augment as A
+from mpltool.errors import UsageError
+from mpltool.tfv1 import tf
+
+H = W = 32
+
+
+def _test_image():
+    """Seeded noise on a gradient: per-channel ranges inside (0, 255), values both sides of 153."""
+    rng = np.random.RandomState(7)
+    y, x = np.mgrid[0:H, 0:W]
+    img = 10 + 3 * y[..., None] + 2 * x[..., None] + rng.randint(0, 60, (H, W, 3)) + np.array([0, 10, 20])
+    return img.astype(np.uint8)
+
+
+IMG = _test_image()
+# The same without any 128, so filled regions can be told apart from image content.
+IMG_NO_FILL = np.where(IMG == 128, 127, IMG).astype(np.uint8)
+# Every pixel names its source: channel 0 = row + 1, channel 1 = column + 1, channel 2 = 7.
+COORDS = np.stack(np.mgrid[1:H + 1, 1:W + 1].tolist() + [np.full((H, W), 7)], -1).astype(np.uint8)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:Seed .* from outer graph:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def run():
+    """One graph and session for the module; run(build) builds tensors in it and evaluates them."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(20240601)
+    config = tf.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=2)
+    sess = tf.Session(graph=graph, config=config)
+
+    def _run(build):
+        with graph.as_default():
+            fetches = build()
+        return sess.run(fetches)
+
+    yield _run
+    sess.close()
+
+
+def _samples(fn, image, count):
+    """`count` independent results of fn(image), produced by Dataset.map as in the pipeline."""
+    dataset = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(count).map(fn).batch(count)
+    return tf.data.make_one_shot_iterator(dataset).get_next()
+
+
+# ------------------------------------------------------------------------------------ numpy references
+
+
+def np_blend(img1, img2, factor):
+    a = img1.astype(np.float32)
+    b = img2.astype(np.float32)
+    return np.clip(a + np.float32(factor) * (b - a), 0, 255).astype(np.uint8)
+
+
+def np_gray(img):
+    r, g, b = (img[..., c].astype(np.int64) for c in range(3))
+    return ((299 * r + 587 * g + 114 * b + 500) // 1000).astype(np.uint8)
+
+
+def np_auto_contrast(img):
+    out = img.copy()
+    for c in range(img.shape[2]):
+        channel = img[..., c].astype(np.float64)
+        lo, hi = channel.min(), channel.max()
+        if hi > lo:
+            out[..., c] = np.floor((channel - lo) * 255.0 / (hi - lo))
+    return out
+
+
+def np_equalize(img):
+    """PIL ImageOps.equalize, written as PIL's loop."""
+    out = np.empty_like(img)
+    for c in range(img.shape[2]):
+        hist = np.bincount(img[..., c].ravel(), minlength=256)
+        nonzero = [count for count in hist if count]
+        step = (sum(nonzero) - nonzero[-1]) // 255
+        if not step:
+            out[..., c] = img[..., c]
+            continue
+        lut, n = [], step // 2
+        for i in range(256):
+            lut.append(min(n // step, 255))
+            n += hist[i]
+        out[..., c] = np.array(lut)[img[..., c]]
+    return out
+
+
+def np_sharpness(img, factor):
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]])
+    x = img.astype(np.int64)
+    smooth = x.copy()
+    for i in range(1, img.shape[0] - 1):
+        for j in range(1, img.shape[1] - 1):
+            smooth[i, j] = (x[i - 1:i + 2, j - 1:j + 2] * kernel[:, :, None]).sum(axis=(0, 1)) // 13
+    return np_blend(smooth, img, factor)
+
+
+def _round_half_away(v):
+    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
+
+
+def np_warp(img, source, fill=128):
+    """Output (y, x) = img at source(y, x) -> (sy, sx) rounded half away from zero, else fill."""
+    out = np.full_like(img, fill)
+    for y in range(img.shape[0]):
+        for x in range(img.shape[1]):
+            sy, sx = (_round_half_away(v) for v in source(y, x))
+            if 0 <= sy < img.shape[0] and 0 <= sx < img.shape[1]:
+                out[y, x] = img[sy, sx]
+    return out
+
+
+def np_rotate(img, degrees):
+    """Counter-clockwise rotation about the grid centre, as the inverse map (output -> source)."""
+    t = math.radians(degrees)
+    cy, cx = (img.shape[0] - 1) / 2.0, (img.shape[1] - 1) / 2.0
+    return np_warp(img, lambda y, x: (math.sin(t) * (x - cx) + math.cos(t) * (y - cy) + cy,
+                                      math.cos(t) * (x - cx) - math.sin(t) * (y - cy) + cx))
+
+
+def np_cutout(img, cy, cx, size, fill=128):
+    out = img.copy()
+    top, left = cy - size // 2, cx - size // 2
+    out[max(top, 0):max(top + size, 0), max(left, 0):max(left + size, 0)] = fill
+    return out
+
+
+def np_jitter(img, flip, dy, dx, pad=4, fill=128):
+    """Literal flip -> pad -> crop at offset (pad + dy, pad + dx)."""
+    flipped = img[:, ::-1] if flip else img
+    padded = np.pad(flipped, [(pad, pad), (pad, pad), (0, 0)], constant_values=fill)
+    return padded[pad + dy:pad + dy + img.shape[0], pad + dx:pad + dx + img.shape[1]]
+
+
+def _jitter_candidates(img, pad=4, fill=128):
+    return {(flip, dy, dx): np_jitter(img, flip, dy, dx, pad, fill)
+            for flip in (False, True) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
+
+
+# ----------------------------------------------------------------------------------- level -> parameter
+
+
+def test_op_parameters_at_magnitude_16_match_the_reference_numbers():
+    assert A.op_parameters("Rotate", 16) == pytest.approx((48.0,))
+    assert A.op_parameters("ShearX", 16) == pytest.approx((0.48,))
+    assert A.op_parameters("ShearY", 16) == pytest.approx((0.48,))
+    assert A.op_parameters("TranslateX", 16) == pytest.approx((6.4,))
+    assert A.op_parameters("TranslateY", 16) == pytest.approx((6.4,))
+    for name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        assert A.op_parameters(name, 16) == pytest.approx((2.98,))
+    assert A.op_parameters("Posterize", 16) == (6,)
+    assert A.op_parameters("Solarize", 16) == (409,)
+    assert A.op_parameters("Cutout", 16) == (12,)
+    for name in ("AutoContrast", "Equalize", "Invert"):
+        assert A.op_parameters(name, 16) == ()
+    # Translate and cutout scale with image_size // 8, like the reference's constants.
+    assert A.op_parameters("TranslateX", 16, image_size=64) == pytest.approx((12.8,))
+    assert A.op_parameters("Cutout", 10) == (8,)
+
+
+def test_op_list_and_signed_ops_are_the_references():
+    assert A.RANDAUGMENT_OPS == (
+        "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+        "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout")
+    assert A.SIGNED_OPS == {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
+
+
+def test_op_parameters_rejects_unknown_op_and_negative_magnitude():
+    with pytest.raises(UsageError, match="unknown augmentation op 'Mirror'"):
+        A.op_parameters("Mirror", 16)
+    with pytest.raises(UsageError, match="magnitude must be >= 0"):
+        A.op_parameters("Rotate", -1)
+
+
+# -------------------------------------------------------------------------------------- pixel ops
+
+
+def test_pixel_ops_match_numpy(run):
+    assert (IMG >= 153).any() and (IMG < 153).any()
+    got = run(lambda: {
+        "invert": A.invert(IMG),
+        "posterize": A.posterize(IMG, 6),
+        "solarize_409": A.solarize(IMG, 409),
+        "solarize_153": A.solarize(IMG, 153),
+        "auto_contrast": A.auto_contrast(IMG),
+        "equalize": A.equalize(IMG),
+        "color": A.color(IMG, 2.98),
+        "contrast": A.contrast(IMG, 2.98),
+        "brightness": A.brightness(IMG, 2.98),
+        "sharpness": A.sharpness(IMG, 2.98),
+        "brightness_half": A.brightness(IMG, 0.5),
+        "sharpness_blur": A.sharpness(IMG, 0.0),
+    })
+    np.testing.assert_array_equal(got["invert"], 255 - IMG)
+    np.testing.assert_array_equal(got["posterize"], (IMG >> 2) << 2)
+    # Solarize 409 behaves as 409 % 256 = 153, which is what the reference's uint8 cast does.
+    np.testing.assert_array_equal(got["solarize_409"], np.where(IMG < 153, IMG, 255 - IMG))
+    np.testing.assert_array_equal(got["solarize_153"], got["solarize_409"])
+    np.testing.assert_array_equal(got["auto_contrast"], np_auto_contrast(IMG))
+    assert got["auto_contrast"].reshape(-1, 3).min(0).tolist() == [0, 0, 0]
+    assert got["auto_contrast"].reshape(-1, 3).max(0).tolist() == [255, 255, 255]
+    np.testing.assert_array_equal(got["equalize"], np_equalize(IMG))
+    assert not np.array_equal(got["equalize"], IMG)
+    gray = np.repeat(np_gray(IMG)[..., None], 3, -1)
+    np.testing.assert_array_equal(got["color"], np_blend(gray, IMG, 2.98))
+    # Contrast blends from a constant of pixel count / 256 = 4, the reference's histogram-sum quirk.
+    np.testing.assert_array_equal(got["contrast"], np_blend(np.full_like(IMG, 4), IMG, 2.98))
+    np.testing.assert_array_equal(got["brightness"], np_blend(np.zeros_like(IMG), IMG, 2.98))
+    np.testing.assert_array_equal(got["brightness_half"], IMG // 2)
+    np.testing.assert_array_equal(got["sharpness"], np_sharpness(IMG, 2.98))
+    np.testing.assert_array_equal(got["sharpness_blur"], np_sharpness(IMG, 0.0))
+
+
+def test_flat_channels_and_constant_images_pass_through(run):
+    flat = IMG.copy()
+    flat[..., 1] = 77
+    constant = np.full((H, W, 3), 200, np.uint8)
+    got = run(lambda: (A.auto_contrast(flat), A.equalize(constant)))
+    np.testing.assert_array_equal(got[0], np_auto_contrast(flat))
+    assert (got[0][..., 1] == 77).all()
+    np.testing.assert_array_equal(got[1], constant)
+
+
+def test_blend_clips_overflow_instead_of_wrapping(run):
+    bright = np.full((4, 4, 3), 200, np.uint8)
+    dark = np.full((4, 4, 3), 10, np.uint8)
+    got = run(lambda: (A.blend(np.zeros_like(bright), bright, 2.98),   # 596 -> 255, not 596 % 256 = 84
+                       A.blend(bright, dark, 2.0),                     # 200 - 380 -> 0, not wrapped
+                       A.blend(dark, bright, 0.5),
+                       A.blend(dark, bright, 0.0),
+                       A.blend(dark, bright, 1.0)))
+    assert (got[0] == 255).all()
+    assert (got[1] == 0).all()
+    assert (got[2] == 105).all()
+    np.testing.assert_array_equal(got[3], dark)
+    np.testing.assert_array_equal(got[4], bright)
+    assert all(g.dtype == np.uint8 for g in got)
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def test_geometric_ops_match_numpy_nearest_neighbour_with_fill_128(run):
+    got = run(lambda: {
+        "rotate": A.rotate(IMG, 48.0),
+        "rotate_neg": A.rotate(IMG, -48.0),
+        "shear_x": A.shear_x(IMG, 0.48),
+        "shear_y": A.shear_y(IMG, -0.48),
+        "translate_x": A.translate_x(IMG, 6.4),
+        "translate_y": A.translate_y(IMG, -6.4),
+    })
+    np.testing.assert_array_equal(got["rotate"], np_rotate(IMG, 48.0))
+    np.testing.assert_array_equal(got["rotate_neg"], np_rotate(IMG, -48.0))
+    np.testing.assert_array_equal(got["shear_x"], np_warp(IMG, lambda y, x: (y, x + 0.48 * y)))
+    np.testing.assert_array_equal(got["shear_y"], np_warp(IMG, lambda y, x: (y - 0.48 * x, x)))
+    # +6.4 px reads 6 px to the right: the content moves left and the last 6 columns are fill.
+    np.testing.assert_array_equal(got["translate_x"][:, :W - 6], IMG[:, 6:])
+    assert (got["translate_x"][:, W - 6:] == 128).all()
+    np.testing.assert_array_equal(got["translate_y"][6:], IMG[:H - 6])
+    assert (got["translate_y"][:6] == 128).all()
+    # A 48-degree rotation uncovers the corners: they are fill, the centre is not.
+    rotated = got["rotate"]
+    assert (rotated[0, 0] == 128).all() and (rotated[-1, -1] == 128).all()
+    np.testing.assert_array_equal(rotated[H // 2 - 1:H // 2 + 1, W // 2 - 1:W // 2 + 1],
+                                  np_rotate(IMG, 48.0)[H // 2 - 1:H // 2 + 1, W // 2 - 1:W // 2 + 1])
+    assert (got["shear_x"][0] == IMG[0]).all()  # the shear pivots on the top row
+
+
+def test_half_pixel_shifts_round_away_from_zero_like_the_contrib_kernel(run):
+    got = run(lambda: (A.translate_x(IMG, 0.5), A.translate_x(IMG, 1), A.translate_y(IMG, -0.5),
+                       A.translate_x(IMG, 1.5), A.translate_x(IMG, 2)))
+    np.testing.assert_array_equal(got[0], got[1])  # x + 0.5 -> x + 1 for every x (half to even: x or x + 1)
+    np.testing.assert_array_equal(got[3], got[4])
+    # y - 0.5 rounds to y for y >= 1 but to -1 (outside) for y = 0: only the top row becomes fill.
+    assert (got[2][0] == 128).all()
+    np.testing.assert_array_equal(got[2][1:], IMG[1:])
+
+
+def test_rotate_by_90_and_0_degrees(run):
+    got = run(lambda: (A.rotate(IMG, 90), A.rotate(IMG, 0), A.rotate(IMG[:16], 90.0)))
+    np.testing.assert_array_equal(got[0], np.rot90(IMG))  # counter-clockwise, like np.rot90
+    np.testing.assert_array_equal(got[1], IMG)
+    # Non-square input: the shape stays, and the result matches the centred-rotation formula.
+    assert got[2].shape == (16, W, 3)
+    np.testing.assert_array_equal(got[2], np_rotate(IMG[:16], 90.0))
+
+
+def test_cutout_at_fills_a_square_clipped_at_the_borders(run):
+    got = run(lambda: (A.cutout_at(IMG, 2, 30, 12), A.cutout_at(IMG, 16, 10, 5, fill=0),
+                       A.cutout_at(IMG, 40, 40, 12)))
+    np.testing.assert_array_equal(got[0], np_cutout(IMG, 2, 30, 12))
+    assert (got[0][:8, 24:] == 128).all()
+    assert (got[0][8:] == IMG[8:]).all() and (got[0][:, :24] == IMG[:, :24]).all()
+    np.testing.assert_array_equal(got[1], np_cutout(IMG, 16, 10, 5, fill=0))
+    assert (got[1] == 0).all(axis=-1).sum() == 25
+    np.testing.assert_array_equal(got[2], IMG)  # entirely outside: nothing to cut
+
+
+def _decode_cutout(image, sample, size):
+    """Centre (cy, cx) of the fill square in `sample`; checks it is exactly a clipped size x size square."""
+    covered = (sample == 128).all(-1)
+    rows, cols = np.where(covered)
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    half = size // 2
+    cy = bottom + 1 - (size - half) if top == 0 else top + half
+    cx = right + 1 - (size - half) if left == 0 else left + half
+    np.testing.assert_array_equal(sample, np_cutout(image, cy, cx, size))
+    return cy, cx
+
+
+def test_random_cutout_centres_cover_the_whole_image(run):
+    samples = run(lambda: _samples(lambda x: A.random_cutout(x, 16), IMG_NO_FILL, 300))
+    centres = np.array([_decode_cutout(IMG_NO_FILL, s, 16) for s in samples])
+    assert centres.min() == 0 and centres.max() == H - 1
+    assert len(set(centres[:, 0].tolist())) >= 28 and len(set(centres[:, 1].tolist())) >= 28
+
+
+# --------------------------------------------------------------------------------------- jitter/views
+
+
+def _decode_jitters(image, samples, pad=4, fill=128):
+    """(flip, dy, dx) of the flip + pad + crop of `image` that gives each sample; fails if none does."""
+    by_bytes = {cand.tobytes(): key for key, cand in _jitter_candidates(image, pad, fill).items()}
+    assert len(by_bytes) == 2 * (2 * pad + 1) ** 2  # every candidate is distinct, so the draw is unique
+    draws = [by_bytes.get(sample.tobytes()) for sample in samples]
+    assert None not in draws, "a sample is not a flip + pad + crop of the input"
+    return draws
+
+
+def test_flip_pad_crop_draws_every_offset_and_flip_with_fill_128(run):
+    samples, zeros = run(lambda: (_samples(A.flip_pad_crop, COORDS, 300),
+                                  _samples(A.flip_pad_crop, np.zeros((H, W, 3), np.uint8), 64)))
+    draws = _decode_jitters(COORDS, samples)
+    assert {flip for flip, _, _ in draws} == {False, True}
+    assert {dy for _, dy, _ in draws} == set(range(-4, 5))
+    assert {dx for _, _, dx in draws} == set(range(-4, 5))
+    assert set(np.unique(zeros).tolist()) == {0, 128}
+    assert zeros.shape == (64, H, W, 3) and zeros.dtype == np.uint8
+
+
+def test_flip_pad_crop_pad_and_fill_arguments(run):
+    samples = run(lambda: _samples(lambda x: A.flip_pad_crop(x, pad=2, fill=9), COORDS, 100))
+    draws = set(_decode_jitters(COORDS, samples, pad=2, fill=9))
+    assert {dy for _, dy, _ in draws} == set(range(-2, 3))
+    assert {dx for _, _, dx in draws} == set(range(-2, 3))
+
+
+def test_labelled_and_ori_views_are_jitter_only(run):
+    zeros = np.zeros((H, W, 3), np.uint8)
+    labelled, ori, coords = run(lambda: (_samples(A.labelled_view, zeros, 64),
+                                         _samples(A.ori_view, zeros, 64),
+                                         _samples(A.labelled_view, COORDS, 32)))
+    for views in (labelled, ori):
+        assert views.shape == (64, H, W, 3) and views.dtype == np.uint8
+        assert set(np.unique(views).tolist()) == {0, 128}
+        assert (views == 128).any(axis=(1, 2, 3)).mean() > 0.8  # only shift (0, 0) shows no fill
+    _decode_jitters(COORDS, coords)
+
+
+def test_aug_view_is_built_from_the_same_ori_image(run):
+    # num_layers=0 leaves cutout + jitter, so every aug pixel that is not fill must be a jitter of ori.
+    ori, aug = run(lambda: _samples(lambda x: A.unlabelled_views(x, num_layers=0), COORDS, 48))
+    _decode_jitters(COORDS, ori)
+    for ori_view, aug_view in zip(ori, aug):
+        kept = aug_view[..., 2] != 128
+        assert set(np.unique(aug_view[..., 2]).tolist()) <= {7, 128}
+        # Some jitter of ori explains every kept pixel, and the cutout adds fill beyond its padding.
+        assert any(np.array_equal(cand[kept], aug_view[kept])
+                   and (cand[..., 2][~kept] == 128).sum() < (~kept).sum()
+                   for cand in _jitter_candidates(ori_view).values())
+
+
+def test_unlabelled_views_full_pipeline_shapes_and_change(run):
+    ori, aug = run(lambda: _samples(A.unlabelled_views, IMG, 64))
+    assert ori.shape == aug.shape == (64, H, W, 3)
+    assert ori.dtype == aug.dtype == np.uint8
+    assert np.mean([not np.array_equal(o, a) for o, a in zip(ori, aug)]) > 0.9
+    _decode_jitters(IMG, ori)
+
+
+# ---------------------------------------------------------------------------------------- RandAugment
+
+
+def test_randaugment_with_p_zero_returns_the_input_unchanged(run):
+    samples = run(lambda: _samples(lambda x: A.randaugment(x, prob_range=(0, 0)), IMG, 64))
+    for sample in samples:
+        np.testing.assert_array_equal(sample, IMG)
+
+
+def test_randaugment_with_p_one_always_applies(run):
+    once, twice, full = run(lambda: (
+        _samples(lambda x: A.randaugment(x, num_layers=1, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
+        _samples(lambda x: A.randaugment(x, num_layers=2, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
+        _samples(lambda x: A.randaugment(x, prob_range=(1, 1)), IMG, 32)))
+    for sample in once:
+        np.testing.assert_array_equal(sample, 255 - IMG)
+    for sample in twice:
+        np.testing.assert_array_equal(sample, IMG)
+    assert sum(not np.array_equal(s, IMG) for s in full) >= 30
+    assert full.dtype == np.uint8 and full.shape == (32, H, W, 3)
+
+
+def test_randaugment_applies_with_probability_p(run):
+    samples = run(lambda: _samples(
+        lambda x: A.randaugment(x, num_layers=1, prob_range=(0.5, 0.5), ops=("Invert",)), IMG, 400))
+    inverted = sum(np.array_equal(s, 255 - IMG) for s in samples)
+    unchanged = sum(np.array_equal(s, IMG) for s in samples)
+    assert inverted + unchanged == 400
+    assert 150 <= inverted <= 250
+
+
+@pytest.mark.parametrize("name", A.RANDAUGMENT_OPS)
+def test_randaugment_applies_each_op_with_the_reference_parameters(run, name):
+    image = IMG_NO_FILL
+    (param,) = A.op_parameters(name, 16) or (None,)
+    ops = {"AutoContrast": A.auto_contrast, "Equalize": A.equalize, "Invert": A.invert, "Rotate": A.rotate,
+           "Posterize": A.posterize, "Solarize": A.solarize, "Color": A.color, "Contrast": A.contrast,
+           "Brightness": A.brightness, "Sharpness": A.sharpness, "ShearX": A.shear_x, "ShearY": A.shear_y,
+           "TranslateX": A.translate_x, "TranslateY": A.translate_y}
+
+    def build():
+        always_once = lambda x: A.randaugment(x, num_layers=1, prob_range=(1, 1), ops=(name,))  # noqa: E731
+        samples = _samples(always_once, image, 24)
+        if name == "Cutout":
+            return samples, {}
+        if param is None:
+            return samples, {1: ops[name](image)}
+        if name in A.SIGNED_OPS:
+            return samples, {1: ops[name](image, param), -1: ops[name](image, -param)}
+        return samples, {1: ops[name](image, param)}
+
+    samples, expected = run(build)
+    if name == "Cutout":
+        for sample in samples:
+            _decode_cutout(image, sample, 12)
+        return
+    signs = set()
+    for sample in samples:
+        matches = [sign for sign, want in expected.items() if np.array_equal(sample, want)]
+        assert len(matches) == 1
+        signs.add(matches[0])
+    assert signs == set(expected)  # signed ops show both signs, unsigned ones the single result
+
+
+def test_explicit_seeds_reproduce_across_graphs():
+    def draw(seed):
+        def views(x):
+            return (A.flip_pad_crop(x, seed=seed), A.random_cutout(x, seed=seed),
+                    A.randaugment(x, seed=seed, prob_range=(0.5, 0.5), ops=("Rotate", "Cutout", "Invert")))
+        with tf.Graph().as_default(), tf.Session() as sess:
+            return sess.run(_samples(views, COORDS, 16))
+
+    first, again, other = draw(5), draw(5), draw(6)
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+# ------------------------------------------------------------------------------------- normalisation
+
+
+def test_normalize_matches_numpy_for_images_batches_and_floats(run):
+    batch = np.stack([IMG, 255 - IMG])
+    floats = batch.astype(np.float32) + 0.25
+    got = run(lambda: (A.normalize(IMG), A.normalize(batch), A.normalize(tf.constant(floats))))
+    mean = 255.0 * np.array(A.CIFAR_MEAN)
+    std = 255.0 * np.array(A.CIFAR_STD)
+    assert A.CIFAR_MEAN == (0.491400, 0.482158, 0.4465309) and A.CIFAR_STD == (0.247032, 0.243485, 0.26159)
+    assert got[0].dtype == got[1].dtype == got[2].dtype == np.float32
+    np.testing.assert_allclose(got[0], (IMG - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], (batch - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[2], (floats - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[1][0], got[0])
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_are_rejected(run):
+    def build():
+        with pytest.raises(ValueError, match="uint8"):
+            A.invert(IMG.astype(np.float32))
+        with pytest.raises(ValueError, match="static HWC"):
+            A.rotate(tf.placeholder(tf.uint8, [None, None, 3]), 10)
+        with pytest.raises(ValueError, match="static HWC"):
+            A.equalize(np.zeros((2, H, W, 3), np.uint8))
+        with pytest.raises(UsageError, match="prob_range"):
+            A.randaugment(IMG, prob_range=(0.8, 0.2))
+        with pytest.raises(UsageError, match="prob_range"):
+            A.randaugment(IMG, prob_range=(0.0, 1.5))
+        with pytest.raises(UsageError, match="num_layers"):
+            A.randaugment(IMG, num_layers=-1)
+        with pytest.raises(UsageError, match="magnitude"):
+            A.randaugment(IMG, magnitude=-3)
+        with pytest.raises(UsageError, match="unknown augmentation op"):
+            A.randaugment(IMG, ops=("Identity",))
+        return tf.constant(0)
+
+    run(build)
