@@ -81,7 +81,23 @@ def _first(items: Sequence[str], count: int = 3) -> str:
     return shown + (", ... ({} more)".format(len(items) - count) if len(items) > count else "")
 
 
-class CheckpointModel:
+class _OwnsSession:
+    """A network in its own graph and session, closed by `with` or close()."""
+
+    session = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class CheckpointModel(_OwnsSession):
     """The inference graph of one network (`scope`: ema/student/teacher) restored from a checkpoint.
 
     `variables` is the checkpoint's name -> shape map (train.checkpoints.checkpoint_variables, which
@@ -120,15 +136,6 @@ class CheckpointModel:
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(self.logits, {self.input: images})
 
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 def _first_line(exc: Exception) -> str:
@@ -169,7 +176,7 @@ def parse_graph_def(data: bytes, what: str) -> "tf.GraphDef":
     return graph_def
 
 
-class FrozenModel:
+class FrozenModel(_OwnsSession):
     """A frozen GraphDef in its own graph and session.
 
     `any_batch=True` maps `input` onto a [None,32,32,3] placeholder (eval: batch as you like; works because
@@ -222,12 +229,3 @@ class FrozenModel:
         except tf.errors.OpError as exc:
             raise InvalidInputError("the frozen graph failed to run: {}".format(_first_line(exc)))
 
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
