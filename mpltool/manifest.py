@@ -334,7 +334,7 @@ class Project:
                 "ended": None,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "argv": [Path(sys.argv[0]).name] + sys.argv[1:],
+                "argv": ["mpltool"] + sys.argv[1:],
                 "versions": tool_versions(),
                 "git": git_state(self.dir),
                 "params": _plain(params),

@@ -36,6 +36,10 @@ def reset_probe() -> None:
 
 
 def _gpu_available() -> bool:
+    from mpltool.tfv1 import tf  # first, so TF's start-up chatter stays silenced
+
+    if not tf.test.is_built_with_cuda():
+        return False
     from tensorflow.python.client import device_lib
 
     return any(d.device_type == "GPU" for d in device_lib.list_local_devices())
