@@ -116,7 +116,7 @@ def test_no_class_is_a_rotation_shear_mirror_or_scaling_of_another():
     iou = np.maximum(_best_iou_over_poses(False, **moves), _best_iou_over_poses(True, **moves))
     assert np.allclose(np.diag(iou), 1.0)
     # Measured 0.77 at most (ring vs bullseye, which differ by the centre dot); the pairs above give 1.0.
-    assert (iou + 2.0 * np.eye(10)).min() > 0.99 and (iou - 2.0 * np.eye(10)).max() < 0.85
+    assert (iou - 2.0 * np.eye(10)).max() < 0.85
 
 
 def test_every_shape_is_its_own_mirror_image_and_covers_about_the_same_area():
