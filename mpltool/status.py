@@ -21,6 +21,25 @@ def _output_state(project: Project, record: Dict[str, Any]) -> str:
     return "ok" if not problems else ", ".join(problems)
 
 
+def _outputs_text(project: Project, name: str, record: Dict[str, Any]) -> str:
+    """A short line: each output (path and hash prefix) when few, else a count; train names its checkpoints."""
+    outputs = record.get("outputs") or {}
+    parts = []
+    if len(outputs) <= 2:
+        parts = ["{} ({})".format(out["path"], out["sha256"][:12]) for out in outputs.values()]
+    elif outputs:
+        parts = ["{} files".format(len(outputs))]
+    if outputs:
+        parts.append(_output_state(project, record))
+    checkpoints = record.get("checkpoints") or {}
+    if name == "train" and checkpoints.get("latest"):
+        parts.append("latest {}".format(checkpoints["latest"]["prefix"]))
+        best = (checkpoints.get("best") or {}).get("ema")
+        if best:
+            parts.append("best ema {} (top-1 {:.4f})".format(best["prefix"], best.get("top1", float("nan"))))
+    return ", ".join(parts) or "-"
+
+
 def project_status(project_dir) -> Dict[str, Any]:
     project = Project(project_dir)
     stages_data = project.load()["stages"]
@@ -40,7 +59,7 @@ def project_status(project_dir) -> Dict[str, Any]:
             "outputs": outputs,
             "outputs_state": _output_state(project, record),
             "metrics": metrics,
-            "outputs_text": "{} file(s), {}".format(len(outputs), _output_state(project, record)) if outputs else "-",
+            "outputs_text": _outputs_text(project, name, record),
             "metrics_text": " ".join("{}={}".format(k, _short(v)) for k, v in headline.items()) or "-",
         })
     notes = []
