@@ -15,7 +15,7 @@ import numpy as np
 import common
 
 
-def measure(images=2000, batch=100, model="wrn-28-2"):
+def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
     from mpltool.eval.metrics import evaluate_logits_fn
     from mpltool.freeze.graph import freeze_graph_def
     from mpltool.models import build_model
@@ -33,14 +33,20 @@ def measure(images=2000, batch=100, model="wrn-28-2"):
     pixels = rng.randint(0, 256, (images, 32, 32, 3)).astype(np.float32)
     labels = rng.randint(0, 10, images)
     with CheckpointModel(prefix, "ema", checkpoint_variables(prefix)) as ckpt:
-        evaluate_logits_fn(ckpt.predict, pixels[:batch], labels[:batch], batch)  # warm-up
-        from_ckpt = evaluate_logits_fn(ckpt.predict, pixels, labels, batch)
         frozen = freeze_graph_def(ckpt.session, ckpt.graph)
-    with FrozenModel(frozen, "benchmark .pb", any_batch=True) as pb:
-        evaluate_logits_fn(pb.predict, pixels[:batch], labels[:batch], batch)
-        from_pb = evaluate_logits_fn(pb.predict, pixels, labels, batch)
-    return {"ckpt": from_ckpt["images_per_second"], "pb": from_pb["images_per_second"],
-            "same_top1": from_ckpt["top1"] == from_pb["top1"]}
+        with FrozenModel(frozen, "benchmark .pb", any_batch=True) as pb:
+            runs = {"ckpt": [], "pb": []}
+            top1 = {}
+            for model in (ckpt, pb):
+                evaluate_logits_fn(model.predict, pixels[:batch], labels[:batch], batch)  # warm-up
+            # Interleaved rounds, median per kind: a shared machine's slow spells hit both alike.
+            for _ in range(rounds):
+                for name, model in (("ckpt", ckpt), ("pb", pb)):
+                    result = evaluate_logits_fn(model.predict, pixels, labels, batch)
+                    runs[name].append(result["images_per_second"])
+                    top1[name] = result["top1"]
+    return {"ckpt": float(np.median(runs["ckpt"])), "pb": float(np.median(runs["pb"])),
+            "same_top1": top1["ckpt"] == top1["pb"]}
 
 
 def main():
@@ -52,7 +58,8 @@ def main():
     args = parser.parse_args()
     print("machine: " + common.machine())
     result = common.child(__file__, "measure", {"images": args.images, "batch": args.batch, "model": args.model})
-    print("{} eval, {} images at batch {}: checkpoint {:.0f} images/s, frozen .pb {:.0f} images/s".format(
+    print("{} eval, {} images at batch {}, median of 3 interleaved rounds: checkpoint {:.0f} images/s, "
+          "frozen .pb {:.0f} images/s".format(
         args.model, args.images, args.batch, result["ckpt"], result["pb"]))
     print("ratio pb/checkpoint = {:.2f} (target >= 1.0); same top-1: {}".format(
         result["pb"] / result["ckpt"], result["same_top1"]))
