@@ -176,6 +176,17 @@ def parse_graph_def(data: bytes, what: str) -> "tf.GraphDef":
     return graph_def
 
 
+def frozen_session_config():
+    """Grappler's remapper off: on MKL builds it splits a FusedBatchNorm whose parameters are constants
+    (as in every frozen graph) into Mul/Add with layout conversions around them, which made the .pb ~1.5x
+    slower than the checkpoint graph (TF timeline, benchmarks/eval.py). Ascend wants it off as well."""
+    from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+
+    config = tf.ConfigProto()
+    config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
+    return config
+
+
 class FrozenModel(_OwnsSession):
     """A frozen GraphDef in its own graph and session.
 
@@ -201,7 +212,7 @@ class FrozenModel(_OwnsSession):
         static = self.input.shape.as_list()[0] if self.input.shape.ndims else None
         self.static_batch = None if any_batch else static
         self.num_classes = self.logits.shape.as_list()[-1] if self.logits.shape.ndims else None
-        self.session = tf.Session(graph=self.graph)
+        self.session = tf.Session(graph=self.graph, config=frozen_session_config())
 
     def tensor(self, name: str):
         """A tensor of the graph as written (`input` is the original one, whatever input_map did)."""
