@@ -66,7 +66,7 @@ def _star(u, v):
 
 
 def _zigzag(u, v):
-    """A W: four straight strokes whose centre line is a triangle wave of period 1 in u."""
+    """Straight strokes along a triangle wave of period 1 in u: four, plus a half one at each end."""
     centre_line = 0.45 * (4.0 * np.abs(u - np.floor(u + 0.5)) - 1.0)
     return (np.abs(v - centre_line) <= 0.34) & (np.abs(u) <= 1.25)
 
