@@ -178,7 +178,7 @@ def train(ctx, recipe, overrides, device, extend_steps, force):
     from mpltool.train.stage import train as train_stage
 
     def progress_factory(total):
-        return ctx.out.progress("train", total, every=10 ** 9)  # plain lines come from the trainer's log
+        return ctx.out.progress("train", total)  # off a terminal the trainer logs plain lines instead
 
     result = train_stage(ctx.project, recipe=recipe, overrides=overrides, device=device, extend_steps=extend_steps,
                          force=force, log=ctx.out.info,

@@ -31,16 +31,6 @@ class Output:
     def info(self, message: str) -> None:
         self.console.print(message, markup=False)
 
-    def step(self, message: str) -> None:
-        """A stage milestone: bold on a terminal, a plain line elsewhere."""
-        if self.interactive:
-            self.console.print("[bold]==>[/bold] " + _escape(message))
-        else:
-            self.console.print("==> " + message, markup=False)
-
-    def warn(self, message: str) -> None:
-        self.err_console.print("warning: " + message, markup=False, style="yellow")
-
     def error(self, message: str) -> None:
         self.err_console.print("error: " + message, markup=False, style="bold red")
 
@@ -78,65 +68,42 @@ class Output:
             self._stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
             self._stdout.flush()
 
-    def progress(self, description: str, total: Optional[int], every: int = 1):
-        return Progress(self, description, total, every)
+    def progress(self, description: str, total: Optional[int]):
+        return Progress(self, description, total)
 
 
 class Progress:
-    """A rich progress bar on a terminal, a plain line every `every` updates elsewhere."""
+    """A rich progress bar with rate and ETA, for a terminal (off one, the caller logs plain lines itself)."""
 
-    def __init__(self, output: Output, description: str, total: Optional[int], every: int):
-        self.output = output
-        self.description = description
-        self.total = total
-        self.every = max(1, every)
+    def __init__(self, output: Output, description: str, total: Optional[int]):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
         self.done = 0
-        self._bar = None
-        self._task = None
+        self._first = 0  # where this session started counting (a resumed run starts mid-way)
         self._started = time.time()
+        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                                 console=output.console, transient=False)
+        self._task = self._bar.add_task(description, total=total, rate="", note="")
 
     def __enter__(self):
-        if self.output.interactive:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                                     console=self.output.console, transient=False)
-            self._bar.__enter__()
-            self._task = self._bar.add_task(self.description, total=self.total, rate="", note="")
+        self._bar.__enter__()
         return self
 
     def start_at(self, done: int) -> None:
-        self.done = done
+        self.done = self._first = done
         self._started = time.time()
-        self._base = done
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done)
+        self._bar.update(self._task, completed=done)
 
     def advance(self, count: int = 1, note: str = "") -> None:
         self.done += count
-        elapsed = max(time.time() - self._started, 1e-9)
-        rate = (self.done - getattr(self, "_base", 0)) / elapsed
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, rate="{:.2f}/s".format(rate), note=note)
-        elif self.done % self.every == 0 or (self.total is not None and self.done >= self.total):
-            eta = ""
-            if self.total is not None and rate > 0:
-                eta = " eta={:.0f}s".format((self.total - self.done) / rate)
-            line = "{} {}{} rate={:.2f}/s{}".format(
-                self.description, self.done, "/{}".format(self.total) if self.total else "", rate, eta)
-            self.output.info(line + (" " + note if note else ""))
-
-    def log(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(message, markup=False)
-        else:
-            self.output.info(message)
+        rate = (self.done - self._first) / max(time.time() - self._started, 1e-9)
+        self._bar.update(self._task, completed=self.done, rate="{:.2f}/s".format(rate), note=note)
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        self._bar.__exit__(*exc)
         return False
 
 

@@ -309,12 +309,6 @@ class Project:
         except OSError as exc:
             raise InvalidInputError("cannot write {}: {}".format(self.manifest_path, exc.strerror))
 
-    def update_stage(self, name: str, changes: Dict[str, Any]) -> None:
-        """Merge keys into one stage's record (used by stages that report while they run)."""
-        data = self.load()
-        data["stages"].setdefault(name, {}).update(_plain(changes))
-        self.write(data)
-
     @contextlib.contextmanager
     def stage_run(self, name: str, params: Dict[str, Any], running_record: bool = False):
         """Run a stage under the lock and record it: done on success, failed (with the error) otherwise.

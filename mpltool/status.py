@@ -21,7 +21,7 @@ def _output_state(project: Project, record: Dict[str, Any]) -> str:
     return "ok" if not problems else ", ".join(problems)
 
 
-def _outputs_text(project: Project, name: str, record: Dict[str, Any]) -> str:
+def _outputs_text(name: str, record: Dict[str, Any], state: str) -> str:
     """A short line: each output (path and hash prefix) when few, else a count; train names its checkpoints."""
     outputs = record.get("outputs") or {}
     parts = []
@@ -30,7 +30,7 @@ def _outputs_text(project: Project, name: str, record: Dict[str, Any]) -> str:
     elif outputs:
         parts = ["{} files".format(len(outputs))]
     if outputs:
-        parts.append(_output_state(project, record))
+        parts.append(state)
     checkpoints = record.get("checkpoints") or {}
     if name == "train" and checkpoints.get("latest"):
         parts.append("latest {}".format(checkpoints["latest"]["prefix"]))
@@ -50,6 +50,7 @@ def project_status(project_dir) -> Dict[str, Any]:
         metrics = dict(record.get("metrics") or {})
         headline = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
         outputs = record.get("outputs") or {}
+        state = _output_state(project, record)  # re-hashes every output: once per stage
         stages.append({
             "stage": name,
             "status": record.get("status"),
@@ -57,9 +58,9 @@ def project_status(project_dir) -> Dict[str, Any]:
             "ended": record.get("ended"),
             "error": record.get("error"),
             "outputs": outputs,
-            "outputs_state": _output_state(project, record),
+            "outputs_state": state,
             "metrics": metrics,
-            "outputs_text": _outputs_text(project, name, record),
+            "outputs_text": _outputs_text(name, record, state),
             "metrics_text": " ".join("{}={}".format(k, _short(v)) for k, v in headline.items()) or "-",
         })
     notes = []

@@ -4,6 +4,7 @@ Resume order (big_vision's): the project's own latest checkpoint first, else scr
 different structural settings is refused rather than silently mixed, and a failed restore is an error.
 """
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -105,19 +106,14 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                     "checkpoints": previous.get("checkpoints"), "metrics": previous.get("metrics")}
         log("resuming from {} (step {} of {})".format(project.relative(restore_from), done,
                                                        resolved.num_train_steps))
-    elif force:
-        for folder in (ckpt_dir, project.path("logs/tensorboard")):
-            if folder.exists():
-                shutil.rmtree(str(folder))
-        metrics_csv = project.path("logs/metrics.csv")
-        if metrics_csv.exists():
-            metrics_csv.unlink()
     data = _load_data(prepared)
     checkpoints = dict((previous or {}).get("checkpoints") or {})
     checkpoints.setdefault("best", {})
     data["best"] = {t: float(v.get("top1", -1.0)) for t, v in checkpoints["best"].items()}
     params = dict(resolved.values)
     with project.stage_run("train", params, running_record=True) as run:
+        if force:  # under the lock: no other stage of this project can be reading these checkpoints
+            _start_over(project)
         for key, record in prepared["record"]["outputs"].items():
             run.inputs[key] = record
         run.record.update({"recipe": getattr(resolved, "recipe_name", None),
@@ -140,12 +136,9 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
 
         progress = progress_factory(resolved.num_train_steps) if progress_factory else None
         try:
-            if progress is not None:
-                with progress:
-                    outcome = run_training(resolved, device, data, project.dir, restore_from, on_checkpoint, log,
-                                           progress=progress)
-            else:
-                outcome = run_training(resolved, device, data, project.dir, restore_from, on_checkpoint, log)
+            with progress if progress is not None else contextlib.nullcontext():
+                outcome = run_training(resolved, device, data, project.dir, restore_from, on_checkpoint, log,
+                                       progress=progress)
         except KeyboardInterrupt:
             latest = checkpoints.get("latest") or {}
             raise Interrupted("interrupted at step {}; checkpoint {} saved; re-run `mpltool train` to resume".format(
@@ -161,6 +154,16 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                   "device": device, "checkpoints": checkpoints, "metrics": dict(run.metrics),
                   "project": str(project.dir)}
     return result
+
+
+def _start_over(project: Project) -> None:
+    """--force: this project's checkpoints and training logs go; nothing outside the project is touched."""
+    for folder in (project.path(CHECKPOINT_DIR), project.path("logs/tensorboard")):
+        if folder.exists():
+            shutil.rmtree(str(folder))
+    metrics_csv = project.path("logs/metrics.csv")
+    if metrics_csv.exists():
+        metrics_csv.unlink()
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Optional[str]:
