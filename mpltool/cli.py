@@ -5,16 +5,20 @@ call directly.
 """
 
 import functools
+import shlex
 import sys
 import traceback
 
 import click
 
-from mpltool import __version__
+from mpltool import __version__, errors
 from mpltool.console import Output
-from mpltool.errors import EXIT_CODE_MEANINGS, ExitCode, MpltoolError
+from mpltool.errors import EXIT_CODE_MEANINGS, MpltoolError
+from mpltool.signals import terminate_as_interrupt
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join("  {:<4} {}".format(code, text) for code, text in EXIT_CODE_MEANINGS)
+FORCE_HELP = ("Overwrite an existing file that mpltool did not create (files other stages recorded and the "
+              "manifest are never overwritten).")
 
 
 class Context:
@@ -24,42 +28,141 @@ class Context:
         self.debug = debug
         self.out = Output(json_mode=json_mode)
 
+    def next_command(self, *words):
+        """`mpltool --project P WORDS...`, quoted so it can be pasted into a shell."""
+        return " ".join(shlex.quote(str(w)) for w in ("mpltool", "--project", self.project) + words)
+
+
+def _from_click(exc):
+    """click's Usage/Try/Error report as one mpltool error: its message, and where the help is."""
+    if isinstance(exc, click.exceptions.NoSuchOption) and exc.possibilities:
+        message = "{}; did you mean {}?".format(exc.message, " or ".join(sorted(exc.possibilities)))
+    else:
+        message = exc.format_message()
+    message = message.strip().rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    if isinstance(exc, click.UsageError):
+        click_ctx = exc.ctx
+        return errors.UsageError(message, hint="see `{} --help`".format(click_ctx.command_path if click_ctx
+                                                                         else "mpltool"))
+    error = MpltoolError(message)
+    error.exit_code = exc.exit_code
+    return error
+
+
+def fail(out, exc, debug):
+    """The one way mpltool ends in error: one line on stderr (+ the JSON error object with --json), its code."""
+    if isinstance(exc, click.exceptions.Abort):  # click's wrapper of Ctrl-C outside a command body
+        exc = KeyboardInterrupt()
+    error = _from_click(exc) if isinstance(exc, click.ClickException) else errors.classify(exc)
+    if debug and not isinstance(exc, (KeyboardInterrupt, click.ClickException)):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if error is None:  # a bug: the only case with a traceback, and only with --debug
+        text = str(exc).strip()
+        error = MpltoolError("internal error: {}{}".format(type(exc).__name__, ": " + errors.first_line(exc)
+                                                           if text else ""),
+                             hint=None if debug else "run with --debug for the traceback")
+    out.failure(error.exit_code, error.message, error.hint)
+    sys.exit(error.exit_code)
+
 
 def command(func):
-    """Run a command body with mpltool's error contract: one line and the documented exit code."""
+    """Run a command body with mpltool's error contract; SIGTERM/SIGHUP are Ctrl-C (exit 130)."""
 
     @functools.wraps(func)
     @click.pass_obj
     def wrapper(ctx, *args, **kwargs):
         try:
-            return func(ctx, *args, **kwargs)
-        except MpltoolError as exc:
-            if ctx.debug:
-                traceback.print_exc()
-            ctx.out.error(str(exc))
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            ctx.out.error("interrupted")
-            sys.exit(ExitCode.INTERRUPTED)
-        except Exception as exc:  # the only path that may show a traceback, and only with --debug
-            if ctx.debug:
-                traceback.print_exc()
-            ctx.out.error("internal error: {}: {} (run with --debug for the traceback)".format(
-                type(exc).__name__, exc))
-            sys.exit(ExitCode.INTERNAL)
+            with terminate_as_interrupt():
+                return func(ctx, *args, **kwargs)
+        except (Exception, KeyboardInterrupt) as exc:
+            fail(ctx.out, exc, ctx.debug)
 
     return wrapper
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _NamesItsCommand:
+    """click's parser raises some usage errors (an option missing its value) without the command they are
+    about; attach it, so the hint names the right `--help`."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
+
+
+class MpltoolCommand(_NamesItsCommand, click.Command):
+    pass
+
+
+class MpltoolGroup(_NamesItsCommand, click.Group):
+    """The root group: global options anywhere on the line, and click's own errors as mpltool errors.
+
+    Overriding `main` covers both entry points, `run()` and click.testing.CliRunner (which calls `main`).
+    """
+
+    command_class = MpltoolCommand
+    group_class = type  # subgroups are MpltoolGroups too (only the root hoists global options)
+
+    def global_options(self, args):
+        """(global options found in `args`, the other args), scanning up to a literal `--`."""
+        flags, valued = set(), set()
+        for param in self.params:
+            if isinstance(param, click.Option) and not param.is_eager:  # not --help / --version
+                (flags if param.is_flag else valued).update(param.opts)
+        found, rest = [], []
+        index = 0
+        while index < len(args):
+            arg = args[index]
+            if arg == "--":
+                rest.extend(args[index:])
+                break
+            if arg in flags or ("=" in arg and arg.split("=", 1)[0] in valued):
+                found.append(arg)
+            elif arg in valued:
+                found.extend(args[index:index + 2])
+                index += 1
+            else:
+                rest.append(arg)
+            index += 1
+        return found, rest
+
+    def parse_args(self, ctx, args):
+        if ctx.parent is None:
+            found, rest = self.global_options(list(args))
+            args = found + rest
+        return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        args = sys.argv[1:] if args is None else list(args)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:  # usage errors (and anything raised outside a command body)
+            found, _ = self.global_options(args)
+            fail(Output(json_mode="--json" in found), exc, "--debug" in found)
+        sys.exit(rv if isinstance(rv, int) else 0)  # --help / --version return 0
+
+
+@click.group("mpltool", cls=MpltoolGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--project", "project", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Project directory holding mpltool.yaml.")
-@click.option("--json", "json_mode", is_flag=True, help="Print the result as one JSON object on stdout.")
+@click.option("--json", "json_mode", is_flag=True,
+              help="Print the result (or the error) as one JSON object on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(__version__, prog_name="mpltool")
 @click.pass_context
 def main(click_ctx, project, json_mode, debug):
-    """mpltool: Meta Pseudo Labels from CIFAR binaries to an Ascend .om, every step checked."""
+    """mpltool: Meta Pseudo Labels from CIFAR binaries to an Ascend .om, every step checked.
+
+    Global options may also come after the command: `mpltool eval --json`.
+    """
     click_ctx.obj = Context(project, json_mode, debug)
 
 
@@ -77,8 +180,9 @@ def data():
 @click.option("--split", type=click.Choice(["first", "balanced"]), default=None,
               help="first N records (reference) or N/10 per class [recipe: split].")
 @click.option("--seed", type=int, default=None, help="Seed of the balanced split [recipe: split_seed].")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_prepare(ctx, source, recipe, num_labelled, split, seed):
+def data_prepare(ctx, source, recipe, num_labelled, split, seed, force):
     """Validate CIFAR files, copy them into the project, record hashes, counts and the labelled split."""
     from mpltool.data.stage import prepare
     from mpltool.recipes import load_recipe
@@ -87,25 +191,26 @@ def data_prepare(ctx, source, recipe, num_labelled, split, seed):
     result = prepare(ctx.project, source,
                      num_labelled=defaults.num_labelled if num_labelled is None else num_labelled,
                      split=defaults.split if split is None else split,
-                     seed=defaults.split_seed if seed is None else seed)
+                     seed=defaults.split_seed if seed is None else seed, force=force)
     ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
                   [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]])
     ctx.out.info("labelled: {} records ({} split, seed {}); unlabelled: {}; test: {}".format(
         result["labelled_records"], result["split"]["method"], result["split"]["seed"],
         result["unlabelled_records"], result["test_records"]))
-    ctx.out.info("next: mpltool --project {} train --recipe {}".format(ctx.project, recipe))
+    ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe))
     ctx.out.result(result)
 
 
 @data.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where to write the files [default: <project>/demo-cifar].")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_demo(ctx, out_dir):
+def data_demo(ctx, out_dir, force):
     """Write the embedded demo data set (CIFAR binary format, generated here, no download)."""
     from mpltool.data.stage import demo
 
-    result = demo(out_dir, ctx.project)
+    result = demo(out_dir, ctx.project, force=force)
     ctx.out.info("wrote {} files to {}".format(len(result["files"]), result["out"]))
     ctx.out.info("next: " + result["next"])
     ctx.out.result(result)
@@ -125,7 +230,11 @@ def status(ctx):
                    for s in result["stages"]])
     for line in result["notes"]:
         ctx.out.info(line)
-    ctx.out.result(result)
+    ctx.out.result(result)  # with --json this object (ok: false) is the answer, not an error object
+    if result.get("ok") is False:  # a CI gate: a recorded file missing or changed, a stage not done
+        problems = result.get("problems") or []
+        raise errors.PrerequisiteError("{} problem(s): {}".format(len(problems), "; ".join(problems[:3]) + (
+            "; ..." if len(problems) > 3 else "")), hint="re-run the stage that made them")
 
 
 # -- recipes ----------------------------------------------------------------------------------------
@@ -181,7 +290,7 @@ def train(ctx, recipe, overrides, device, extend_steps, force):
         return ctx.out.progress("train", total)  # off a terminal the trainer logs plain lines instead
 
     result = train_stage(ctx.project, recipe=recipe, overrides=overrides, device=device, extend_steps=extend_steps,
-                         force=force, log=ctx.out.info,
+                         force=force, log=ctx.out.info, warn=ctx.out.warn,
                          progress_factory=progress_factory if ctx.out.interactive else None)
     metrics = result.get("metrics") or {}
     ctx.out.fields("train", {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"]),
@@ -189,6 +298,7 @@ def train(ctx, recipe, overrides, device, extend_steps, force):
                              "teacher top-1": metrics.get("teacher_top1"),
                              "best ema top-1": metrics.get("best_ema_top1"),
                              "latest checkpoint": (result.get("checkpoints") or {}).get("latest", {}).get("prefix")})
+    ctx.out.info("next: " + ctx.next_command("eval"))
     ctx.out.result(result)
 
 
@@ -210,6 +320,7 @@ def eval_command(ctx, target, model, batch_size):
     ctx.out.fields("eval", {"model": described, "top-1": result["top1"], "top-5": result["top5"],
                             "loss": result["loss"], "images": result["images"],
                             "images/s": round(result["images_per_second"] or 0.0, 1)})
+    ctx.out.info("next: " + ctx.next_command("freeze"))
     ctx.out.result(result)
 
 
@@ -222,8 +333,9 @@ def eval_command(ctx, target, model, batch_size):
 @click.option("--parity-images", type=int, default=1000, show_default=True,
               help="Test images the parity check runs (0 = all).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max |logit difference| allowed.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
+def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, force):
     """Checkpoint -> frozen GraphDef (.pb), op-checked and parity-checked.
 
     CHECKPOINT: `ckpt` (the best the manifest records for the target), `latest`, or a checkpoint path.
@@ -231,7 +343,7 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
     from mpltool.freeze.stage import freeze as freeze_stage
 
     result = freeze_stage(ctx.project, checkpoint=checkpoint, target=target, batch=batch, output=output,
-                          parity_images=parity_images, tolerance=tolerance)
+                          parity_images=parity_images, tolerance=tolerance, force=force)
     io, parity = result["io"], result["parity"]
     ctx.out.fields("freeze", {
         "pb": result["pb"], "sha256": result["sha256"],
@@ -239,7 +351,7 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
         "outputs": ", ".join("{} {}".format(n, s) for n, s in zip(io["output_names"], io["output_shapes"])),
         "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
             parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
-        "next": "mpltool --project {} convert".format(ctx.project)})
+        "next": ctx.next_command("convert")})
     ctx.out.result(result)
 
 
@@ -255,15 +367,16 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance):
 @click.option("--out-nodes", default=None, help='atc --out_nodes, e.g. "probs:0".')
 @click.option("--output-type", default=None, help="atc --output_type (FP32, FP16, UINT8, INT8).")
 @click.option("--timeout", type=int, default=900, show_default=True, help="Seconds before atc is killed.")
+@click.option("--force", is_flag=True, help=FORCE_HELP[:-1] + "; also re-runs atc when the .om is up to date.")
 @command
 def convert(ctx, soc, atc_path, model, output, check_only, precision_mode, log_level, out_nodes, output_type,
-            timeout):
+            timeout, force):
     """Frozen .pb -> Ascend .om through Huawei's atc (soc_version detected when not given)."""
     from mpltool.convert.stage import convert as convert_stage
 
     result = convert_stage(ctx.project, soc=soc, atc=atc_path, model=model, output=output, check_only=check_only,
                            precision_mode=precision_mode, log_level=log_level, out_nodes=out_nodes,
-                           output_type=output_type, timeout=timeout, progress=ctx.out.info)
+                           output_type=output_type, timeout=timeout, force=force, progress=ctx.out.info)
     ctx.out.fields("convert", {k: v for k, v in result.items() if not isinstance(v, (dict, list))})
     ctx.out.result(result)
 

@@ -16,33 +16,45 @@ from rich.table import Table
 class Output:
     def __init__(self, json_mode: bool = False, stdout=None, stderr=None):
         self.json_mode = json_mode
+        self.result_written = False
         self._stdout = stdout or sys.stdout
         self._stderr = stderr or sys.stderr
         self.interactive = bool(getattr(self._stdout, "isatty", lambda: False)()) and not json_mode
         log_stream = self._stderr if json_mode else self._stdout
         # Plain lines off a terminal: no colour codes, no wrapping of long commands or paths.
-        self.console = Console(file=log_stream, highlight=False, soft_wrap=not self.interactive,
+        self.console = Console(file=log_stream, highlight=False, emoji=False, soft_wrap=not self.interactive,
                                force_terminal=self.interactive if self.interactive else None,
                                no_color=not self.interactive)
-        self.err_console = Console(file=self._stderr, highlight=False, soft_wrap=True,
+        self.err_console = Console(file=self._stderr, highlight=False, emoji=False, soft_wrap=True,
                                    no_color=not bool(getattr(self._stderr, "isatty", lambda: False)()))
 
     # -- lines ---------------------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        self.console.print(message, markup=False)
+        # soft_wrap: a long command or path stays one line on a terminal too, so it copy-pastes
+        self.console.print(message, markup=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.err_console.print("warning: " + _one_line(message), markup=False, style="yellow")
 
     def error(self, message: str) -> None:
-        self.err_console.print("error: " + message, markup=False, style="bold red")
+        self.err_console.print("error: " + _one_line(message), markup=False, style="bold red")
+
+    def failure(self, exit_code: int, message: str, hint: Optional[str] = None) -> None:
+        """A failed command: one `error: message (hint)` line on stderr; with --json also the error object.
+
+        A command that already wrote its result object (status with problems) writes no second object.
+        """
+        self.error(message + (" ({})".format(hint) if hint else ""))
+        if self.json_mode and not self.result_written:
+            self._write_json({"ok": False, "exit_code": int(exit_code), "error": _one_line(message),
+                              "hint": _one_line(hint) if hint else None})
 
     # -- structured ------------------------------------------------------------------------------------
     def table(self, title: str, columns: Sequence[str], rows: List[Sequence[Any]]) -> None:
         if self.json_mode:
             return
         if not self.interactive:
-            self.console.print(title + ":", markup=False)
-            for row in rows:
-                self.console.print("  " + "  ".join("{}={}".format(c, _cell(v)) for c, v in zip(columns, row)),
-                                   markup=False)
+            self._plain_block(title, [list(columns)] + [list(row) for row in rows])
             return
         table = Table(title=title, title_justify="left")
         for column in columns:
@@ -52,21 +64,32 @@ class Output:
         self.console.print(table)
 
     def fields(self, title: str, values: Dict[str, Any]) -> None:
-        """Key/value pairs: a two-column table on a terminal, `key: value` lines elsewhere."""
+        """Key/value pairs: a two-column table on a terminal, aligned `key   value` lines elsewhere."""
         if self.json_mode:
             return
         if not self.interactive:
-            self.console.print(title + ":", markup=False)
-            for key, value in values.items():
-                self.console.print("  {}: {}".format(key, _cell(value)), markup=False)
+            self._plain_block(title, [[k, v] for k, v in values.items()])
             return
         self.table(title, ["key", "value"], [[k, v] for k, v in values.items()])
 
     def result(self, payload: Dict[str, Any]) -> None:
         """The command's result: JSON on stdout with --json (nothing else is printed there)."""
         if self.json_mode:
-            self._stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-            self._stdout.flush()
+            self._write_json(payload)
+
+    def _write_json(self, payload: Dict[str, Any]) -> None:
+        self._stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        self._stdout.flush()
+        self.result_written = True
+
+    def _plain_block(self, title: str, rows: List[Sequence[Any]]) -> None:
+        """`title:` then rows indented, each column padded to its widest cell (no trailing blanks)."""
+        cells = [[_cell(v) for v in row] for row in rows]
+        widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(max(map(len, cells), default=0))]
+        self.console.print(title + ":", markup=False)
+        for row in cells:
+            line = "  ".join(text.ljust(widths[i]) for i, text in enumerate(row))
+            self.console.print("  " + line.rstrip(), markup=False)
 
     def progress(self, description: str, total: Optional[int]):
         return Progress(self, description, total)
@@ -113,6 +136,10 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     return str(value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
 
 
 def _escape(text: str) -> str:

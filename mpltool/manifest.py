@@ -6,7 +6,7 @@ Schema (version 1)::
     created: 2026-11-24T01:44:00Z          # UTC, ISO 8601
     stages:
       <stage>:                             # data | train | eval | freeze | convert
-        status: running | done | failed
+        status: running | done | failed | interrupted
         started: <UTC>            ended: <UTC>
         host: <hostname>          pid: <int>
         argv: [mpltool, ...]      error: <one line, when failed>
@@ -19,9 +19,23 @@ Schema (version 1)::
         metrics: {...}
         ...                       # stage-specific keys (split, checkpoints, io, parity, command, ...)
 
+    pending:                      # only between a commit's manifest write and its renames (see below)
+      - {from: <staged file>, to: <final path>, sha256}
+
 Why it is built this way: a crash must never leave half a manifest (atomic temp + fsync + rename), two
 stages of one project must never write at once (an exclusive lock file naming its holder), and a stage
 must refuse inputs that changed since the stage before recorded them (sha256 on every file).
+
+How a stage's outputs land (the commit): every output is written under a staging name, verified there,
+then committed in one step -- the manifest is written naming the final paths and listing the pending
+renames, the renames are done, and the list is cleared -- with SIGINT/SIGTERM held back throughout.
+A kill -9 before the manifest write leaves the old verified state (staged files are swept on the next
+run); after it, the next command that takes the lock completes the renames (roll forward), so the
+manifest and the files it names are never out of step.
+
+Which files a stage may write (`Project.check_writable`): never the manifest or its lock, never a file
+that another stage recorded as an input or output, and an existing file that no stage recorded only
+with --force.
 """
 
 import contextlib
@@ -30,22 +44,28 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
 from mpltool import __version__
-from mpltool.errors import InvalidInputError, MpltoolError, PrerequisiteError, UsageError
+from mpltool.errors import (Interrupted, InvalidInputError, MpltoolError, PrerequisiteError, UsageError,
+                            classify, first_line)
+from mpltool.signals import critical_section, terminate_as_interrupt
 
 MANIFEST_NAME = "mpltool.yaml"
 LOCK_NAME = "mpltool.yaml.lock"
 SCHEMA_VERSION = 1
-STATUSES = ("running", "done", "failed")
+STATUSES = ("running", "done", "failed", "interrupted")
+STAGING_DIR = ".mpltool-staging"
+LOCK_GRACE_SECONDS = 5.0  # an unreadable lock older than this was left by a process that died creating it
 
 
 def utc_now() -> str:
@@ -65,11 +85,32 @@ def params_hash(params: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path) -> None:
+    """mkstemp creates 0600 files; project files get the user's umask like any other file they make."""
+    os.chmod(str(path), 0o666 & ~current_umask())
+
+
+def fsync_dir(directory) -> None:
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(str(directory), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
+        apply_umask(tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -79,12 +120,22 @@ def atomic_write_bytes(path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    fsync_dir(path.parent)
+
+
+def recorded_files(record: Any):
+    """Every {path, sha256, ...} file record inside a stage record (outputs, inputs, checkpoints...)."""
+    if isinstance(record, dict):
+        if isinstance(record.get("path"), str) and "sha256" in record:
+            yield record
+            return
+        for value in record.values():
+            for found in recorded_files(value):
+                yield found
+    elif isinstance(record, list):
+        for value in record:
+            for found in recorded_files(value):
+                yield found
 
 
 def tool_versions() -> Dict[str, Optional[str]]:
@@ -165,6 +216,31 @@ class StageRun:
         self.metrics = {}  # type: Dict[str, Any]
         self.record = {}  # type: Dict[str, Any]
         self.base = {}  # type: Dict[str, Any]
+        self.force = False
+        self.staged = []  # type: List[Dict[str, Any]]
+        self.committed = False
+
+    def stage_output(self, key: str, final) -> Path:
+        """A staging path for output `key`, to be renamed to `final` when the stage commits.
+
+        `final` is checked first (check_writable). The staging file sits in the project's staging folder,
+        or beside `final` when that is outside the project (a rename never crosses file systems).
+        """
+        final = Path(str(final)).absolute()
+        self.project.check_writable(final, self.name, self.force)
+        if _is_within(final, self.project.dir):
+            folder = self.project.staging_dir()
+            staged = folder / "{}-{}".format(key, final.name)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staged = final.parent / ".{}.mpltool-{}.partial".format(final.name, os.getpid())
+        if staged.exists():
+            staged.unlink()
+        self.staged.append({"key": key, "from": staged, "to": final})
+        return staged
+
+    def staged_path(self, key: str) -> Path:
+        return next(item["from"] for item in self.staged if item["key"] == key)
 
     def fields(self) -> Dict[str, Any]:
         fields = {"inputs": self.inputs, "outputs": self.outputs, "metrics": self.metrics}
@@ -189,12 +265,16 @@ class Project:
     # -- reading ------------------------------------------------------------------------------------
     def load(self) -> Dict[str, Any]:
         """The manifest as a dict; an empty schema-1 document when there is none yet."""
+        self._check_dir_path()
         if not self.manifest_path.exists():
             return {"schema": SCHEMA_VERSION, "created": None, "stages": {}}
         try:
             text = self.manifest_path.read_text(encoding="utf-8")
         except OSError as exc:
             raise InvalidInputError("cannot read {}: {}".format(self.manifest_path, exc.strerror))
+        except UnicodeDecodeError:
+            raise InvalidInputError("corrupt manifest {}: not UTF-8 text".format(self.manifest_path),
+                                    hint="restore it from a copy, or remove it to start the project over")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -211,6 +291,10 @@ class Project:
             raise InvalidInputError("manifest {} has schema {!r}; this mpltool {} reads schema {} only".format(
                 self.manifest_path, schema, __version__, SCHEMA_VERSION))
         data.setdefault("stages", {})
+        for name, record in data["stages"].items():
+            if not isinstance(record, dict) or not isinstance(record.get("status"), str):
+                raise InvalidInputError("corrupt manifest {}: stage {!r} is not a record with a status".format(
+                    self.manifest_path, name), hint="restore it from a copy, or remove that stage's entry")
         return data
 
     def stage(self, name: str) -> Optional[Dict[str, Any]]:
@@ -254,7 +338,17 @@ class Project:
         return path
 
     # -- writing ------------------------------------------------------------------------------------
+    def _check_dir_path(self) -> None:
+        """The project path, or the nearest part of it that exists, must be a folder."""
+        for candidate in [self.dir] + list(self.dir.parents):
+            if candidate.exists():
+                if not candidate.is_dir():
+                    raise InvalidInputError("project path {} is not a directory{}".format(
+                        self.dir, "" if candidate == self.dir else " ({} is a file)".format(candidate)))
+                return
+
     def ensure_dir(self) -> None:
+        self._check_dir_path()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -262,36 +356,110 @@ class Project:
         if not os.access(str(self.dir), os.W_OK | os.X_OK):
             raise InvalidInputError("project directory {} is not writable".format(self.dir))
 
+    def staging_dir(self) -> Path:
+        folder = self.dir / STAGING_DIR
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def check_writable(self, path, stage: str, force: bool = False) -> None:
+        """Refuse (exit 2) to write over the manifest, its lock, another stage's recorded files, a directory,
+        or (without `force`) an existing file that no stage of this project recorded."""
+        path = Path(str(path)).absolute()
+        real = os.path.realpath(str(path))
+        if real in (os.path.realpath(str(self.manifest_path)), os.path.realpath(str(self.lock_path))):
+            raise UsageError("refusing to write {}: it is the project manifest{}".format(
+                path, "" if real.endswith(MANIFEST_NAME) else "'s lock"), hint="choose another output path")
+        if path.is_dir():
+            raise UsageError("{} is a directory".format(path), hint="give a file name")
+        owners = []  # (stage, "input"|"output") of every record naming this file
+        for name, record in (self.load().get("stages") or {}).items():
+            for key in ("outputs", "inputs", "checkpoints"):
+                for entry in recorded_files(record.get(key)):
+                    if os.path.realpath(str(self.path(entry["path"]))) == real:
+                        owners.append((name, "input" if key == "inputs" else "output"))
+        # A stage rewrites its own outputs (later stages then see the new hash and refuse until re-run).
+        own = (stage, "output") in owners
+        if owners and not own:
+            name, role = owners[0]
+            raise UsageError("refusing to write {}: the '{}' stage recorded it as its {} (writing would destroy "
+                             "it)".format(path, name, role), hint="choose another output path")
+        if path.exists() and not own and not force:
+            raise UsageError("refusing to overwrite {}: it exists and no stage of this project wrote it".format(path),
+                             hint="choose another output path, or pass --force to replace it")
+
     @contextlib.contextmanager
     def lock(self, stage: str):
-        """An exclusive lock file; a lock left by a dead process on this host is taken over."""
+        """An exclusive lock file, created atomically with its content (write a temp file, hard-link it).
+
+        A lock left by a dead process on this host is taken over; so is an unreadable one (a process
+        that died in between on a file system without hard links) once it is LOCK_GRACE_SECONDS old.
+        Taking the lock also finishes any interrupted commit and sweeps staged leftovers.
+        """
         self.ensure_dir()
         holder = {"stage": stage, "pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
-        for _ in range(2):
-            try:
-                fd = os.open(str(self.lock_path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                other = self._read_lock()
-                if (other.get("host") == holder["host"] and isinstance(other.get("pid"), int)
-                        and not _pid_alive(other["pid"])):
-                    with contextlib.suppress(OSError):
-                        os.unlink(str(self.lock_path))
-                    continue
-                raise PrerequisiteError(
-                    "project {} is locked by stage '{}' (pid {} on {}, since {})".format(
-                        self.dir, other.get("stage", "?"), other.get("pid", "?"), other.get("host", "?"),
-                        other.get("since", "?")),
-                    hint="wait for it, or remove {} if that process is gone".format(self.lock_path))
-            except OSError as exc:
-                raise InvalidInputError("cannot write in project directory {}: {}".format(self.dir, exc.strerror))
-            with os.fdopen(fd, "w") as handle:
-                json.dump(holder, handle)
-            break
+        for _ in range(3):
+            if self._try_lock(holder):
+                break
+            other = self._read_lock()
+            if not other and self._lock_age() > LOCK_GRACE_SECONDS:
+                with contextlib.suppress(OSError):
+                    os.unlink(str(self.lock_path))
+                continue
+            if (other.get("host") == holder["host"] and isinstance(other.get("pid"), int)
+                    and not _pid_alive(other["pid"])):
+                with contextlib.suppress(OSError):
+                    os.unlink(str(self.lock_path))
+                continue
+            raise PrerequisiteError(
+                "project {} is locked by stage '{}' (pid {} on {}, since {})".format(
+                    self.dir, other.get("stage", "?"), other.get("pid", "?"), other.get("host", "?"),
+                    other.get("since", "?")),
+                hint="wait for it to finish, or remove {} if that process is gone".format(self.lock_path))
+        else:
+            raise PrerequisiteError("cannot take the lock {}".format(self.lock_path),
+                                    hint="remove it if no mpltool process is running on this project")
         try:
+            self._recover()
             yield
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(str(self.lock_path))
+            with critical_section():
+                self._sweep_staging()
+                with contextlib.suppress(OSError):
+                    os.unlink(str(self.lock_path))
+
+    def _try_lock(self, holder: Dict[str, Any]) -> bool:
+        text = json.dumps(holder).encode("utf-8")
+        with critical_section():
+            try:
+                fd, tmp = tempfile.mkstemp(prefix="." + LOCK_NAME + ".", dir=str(self.dir))
+            except OSError as exc:
+                raise InvalidInputError("cannot write in project directory {}: {}".format(self.dir, exc.strerror))
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(text)
+                apply_umask(tmp)
+                try:
+                    os.link(tmp, str(self.lock_path))
+                    return True
+                except FileExistsError:
+                    return False
+                except OSError:  # no hard links here: exclusive create, content written at once
+                    try:
+                        lock_fd = os.open(str(self.lock_path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    except FileExistsError:
+                        return False
+                    with os.fdopen(lock_fd, "wb") as handle:
+                        handle.write(text)
+                    return True
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def _lock_age(self) -> float:
+        try:
+            return time.time() - self.lock_path.stat().st_mtime
+        except OSError:
+            return 0.0
 
     def _read_lock(self) -> Dict[str, Any]:
         try:
@@ -299,6 +467,32 @@ class Project:
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def _recover(self) -> None:
+        """Under the lock: roll forward a commit that a crash interrupted, then sweep staged leftovers."""
+        data = self.load()
+        pending = data.get("pending") or []
+        if pending:
+            with critical_section():
+                for item in pending:
+                    source, target = self.path(item["from"]), self.path(item["to"])
+                    if source.is_file():
+                        os.replace(str(source), str(target))
+                data.pop("pending", None)
+                self.write(data)
+        self._sweep_staging()
+
+    def _sweep_staging(self) -> None:
+        """Remove staged files, unless a commit still needs them (its renames are pending)."""
+        staging = self.dir / STAGING_DIR
+        if not staging.is_dir():
+            return
+        try:
+            if self.load().get("pending"):
+                return
+        except MpltoolError:
+            return
+        shutil.rmtree(str(staging), ignore_errors=True)
 
     def write(self, data: Dict[str, Any]) -> None:
         if not data.get("created"):
@@ -310,17 +504,20 @@ class Project:
             raise InvalidInputError("cannot write {}: {}".format(self.manifest_path, exc.strerror))
 
     @contextlib.contextmanager
-    def stage_run(self, name: str, params: Dict[str, Any], running_record: bool = False):
-        """Run a stage under the lock and record it: done on success, failed (with the error) otherwise.
+    def stage_run(self, name: str, params: Dict[str, Any], running_record: bool = False, force: bool = False):
+        """Run a stage under the lock and record it: done on success, failed or interrupted otherwise.
 
         Usage, invalid-input and prerequisite errors mean the stage never really ran: the manifest is
         left exactly as it was, so bad input never costs the user an earlier good record.
         The manifest is read once up front so a corrupt one fails before any work; with
-        `running_record` the stage is written as `running` first (long stages: train).
+        `running_record` the stage is written as `running` first (long stages: train). Outputs staged
+        with `run.stage_output` are committed (see the module docstring) only when the block succeeds;
+        a failed or interrupted run keeps recording the earlier outputs, which are still on disk.
         """
-        with self.lock(name):
+        with terminate_as_interrupt(), self.lock(name):
             self.load()
             run = StageRun(self, name, params)
+            run.force = force
             started = utc_now()
             base = {
                 "status": "running",
@@ -340,21 +537,57 @@ class Project:
                 self._put_stage(name, dict(base))
             try:
                 yield run
-            except (UsageError, InvalidInputError, PrerequisiteError):
-                # Bad input found before any output: the stage did not run, the manifest stays as it was.
-                if running_record and previous:
-                    self._put_stage(name, previous)
-                elif running_record:
-                    self._drop_stage(name)
-                raise
             except BaseException as exc:
-                record = dict(base, status="failed", ended=utc_now(), error=_error_line(exc))
+                error = classify(exc)
+                self._discard_staged(run)
+                if isinstance(error, (UsageError, InvalidInputError, PrerequisiteError)):
+                    # Bad input found before any output: the stage did not run, the manifest stays as it was.
+                    if running_record and previous:
+                        self._put_stage(name, previous)
+                    elif running_record:
+                        self._drop_stage(name)
+                    raise
+                status = "interrupted" if isinstance(error, Interrupted) else "failed"
+                record = dict(base, status=status, ended=utc_now(), error=_error_line(exc, error))
                 record.update(run.fields())
-                self._put_stage(name, record)
+                if not run.outputs and isinstance(previous, dict) and previous.get("outputs"):
+                    record["outputs"] = previous["outputs"]  # still on disk, untouched by this run
+                with contextlib.suppress(OSError):  # a full disk must not hide the original error
+                    self._put_stage(name, record)
                 raise
-            record = dict(base, status="done", ended=utc_now())
+            self._commit(run, dict(base, status="done", ended=utc_now()))
+
+    def _commit(self, run: StageRun, record: Dict[str, Any]) -> None:
+        """Manifest naming the final paths (with the renames pending), renames, manifest without them."""
+        with critical_section():
+            pending = []
+            for item in run.staged:
+                file_record = self.file_record(item["from"])
+                file_record["path"] = self.relative(item["to"])
+                run.outputs[item["key"]] = file_record
+                pending.append({"from": self.relative(item["from"]), "to": file_record["path"],
+                                "sha256": file_record["sha256"]})
             record.update(run.fields())
-            self._put_stage(name, record)
+            data = self.load()
+            data["stages"][run.name] = record
+            if pending:
+                data["pending"] = pending
+            self.write(data)
+            if pending:
+                for item in run.staged:
+                    item["to"].parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(str(item["from"]), str(item["to"]))
+                    fsync_dir(item["to"].parent)
+                data.pop("pending", None)
+                self.write(data)
+            run.committed = True
+
+    @staticmethod
+    def _discard_staged(run: StageRun) -> None:
+        for item in run.staged:
+            with contextlib.suppress(OSError):
+                if Path(str(item["from"])).is_file():
+                    os.unlink(str(item["from"]))
 
     def _drop_stage(self, name: str) -> None:
         data = self.load()
@@ -367,12 +600,19 @@ class Project:
         self.write(data)
 
 
-def _error_line(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(exc, MpltoolError):
-        return str(exc)
-    return "{}: {}".format(type(exc).__name__, exc)
+def _error_line(exc: BaseException, error: Optional[MpltoolError]) -> str:
+    """One line for the manifest: never a stack trace (TensorFlow appends whole ones to its messages)."""
+    if error is not None:
+        return first_line(error) if not error.hint else "{} ({})".format(first_line(error.message), error.hint)
+    return "{}: {}".format(type(exc).__name__, first_line(exc))
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    try:
+        Path(os.path.realpath(str(path.parent))).joinpath(path.name).relative_to(os.path.realpath(str(directory)))
+        return True
+    except ValueError:
+        return False
 
 
 def _plain(value):

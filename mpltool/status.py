@@ -1,66 +1,202 @@
-"""`mpltool status`: every stage's state, times, outputs (re-hashed) and metrics, in lifecycle order."""
+"""`mpltool status`: every stage's state, times, files (re-verified) and metrics, in lifecycle order.
 
-from typing import Any, Dict, List
+Every file the manifest records is checked by size and sha256: each stage's outputs and inputs and the
+train record's checkpoints (latest and each best). Each distinct file is read at most once per call, so
+the data files that `data` wrote and `train` read cost one hash each. Anything wrong -- a missing or
+changed file, a failed or interrupted stage, a stage still marked `running` whose process is gone --
+is one line in `problems`; `ok` is true only for a project with at least one stage and no problem.
+"""
 
-from mpltool.manifest import Project, sha256_file
+import os
+import socket
+import stat
+from typing import Any, Dict, List, Optional, Tuple
+
+from mpltool.manifest import Project, _pid_alive, sha256_file
 
 STAGE_ORDER = ("data", "train", "eval", "freeze", "convert")
 HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
                     "max_abs_logit_diff", "top1_agreement", "train_records", "test_records", "labelled_records")
 
 
-def _output_state(project: Project, record: Dict[str, Any]) -> str:
-    """`ok`, or which recorded outputs are missing or changed since the stage wrote them."""
-    problems = []
-    for name, out in (record.get("outputs") or {}).items():
-        path = project.path(out["path"])
-        if not path.is_file():
-            problems.append("{} missing".format(name))
-        elif path.stat().st_size != out.get("size") or sha256_file(path) != out.get("sha256"):
-            problems.append("{} changed".format(name))
-    return "ok" if not problems else ", ".join(problems)
+class _FileChecker:
+    """Compares files with their manifest records; stats and hashes each distinct path at most once."""
+
+    def __init__(self, project: Project, pending: Any = None):
+        self.project = project
+        self._size = {}  # type: Dict[str, Any]   # path -> size, or None when not a readable regular file
+        self._sha = {}  # type: Dict[str, str]    # path -> sha256, or "!<reason>" when reading failed
+        # A commit that a crash interrupted (manifest written, renames not done; the next command that takes
+        # the lock completes them): a recorded file still at its staged path is not missing.
+        self._staged = {}  # type: Dict[str, str]  # final path -> staged path
+        for item in pending if isinstance(pending, list) else []:
+            if isinstance(item, dict) and item.get("from") and item.get("to"):
+                self._staged[str(project.path(str(item["to"])))] = str(project.path(str(item["from"])))
+        self.staged_in_use = set()  # type: set
+
+    def problem(self, record: Any) -> Optional[str]:
+        """None when the file is the one recorded, else what is wrong (`missing`, `changed (...)`)."""
+        if not isinstance(record, dict) or not record.get("path"):
+            return "has no recorded path"
+        path = self.project.path(str(record["path"]))
+        key = str(path)
+        if key in self._staged and self._stat_size(key) is None and self._stat_size(self._staged[key]) is not None:
+            self.staged_in_use.add(key)
+            key = self._staged[key]
+        size = self._stat_size(key)
+        if size is None:
+            return "missing"
+        if size != record.get("size"):
+            return "changed (size {} bytes, recorded {})".format(size, record.get("size"))
+        if key not in self._sha:
+            try:
+                self._sha[key] = sha256_file(key)
+            except OSError as exc:
+                self._sha[key] = "!" + (exc.strerror or type(exc).__name__)
+        digest = self._sha[key]
+        if digest.startswith("!"):
+            return "unreadable ({})".format(digest[1:])
+        if digest != record.get("sha256"):
+            return "changed (sha256 mismatch)"
+        return None
+
+    def _stat_size(self, key: str) -> Any:
+        if key not in self._size:
+            try:
+                info = os.stat(key)
+                self._size[key] = info.st_size if stat.S_ISREG(info.st_mode) else None
+            except OSError:
+                self._size[key] = None
+        return self._size[key]
 
 
-def _outputs_text(name: str, record: Dict[str, Any], state: str) -> str:
-    """A short line: each output (path and hash prefix) when few, else a count; train names its checkpoints."""
+def _recorded_files(record: Dict[str, Any]) -> List[Tuple[str, str, Any]]:
+    """(label, shown path, file record or None) of every file a stage record names.
+
+    A file record is `{path, size, sha256}`; a checkpoint record (`{prefix, step, files}`, as train's
+    checkpoints and the checkpoint input of eval/freeze) stands for each of its files. A checkpoint record
+    without files gives one entry with record None: it cannot be verified, which is a problem in itself.
+    """
+    entries = []  # type: List[Tuple[str, str, Any]]
+
+    def add(label: str, item: Any) -> None:
+        if isinstance(item, dict) and "prefix" in item and "path" not in item:
+            files = item.get("files") or []
+            if not files:
+                entries.append((label, str(item.get("prefix")), None))
+            for file_record in files:
+                entries.append((label, str(file_record.get("path") if isinstance(file_record, dict) else "?"),
+                                file_record))
+        else:
+            entries.append((label, str(item.get("path") if isinstance(item, dict) else "?"), item))
+
+    for name, item in sorted((record.get("outputs") or {}).items()):
+        add(str(name), item)
+    for name, item in sorted((record.get("inputs") or {}).items()):
+        add("input {}".format(name), item)
+    checkpoints = record.get("checkpoints") or {}
+    if checkpoints.get("latest"):
+        add("checkpoint", checkpoints["latest"])
+    for target, item in sorted((checkpoints.get("best") or {}).items()):
+        if item:
+            add("best {} checkpoint".format(target), item)
+    return entries
+
+
+def _check_files(checker: _FileChecker, record: Dict[str, Any]) -> Tuple[int, List[str], List[str]]:
+    """(files named, short states for the outputs column, full problem texts without the stage name)."""
+    entries = _recorded_files(record)
+    short, full = [], []
+    for label, shown, file_record in entries:
+        if file_record is None:
+            short.append("{} has no files".format(label))
+            full.append("{} {} has no recorded files".format(label, shown))
+            continue
+        problem = checker.problem(file_record)
+        if problem is None:
+            continue
+        word = problem.split(" ", 1)[0]
+        if word not in ("missing", "changed", "unreadable"):
+            word = problem
+        if label.endswith("checkpoint"):  # a checkpoint is several files: say which one
+            short.append("{} {} {}".format(label, shown.rsplit("/", 1)[-1], word))
+        else:
+            short.append("{} {}".format(label, word))
+        full.append("{} {} {}".format(label, shown, problem))
+    return len(entries), short, full
+
+
+def _run_state(record: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+    """(status as shown, the problem it is or None): `running` whose process is gone is a problem."""
+    status = record.get("status")
+    if status == "done":
+        return "done", None
+    if status == "running":
+        pid, host = record.get("pid"), record.get("host")
+        if isinstance(pid, int) and not isinstance(pid, bool) and host == socket.gethostname() \
+                and not _pid_alive(pid):
+            shown = "running (process {} gone)".format(pid)
+            return shown, shown
+        return "running", None
+    if status in ("failed", "interrupted"):
+        error = record.get("error")
+        return status, "{}: {}".format(status, error) if error else status
+    return str(status), "unknown status {!r}".format(status)
+
+
+def _outputs_text(name: str, record: Dict[str, Any], state: str, checked: int) -> str:
+    """A short line: each output (path and hash prefix) when few, else a count; train names its checkpoints;
+    then `ok` or what is wrong with the stage's recorded files."""
     outputs = record.get("outputs") or {}
     parts = []
     if len(outputs) <= 2:
-        parts = ["{} ({})".format(out["path"], out["sha256"][:12]) for out in outputs.values()]
+        parts = ["{} ({})".format(out.get("path"), str(out.get("sha256", ""))[:12]) for out in outputs.values()
+                 if isinstance(out, dict)]
     elif outputs:
         parts = ["{} files".format(len(outputs))]
-    if outputs:
-        parts.append(state)
     checkpoints = record.get("checkpoints") or {}
     if name == "train" and checkpoints.get("latest"):
-        parts.append("latest {}".format(checkpoints["latest"]["prefix"]))
+        parts.append("latest {}".format(checkpoints["latest"].get("prefix")))
         best = (checkpoints.get("best") or {}).get("ema")
         if best:
-            parts.append("best ema {} (top-1 {:.4f})".format(best["prefix"], best.get("top1", float("nan"))))
+            top1 = best.get("top1")
+            parts.append("best ema {}{}".format(best.get("prefix"), " (top-1 {:.4f})".format(top1)
+                                                if isinstance(top1, (int, float)) else ""))
+    if checked:
+        parts.append(state if parts or state != "ok" else "inputs ok")
     return ", ".join(parts) or "-"
 
 
 def project_status(project_dir) -> Dict[str, Any]:
     project = Project(project_dir)
-    stages_data = project.load()["stages"]
+    manifest = project.load()
+    stages_data = manifest["stages"]
     names = [n for n in STAGE_ORDER if n in stages_data] + sorted(n for n in stages_data if n not in STAGE_ORDER)
+    checker = _FileChecker(project, manifest.get("pending"))  # one per call: each distinct file hashed once
     stages = []  # type: List[Dict[str, Any]]
+    problems = []  # type: List[str]
     for name in names:
-        record = stages_data[name]
+        record = stages_data[name] if isinstance(stages_data[name], dict) else {}
         metrics = dict(record.get("metrics") or {})
         headline = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
         outputs = record.get("outputs") or {}
-        state = _output_state(project, record)  # re-hashes every output: once per stage
+        shown_status, run_problem = _run_state(record)
+        checked, short, full = _check_files(checker, record)
+        state = "ok" if not short else ", ".join(short)
+        stage_problems = ([run_problem] if run_problem else []) + full
+        problems.extend("{}: {}".format(name, text) for text in stage_problems)
         stages.append({
             "stage": name,
-            "status": record.get("status"),
+            "status": shown_status,
+            "recorded_status": record.get("status"),
             "started": record.get("started"),
             "ended": record.get("ended"),
             "error": record.get("error"),
             "outputs": outputs,
             "outputs_state": state,
+            "problems": ["{}: {}".format(name, text) for text in stage_problems],
             "metrics": metrics,
-            "outputs_text": _outputs_text(name, record, state),
+            "outputs_text": _outputs_text(name, record, state, checked),
             "metrics_text": " ".join("{}={}".format(k, _short(v)) for k, v in headline.items()) or "-",
         })
     notes = []
@@ -68,13 +204,19 @@ def project_status(project_dir) -> Dict[str, Any]:
         if stage["error"]:
             notes.append("{}: {}".format(stage["stage"], stage["error"]))
     convert = stages_data.get("convert") or {}
-    if convert.get("outputs", {}).get("om"):
+    if (convert.get("outputs") or {}).get("om"):
         notes.append("offline model: {}".format(project.path(convert["outputs"]["om"]["path"])))
     elif convert.get("command"):
         notes.append("to make the .om on a CANN host: {}".format(convert["command"]))
-    if not stages:
-        notes.append("no stages yet: start with `mpltool data prepare --cifar PATH` (or `mpltool data demo`)")
-    return {"project": str(project.dir), "manifest": str(project.manifest_path), "stages": stages, "notes": notes}
+    if checker.staged_in_use:
+        notes.append("{} recorded file(s) still under their staging names (an interrupted commit): the next "
+                     "mpltool command on this project renames them into place".format(len(checker.staged_in_use)))
+    if not stages:  # nothing to show is not a healthy project: a CI gate on `status` must not pass
+        empty = "no stages yet: start with `mpltool data prepare --cifar PATH` (or `mpltool data demo`)"
+        notes.append(empty)
+        problems.append(empty)
+    return {"project": str(project.dir), "manifest": str(project.manifest_path), "stages": stages, "notes": notes,
+            "ok": bool(stages) and not problems, "problems": problems}
 
 
 def _short(value):

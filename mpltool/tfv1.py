@@ -3,7 +3,8 @@
 import os
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3: not even TF's C++ ERROR lines; mpltool turns every failure into its own one-line error instead.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -11,6 +12,6 @@ import tensorflow as _tf  # noqa: E402
 
 tf = _tf.compat.v1
 tf.disable_v2_behavior() if hasattr(tf, "disable_v2_behavior") and _tf.__version__.startswith("2") else None
-tf.logging.set_verbosity(tf.logging.ERROR)
+tf.logging.set_verbosity(tf.logging.FATAL)  # no raw `ERROR:tensorflow:` lines reach the user
 
 __all__ = ["tf"]

@@ -179,8 +179,11 @@ def test_convert_success_records_om_hash_and_exact_argv(frozen_project, with_atc
     om = project_dir / "om" / "tiny.om"
     assert om.read_bytes() == b"FAKE-OM\x00Ascend910A\x00" + hashlib.sha256(pb.read_bytes()).hexdigest().encode()
     calls = argv_calls(with_atc)
-    assert calls[0] == ["--model={}".format(pb), "--framework=3", "--output={}".format(project_dir / "om" / "tiny"),
+    # atc writes into the staging folder; the verified .om is renamed to om/tiny.om by the commit.
+    assert calls[0] == ["--model={}".format(pb), "--framework=3",
+                        "--output={}".format(project_dir / ".mpltool-staging" / "om-tiny"),
                         "--soc_version=Ascend910A", "--input_shape=input:1,32,32,3"]
+    assert not (project_dir / ".mpltool-staging" / "om-tiny.om").exists()
     assert result["command"] == "{} --model={} --framework=3 --output={} --soc_version=Ascend910A " \
                                 "--input_shape=\"input:1,32,32,3\"".format(
                                     tmp_path / "bin-atc-npu-smi" / "atc", pb, project_dir / "om" / "tiny")
@@ -194,7 +197,8 @@ def test_convert_success_records_om_hash_and_exact_argv(frozen_project, with_atc
     assert record["status"] == "done"
     assert record["outputs"]["om"] == {"path": "om/tiny.om", "size": om.stat().st_size, "sha256": sha256_file(om)}
     assert record["inputs"]["pb"]["sha256"] == sha256_file(pb)
-    assert record["argv"][1:] == calls[0] and record["command"] == result["command"]
+    assert record["argv"][1:] == calls[0][:2] + ["--output={}".format(project_dir / "om" / "tiny")] + calls[0][3:]
+    assert record["command"] == result["command"]
     assert record["soc_version"] == "Ascend910A" and record["soc_rule"] == "--soc"
     assert record["exit_status"] == 0 and record["atc_version"] is None
     assert record["precheck"]["ok"] is True and record["precheck"]["op_counts"]["Conv2D"] == 1
@@ -260,10 +264,13 @@ def test_convert_without_om_fails_even_after_success_line(frozen_project, with_a
     stale.parent.mkdir()
     stale.write_bytes(b"an old model")  # must not pass for this run's output
     monkeypatch.setenv("FAKE_ATC_NO_OM", "1")
-    with pytest.raises(ToolFailedError, match=r"atc reported success but wrote no .*tiny\.om; see logs/atc-"):
-        convert(project_dir, soc="Ascend910A")
-    assert not stale.exists()
-    assert Project(project_dir).stage("convert")["status"] == "failed"
+    with pytest.raises(UsageError, match=r"refusing to overwrite .*tiny\.om: it exists and no stage"):
+        convert(project_dir, soc="Ascend910A")  # not mpltool's file: only with force
+    with pytest.raises(ToolFailedError, match=r"atc reported success but wrote no .*om-tiny\.om; see logs/atc-"):
+        convert(project_dir, soc="Ascend910A", force=True)
+    assert stale.read_bytes() == b"an old model"  # nothing committed: the old file is neither passed off nor lost
+    record = Project(project_dir).stage("convert")
+    assert record["status"] == "failed" and record["outputs"] == {}
 
 
 def test_convert_kills_a_hanging_atc_and_keeps_its_log(frozen_project, with_atc, monkeypatch, tmp_path):
@@ -311,19 +318,37 @@ def test_check_only_returns_and_records_the_command_without_an_om(frozen_project
               "--input_shape=\"input:1,32,32,3\"".format(pb, project_dir / "om" / "tiny")
     assert result["command"] == command
     assert result["precheck"]["ok"] is True and result["mode"] == "check-only"
-    record = Project(project_dir).stage("convert")
+    assert Project(project_dir).stage("convert") is None  # a check is never recorded as a conversion
+    record = Project(project_dir).stage("convert-check")
     assert record["status"] == "done" and record["mode"] == "check-only" and record["command"] == command
     assert record["outputs"] == {} and record["inputs"]["pb"]["sha256"] == sha256_file(pb)
     assert not (project_dir / "om" / "tiny.om").exists()
 
 
-def test_check_only_needs_a_soc_when_nothing_can_detect_it(frozen_project, clean_env, monkeypatch, tmp_path):
-    project_dir, _ = frozen_project
+def test_check_only_without_a_soc_prints_the_command_with_a_placeholder(frozen_project, clean_env, monkeypatch,
+                                                                         tmp_path):
+    project_dir, pb = frozen_project
     use_path(monkeypatch, make_bin(tmp_path, "npu-smi"))  # layout none: a host without a driver
+    result = convert(project_dir, check_only=True)
+    assert result["soc_version"] == "<SOC>" and result["soc_rule"].startswith("not given")
+    assert result["command"] == "atc --model={} --framework=3 --output={} '--soc_version=<SOC>' " \
+                                "--input_shape=\"input:1,32,32,3\"".format(pb, project_dir / "om" / "tiny")
+
+
+def test_without_atc_and_soc_the_missing_toolkit_is_the_error(frozen_project, clean_env, monkeypatch, tmp_path):
+    project_dir, _ = frozen_project
+    use_path(monkeypatch, make_bin(tmp_path, "npu-smi"))
+    with pytest.raises(ToolMissingError) as info:
+        convert(project_dir)
+    assert info.value.exit_code == ExitCode.TOOL_MISSING and "<SOC>" in str(info.value)
+
+
+def test_with_atc_but_no_soc_the_soc_is_the_error(frozen_project, with_atc, monkeypatch):
+    project_dir, _ = frozen_project
+    monkeypatch.setenv("FAKE_NPU_SMI_LAYOUT", "none")
     with pytest.raises(PrerequisiteError) as info:
-        convert(project_dir, check_only=True)
-    assert info.value.exit_code == ExitCode.PREREQUISITE
-    assert "--soc" in str(info.value) and "Ascend910A" in str(info.value)
+        convert(project_dir, toolkit_root=project_dir / "no-toolkit")
+    assert info.value.exit_code == ExitCode.PREREQUISITE and "--soc" in str(info.value)
 
 
 # -- the stage: prerequisites and bad input ---------------------------------------------------------

@@ -209,14 +209,22 @@ def test_op_check_rejects_an_unfrozen_graph_and_one_without_input():
 
 # -- verification failures ---------------------------------------------------------------------------
 
-def test_parity_over_tolerance_is_exit_7_and_recorded_as_failed(project_copy):
-    with pytest.raises(MpltoolError) as excinfo:
-        freeze(project_copy, tolerance=-1.0, parity_images=3)
-    assert exit_code_of(excinfo) == ExitCode.VERIFICATION
-    record = Project(project_copy).stage("freeze")
-    assert record["status"] == "failed" and "parity" in record["error"]
-    assert record["parity"]["passed"] is False and record["parity"]["images"] == 3
-    assert Project(project_copy).path(record["outputs"]["pb"]["path"]).is_file()  # kept for inspection
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan"), float("inf")])
+def test_tolerance_outside_its_range_is_a_usage_error(project_copy, tolerance):
+    before = (project_copy / "mpltool.yaml").read_bytes()
+    with pytest.raises(MpltoolError, match="--tolerance must be a finite number >= 0") as excinfo:
+        freeze(project_copy, tolerance=tolerance, parity_images=3)
+    assert exit_code_of(excinfo) == ExitCode.USAGE
+    assert (project_copy / "mpltool.yaml").read_bytes() == before
+
+
+@pytest.mark.parametrize("batch,images", [(100000, 1000), (38, 0), (5, 4)])
+def test_batch_larger_than_the_parity_images_is_a_usage_error(project_copy, batch, images):
+    before = (project_copy / "mpltool.yaml").read_bytes()
+    with pytest.raises(MpltoolError, match="--batch") as excinfo:
+        freeze(project_copy, batch=batch, parity_images=images)
+    assert exit_code_of(excinfo) == ExitCode.USAGE
+    assert (project_copy / "mpltool.yaml").read_bytes() == before
 
 
 def _tampering(change):
@@ -243,11 +251,21 @@ def test_graph_that_computes_something_else_fails_parity(project_copy, monkeypat
         logits.input[0] = "tamper/add"
 
     monkeypatch.setattr(freeze_stage, "freeze_graph_def", _tampering(add_offset_to_logits))
+    project = Project(project_copy)
+    good = project.stage("freeze")["outputs"]["pb"]
+    good_bytes = project.path(good["path"]).read_bytes()
     with pytest.raises(VerificationError, match="parity check failed") as excinfo:
-        freeze(project_copy, parity_images=4)
+        freeze(project_copy, parity_images=4, output=project.path(good["path"]))
     assert excinfo.value.exit_code == 7
-    parity = Project(project_copy).stage("freeze")["parity"]
-    assert parity["max_abs_logit_diff"] == pytest.approx(0.01, abs=1e-4)
+    record = project.stage("freeze")
+    assert record["status"] == "failed" and "parity" in record["error"]
+    assert record["parity"]["passed"] is False and record["parity"]["images"] == 4
+    assert record["parity"]["max_abs_logit_diff"] == pytest.approx(0.01, abs=1e-4)
+    # The verified .pb stays in place and recorded; the rejected one is kept beside it for inspection.
+    assert record["outputs"]["pb"] == good and project.path(good["path"]).read_bytes() == good_bytes
+    rejected = project.path(good["path"][:-len(".pb")] + ".rejected.pb")
+    assert rejected.is_file() and rejected.read_bytes() != good_bytes
+    assert str(rejected) in str(excinfo.value)
 
 
 def test_pb_with_a_changed_weight_is_refused(project_copy, monkeypatch):
@@ -258,7 +276,9 @@ def test_pb_with_a_changed_weight_is_refused(project_copy, monkeypatch):
 
     monkeypatch.setattr(freeze_stage, "freeze_graph_def", _tampering(change_a_moving_mean))
     with pytest.raises(VerificationError, match="does not carry the checkpoint's weights") as excinfo:
-        freeze(project_copy, parity_images=4)
+        freeze(project_copy, parity_images=4, output=project_copy / "changed.pb")
+    assert not (project_copy / "changed.pb").exists()  # never renamed into place
+    assert not list((project_copy / ".mpltool-staging").glob("*"))  # nor left staged
     assert "moving_mean" in str(excinfo.value)
 
 

@@ -13,14 +13,16 @@ from typing import Any, Callable, Dict, Optional
 
 from mpltool.convert import atc as atc_tool
 from mpltool.convert import precheck as graph_check
-from mpltool.convert.soc import resolve_soc
+from mpltool.convert.soc import SocChoice, resolve_soc
 from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, VerificationError
 from mpltool.manifest import Project, sha256_file
 
 FREEZE_COMMAND = "mpltool freeze"
 OM_DIR = "om"
 LOG_DIR = "logs"
-WORK_DIR = "atc-work"  # atc's cwd: fusion_result.json and kernel_meta/ land here, not in the user's cwd
+WORK_DIR = "atc-work"
+CHECK_STAGE = "convert-check"  # where a --check-only run is recorded: it converts nothing
+SOC_PLACEHOLDER = "<SOC>"  # atc's cwd: fusion_result.json and kernel_meta/ land here, not in the user's cwd
 
 
 def _batch_one(shape):
@@ -141,15 +143,21 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
     report = graph_check.precheck_graph(graph["graph_def"], graph["input_name"], graph["input_shape"],
                                         graph["output_names"] + [n for n in requested_outputs if n])
     location, missing, ini_root = _locate_toolkit(atc, toolkit_root)
-    choice = resolve_soc(soc, npu_smi=npu_smi, toolkit_root=ini_root)
     om_base = _output_base(project, pb, output)
     om_path = om_base.with_name(om_base.name + ".om")
-    command = None
-    if report["input"]["input_shape"] is not None:
-        command = atc_tool.build_command(
-            location.path if location else "atc", pb, om_base, choice.soc_version, report["input"]["name"],
+    if not check_only:
+        project.check_writable(om_path, "convert", force)  # early: before the toolkit is even looked at
+    choice = _soc_choice(soc, npu_smi, ini_root, needed=not check_only and location is not None)
+
+    def command_for(base):
+        if report["input"]["input_shape"] is None:
+            return None
+        return atc_tool.build_command(
+            location.path if location else "atc", pb, base, choice.soc_version, report["input"]["name"],
             report["input"]["input_shape"], precision_mode=precision_mode, log_level=log_level,
             out_nodes=out_nodes, output_type=output_type)
+
+    command = command_for(om_base)
     pb_sha256 = sha256_file(pb)
     result = {
         "project": str(project.dir),
@@ -194,8 +202,9 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
     if check_only:
         if failed_check:
             raise failed_check
-        # Recorded as mode check-only with no .om output: `status` then shows the command for a CANN host.
-        with project.stage_run("convert", params) as run:
+        # Recorded as its own stage, never as a conversion: `status` shows the command for a CANN host
+        # and a real conversion recorded earlier stays as it was.
+        with project.stage_run(CHECK_STAGE, params) as run:
             run.inputs["pb"] = project.file_record(pb)
             run.record.update(recorded)
         return result
@@ -206,7 +215,7 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
                        "exit_status": previous.get("exit_status"), "log": previous.get("log"), "skipped": True})
         return result
 
-    with project.stage_run("convert", params) as run:
+    with project.stage_run("convert", params, force=force) as run:
         run.inputs["pb"] = project.file_record(pb)
         run.record.update(recorded)
         if failed_check:
@@ -214,19 +223,30 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         if location is None:
             raise ToolMissingError("{}; the pre-check passed: {}, or on a CANN host run: {}".format(
                 missing.message, missing.hint, command.display))
-        om_path.parent.mkdir(parents=True, exist_ok=True)
-        if om_path.exists():
-            om_path.unlink()  # a stale .om must never pass for this run's output
+        # atc writes into the staging area; the .om is renamed into place only once it is verified.
+        staged_om = run.stage_output("om", om_path)
         log_path = _new_log_path(project)
         result["log"] = run.record["log"] = project.relative(log_path)
-        outcome = atc_tool.run_atc(command.argv, project.path(WORK_DIR), log_path, timeout, progress=progress)
+        staged_command = command_for(staged_om.with_suffix(""))
+        outcome = atc_tool.run_atc(staged_command.argv, project.path(WORK_DIR), log_path, timeout,
+                                   progress=progress)
         result["exit_status"] = run.record["exit_status"] = outcome.exit_status
         version = atc_tool.parse_version(outcome.lines)
         if version is None and not outcome.timed_out:
             version = atc_tool.query_version(location.path)
         result["atc_version"] = run.record["atc_version"] = version
         run.metrics["atc_seconds"] = round(outcome.seconds, 3)
-        atc_tool.check_run(outcome, om_path, result["log"])
-        run.outputs["om"] = project.file_record(om_path)
-        result["om_sha256"] = run.outputs["om"]["sha256"]
+        atc_tool.check_run(outcome, staged_om, result["log"])
+    result["om_sha256"] = run.outputs["om"]["sha256"]
     return result
+
+
+def _soc_choice(soc: Optional[str], npu_smi: Optional[str], ini_root, needed: bool):
+    """The soc_version, or (for a check-only run, or when atc itself is missing and that is the error to
+    report) a `<SOC>` placeholder in the printed command when nothing can tell it."""
+    try:
+        return resolve_soc(soc, npu_smi=npu_smi, toolkit_root=ini_root)
+    except PrerequisiteError:
+        if soc or needed:
+            raise
+        return SocChoice(SOC_PLACEHOLDER, "not given (pass --soc, e.g. --soc Ascend910A)")

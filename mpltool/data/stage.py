@@ -12,8 +12,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from mpltool.data import cifar
-from mpltool.errors import PrerequisiteError
-from mpltool.manifest import Project, atomic_write_bytes
+from mpltool.errors import PrerequisiteError, UsageError
+from mpltool.manifest import Project, apply_umask, atomic_write_bytes
 
 DATA_DIR = "data/cifar"
 LABELLED_INDICES = "data/labelled_indices.txt"
@@ -24,49 +24,78 @@ def file_key(name: str) -> str:
     return name[: -len(".bin")] if name.endswith(".bin") else name
 
 
-def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first", seed: int = 0) -> Dict[str, Any]:
+MAX_SEED = 2 ** 32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
+
+
+def _checked_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError("--seed must be a whole number from 0 to {}, got {!r}".format(MAX_SEED, seed))
+    return seed
+
+
+def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first", seed: int = 0,
+            force: bool = False) -> Dict[str, Any]:
+    """Import, validate and split under the project lock; every file lands through the stage commit.
+
+    The CIFAR files and the indices file are staged, checked there, and renamed into place together
+    with the manifest record, so a crash leaves the previous import or this one, never parts of both.
+    """
     project = Project(project_dir)
+    seed = _checked_seed(seed)
     project.ensure_dir()
     project.load()  # a corrupt manifest fails here, before any file is touched
+    _remove_legacy_staging(project)
     source = Path(str(source)).expanduser()
     params = {"source": str(source.absolute()), "num_labelled": num_labelled, "split": split, "seed": seed}
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=str(project.dir)))
-    try:
-        infos = cifar.import_cifar(source, staging)
-        train_paths = [staging / name for name in cifar.TRAIN_FILES]
-        _, labels = cifar.read_images(train_paths)
+    with project.stage_run("data", params, force=force) as run:
+        imported = project.staging_dir() / "import"
+        infos = cifar.import_cifar(source, imported)
+        final_dir = project.path(DATA_DIR)
+        names = [info["name"] for info in infos] + ([cifar.META_FILE] if (imported / cifar.META_FILE).is_file()
+                                                    else [])
+        staged = {}
+        for name in names:
+            key = "batches_meta" if name == cifar.META_FILE else file_key(name)
+            staged[name] = run.stage_output(key, final_dir / name)
+            (imported / name).replace(staged[name])
+        _, labels = cifar.read_images([staged[name] for name in cifar.TRAIN_FILES])
         indices = cifar.make_split(labels, num_labelled, method=split, seed=seed)
-        with project.stage_run("data", params) as run:
-            final_dir = project.path(DATA_DIR)
-            final_dir.mkdir(parents=True, exist_ok=True)
-            for path in sorted(staging.iterdir()):
-                path.replace(final_dir / path.name)
-            indices_path = project.path(LABELLED_INDICES)
-            atomic_write_bytes(indices_path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
-            for info in infos:
-                run.outputs[file_key(info["name"])] = project.file_record(final_dir / info["name"])
-            meta = final_dir / cifar.META_FILE
-            if meta.is_file():
-                run.outputs["batches_meta"] = project.file_record(meta)
-            run.outputs["labelled_indices"] = project.file_record(indices_path)
-            train_infos = [i for i in infos if i["name"] in cifar.TRAIN_FILES]
-            test_info = next(i for i in infos if i["name"] == cifar.TEST_FILE)
-            run.record["files"] = [{"name": i["name"], "records": i["records"], "label_counts": i["label_counts"]}
-                                   for i in infos]
-            run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
-                                   "label_counts": np.bincount(labels[indices], minlength=cifar.NUM_CLASSES)}
-            run.metrics.update({
-                "train_records": sum(i["records"] for i in train_infos),
-                "test_records": test_info["records"],
-                "labelled_records": int(len(indices)),
-                "unlabelled_records": sum(i["records"] for i in train_infos),
-            })
-            result = {"project": str(project.dir), "data_dir": str(final_dir), "files": infos,
-                      "split": run.record["split"], "labelled_indices": run.outputs["labelled_indices"]}
-            result.update(run.metrics)
-        return result
-    finally:
-        shutil.rmtree(str(staging), ignore_errors=True)
+        indices_path = run.stage_output("labelled_indices", project.path(LABELLED_INDICES))
+        atomic_write_bytes(indices_path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
+        train_infos = [i for i in infos if i["name"] in cifar.TRAIN_FILES]
+        test_info = next(i for i in infos if i["name"] == cifar.TEST_FILE)
+        run.record["files"] = [{"name": i["name"], "records": i["records"], "label_counts": i["label_counts"]}
+                               for i in infos]
+        run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
+                               "label_counts": np.bincount(labels[indices], minlength=cifar.NUM_CLASSES)}
+        run.record["labels"] = {"highest": _highest_label(infos)}
+        run.metrics.update({
+            "train_records": sum(i["records"] for i in train_infos),
+            "test_records": test_info["records"],
+            "labelled_records": int(len(indices)),
+            "unlabelled_records": sum(i["records"] for i in train_infos),
+        })
+    result = {"project": str(project.dir), "data_dir": str(project.path(DATA_DIR)), "files": infos,
+              "split": run.record["split"], "labelled_indices": run.outputs["labelled_indices"]}
+    result.update(run.metrics)
+    return result
+
+
+def _highest_label(infos) -> int:
+    """The highest label of any imported file, from the per-file label counts."""
+    highest = 0
+    for info in infos:
+        present = [label for label, count in enumerate(info["label_counts"]) if count]
+        if present:
+            highest = max(highest, present[-1])
+    return highest
+
+
+def _remove_legacy_staging(project: Project) -> None:
+    """Staging folders of mpltool 0.1 (`.import-*`, ~180 MB each with CIFAR-10) that a crash left behind."""
+    for folder in project.dir.glob(".import-*"):
+        if folder.is_dir():
+            shutil.rmtree(str(folder), ignore_errors=True)
 
 
 def load_prepared(project: Project, command_hint: str = "mpltool data prepare --cifar PATH") -> Dict[str, Any]:
@@ -87,11 +116,36 @@ def read_labelled_indices(path) -> np.ndarray:
     return np.array([int(v) for v in text], dtype=np.int64)
 
 
-def demo(out_dir: Optional[str], project_dir) -> Dict[str, Any]:
+DEMO_RECIPE = "mpl-demo"
+
+
+def demo(out_dir: Optional[str], project_dir, force: bool = False) -> Dict[str, Any]:
+    """Write the demo set; a file already there is replaced only when identical, unrecorded and --force, or absent.
+
+    The files are generated into a scratch folder first, so an existing file is compared with what
+    would replace it (re-running is a no-op) and no half-written file is ever left under a final name.
+    """
     from mpltool.data import demo as demo_data
 
-    out = Path(out_dir) if out_dir else Project(project_dir).dir / "demo-cifar"
-    paths = demo_data.write_demo(out)
-    return {"out": str(out.absolute()), "files": [str(p) for p in paths],
-            "classes": list(demo_data.DEMO_CLASSES),
-            "next": "mpltool --project {} data prepare --cifar {}".format(project_dir, out)}
+    project = Project(project_dir)
+    out = (Path(out_dir) if out_dir else project.dir / "demo-cifar").absolute()
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out {} is a file, not a folder".format(out))
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=str(out)))
+    try:
+        generated = [Path(p) for p in demo_data.write_demo(scratch)]
+        for path in generated:
+            target = out / path.name
+            if target.is_file() and target.read_bytes() == path.read_bytes():
+                continue
+            project.check_writable(target, "demo", force)
+        for path in generated:
+            apply_umask(path)
+            path.replace(out / path.name)
+    finally:
+        shutil.rmtree(str(scratch), ignore_errors=True)
+    paths = [out / path.name for path in generated]
+    return {"out": str(out), "files": [str(p) for p in paths], "classes": list(demo_data.DEMO_CLASSES),
+            "recipe": DEMO_RECIPE,
+            "next": "mpltool --project {} data prepare --cifar {} --recipe {}".format(project_dir, out, DEMO_RECIPE)}

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from mpltool.errors import NonFiniteError
+
 TOP_K = 5
 
 
@@ -53,6 +55,12 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, label_smoothing:
     logits = np.asarray(logits)
     labels = np.asarray(labels, np.int64)
     count, num_classes = logits.shape
+    bad_rows = int(np.count_nonzero(~np.isfinite(logits).all(axis=1)))
+    if bad_rows:
+        # NaN compares false with everything, so argmax/top-k would score it as right (top-5 = 1.000).
+        raise NonFiniteError("the model gives NaN or inf logits for {} of {} images".format(bad_rows, count),
+                             hint="its weights are not finite (a diverged training run?); evaluate an earlier "
+                                  "checkpoint with --model")
     if labels.shape != (count,):
         raise ValueError("{} labels for {} rows of logits".format(labels.shape, count))
     log_probs = log_softmax(logits)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from mpltool.errors import InvalidInputError, UsageError, VerificationError
+from mpltool.errors import UsageError, VerificationError
 from mpltool.eval.metrics import batched_logits
 from mpltool.eval.stage import check_target, load_test_set, recorded_checkpoint, user_checkpoint
 from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
@@ -27,6 +27,7 @@ from mpltool.train.checkpoints import checkpoint_record, checkpoint_variables
 FROZEN_DIR = "frozen"
 RECORDED_CHOICES = {"ckpt": "best", "latest": "latest"}
 PARITY_REFERENCE_BATCH = 100
+MAX_BATCH = 10000  # a static batch beyond a CIFAR test set is a typo, and it is allocated in full
 
 
 def describe_io(frozen) -> Dict[str, Any]:
@@ -64,13 +65,15 @@ def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], 
 
 
 def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: int = 1, output=None,
-           parity_images: int = 1000, tolerance: float = 1e-4,
+           parity_images: int = 1000, tolerance: float = 1e-4, force: bool = False,
            progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
     """Freeze one network of a checkpoint to a .pb and prove it; recorded as stage `freeze`.
 
     `checkpoint`: "ckpt" = the train record's best for `target` (else its latest), "latest", or a path.
     `parity_images`: how many test images the parity check uses (0 = all). `progress(done, total)`
-    follows the frozen graph's parity run, the slow part at batch 1.
+    follows the frozen graph's parity run, the slow part at batch 1. The .pb is written under a staging
+    name and only renamed to `output` once it passed every check (a rejected one is kept beside it as
+    `<name>.rejected.pb`); `force` allows replacing an existing file that no stage recorded.
     """
     from mpltool.models.inference import (CheckpointModel, FrozenModel, network_in_checkpoint,
                                           parse_graph_def)
@@ -83,7 +86,18 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
         tolerance = float(tolerance)
     except (TypeError, ValueError):
         raise UsageError("tolerance must be a number, got {!r}".format(tolerance))
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(tolerance))
+    if batch > MAX_BATCH:
+        raise UsageError("--batch {} is above the limit of {}".format(batch, MAX_BATCH))
     images, _, test_record = load_test_set(project)
+    count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
+    if batch > count:
+        # The parity check runs the graph as written, at its static batch: a batch larger than the images
+        # checked would pad with thousands of blank images (20,000 took 5.7 GB for a 20-image check).
+        raise UsageError("--batch {} is larger than the {} images the parity check uses".format(batch, count),
+                         hint="use --batch {} or less, or check more images with --parity-images {}".format(
+                             count, batch if batch <= images.shape[0] else 0))
     if checkpoint in RECORDED_CHOICES:
         source = recorded_checkpoint(project, target, RECORDED_CHOICES[checkpoint])
         source["variables"] = checkpoint_variables(source["prefix"])
@@ -94,33 +108,29 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
     if output is None:
         output = project.path("{}/{}-{}-step{}.pb".format(
             FROZEN_DIR, model_name, target, "unknown" if step is None else step))
-    output = Path(str(output)).absolute()
+    output = Path(str(output)).expanduser().absolute()
     if output.is_dir():
         raise UsageError("output {} is a directory; give a file name ending in .pb".format(output))
+    project.check_writable(output, "freeze", force)  # early: before minutes of work (again at staging)
     params = {"checkpoint": str(checkpoint), "target": target, "batch": batch, "output": project.relative(output),
               "parity_images": parity_images, "tolerance": tolerance}
 
     started = time.perf_counter()
-    with project.stage_run("freeze", params) as run:
+    with project.stage_run("freeze", params, force=force) as run:
         run.inputs["checkpoint"] = source.get("record") or checkpoint_record(
             project, prefix, -1 if step is None else step)
         run.inputs["test_batch"] = test_record
         run.record["source"] = {"prefix": project.relative(prefix), "step": step, "target": target,
                                 "model": model_name, "chosen": source["chosen"]}
+        staged = run.stage_output("pb", output)
         with CheckpointModel(prefix, target, source["variables"], batch_size=batch) as network:
             graph_def = freeze_graph_def(network.session, network.graph)
             variable_names = network.variable_names
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(output, graph_def.SerializeToString())
-        except OSError as exc:
-            raise InvalidInputError("cannot write {}: {}".format(output, exc.strerror or exc))
-        run.outputs["pb"] = project.file_record(output)
+        atomic_write_bytes(staged, graph_def.SerializeToString())
 
-        written = parse_graph_def(output.read_bytes(), str(output))
+        written = parse_graph_def(staged.read_bytes(), str(output))
         check_frozen_graph(written, str(output))
         run.record["weights_checked"] = check_weights_match_checkpoint(written, prefix, variable_names, str(output))
-        count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
                 CheckpointModel(prefix, target, source["variables"]) as reference:
             run.record["io"] = describe_io(frozen)
@@ -130,17 +140,17 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
                             "top1_agreement": parity["top1_agreement"], "parity_images": parity["images"],
                             "seconds": time.perf_counter() - started})
         if not parity["passed"]:
+            rejected = output.with_name(output.stem + ".rejected.pb")
+            staged.replace(rejected)
             raise VerificationError(
-                "parity check failed: {} differs from checkpoint {} by up to {:.3g} in logits (tolerance {:g}) "
-                "on {} test images, top-1 agreement {:.4f}".format(
-                    output, prefix, parity["max_abs_logit_diff"], tolerance, parity["images"],
-                    parity["top1_agreement"]),
-                hint="the .pb was kept for inspection; do not convert it")
-        result = {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],
-                  "source": run.record["source"], "io": run.record["io"], "parity": parity,
-                  "weights_checked": run.record["weights_checked"], "seconds": run.metrics["seconds"],
-                  "project": str(project.dir)}
-    return result
+                "parity check failed: the frozen graph differs from checkpoint {} by up to {:.3g} in logits "
+                "(tolerance {:g}) on {} test images, top-1 agreement {:.4f}".format(
+                    prefix, parity["max_abs_logit_diff"], tolerance, parity["images"], parity["top1_agreement"]),
+                hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
+    return {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],
+            "source": run.record["source"], "io": run.record["io"], "parity": parity,
+            "weights_checked": run.record["weights_checked"], "seconds": run.metrics["seconds"],
+            "project": str(project.dir)}
 
 
 def _positive_int(value, what: str, minimum: int) -> int:

@@ -1,11 +1,14 @@
 """Recipes: one flat, typed configuration that every stage receives.
 
 Precedence (design §4): schema defaults < recipe file < `--set key=value`. Every key is declared once in
-`FIELDS` with its type and its check, so a typo is an error that names the closest key, a value of the
-wrong type is refused, and the resolved config (and its hash) is what the manifest records.
+`FIELDS` with its type and its range, so a typo is an error that names the closest key, a value of the
+wrong type or out of range (inf and nan included) is refused wherever it comes from -- recipe file,
+`--set`, or the params a manifest recorded -- and the resolved config (and its hash) is what the
+manifest records.
 """
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -16,77 +19,141 @@ from mpltool.errors import InvalidInputError, UsageError
 RECIPE_DIR = Path(__file__).resolve().parent
 
 
+INT32_MAX = 2 ** 31 - 1  # TF keeps steps, batch sizes and counts in int32 tensors
+SEED_MAX = 2 ** 32 - 1  # numpy's RandomState takes seeds in [0, 2**32 - 1]
+MAX_IMAGES_PER_STEP = 65536  # batch_size * (1 + uda_data): beyond this no host holds a step's activations
+
+
 class Field:
-    def __init__(self, name, kind, default, doc, check=None, choices=None):
+    """One recipe key: type, default, meaning and its checked range.
+
+    `low`/`high` bound int and float values (inclusive unless `low_open`/`high_open`); every int field
+    has both, so every value fits an int32. Floats must also be finite. `why` is added to a range error
+    when the bound alone would not say what goes wrong. `check` is for what a range cannot express.
+    """
+
+    def __init__(self, name, kind, default, doc, check=None, choices=None, low=None, high=None,
+                 low_open=False, high_open=False, why=None):
         self.name = name
         self.kind = kind  # int | float | bool | str
         self.default = default
         self.doc = doc
         self.check = check  # type: Optional[Callable[[Any], Optional[str]]]
         self.choices = choices  # type: Optional[Sequence[str]]
+        self.low = low
+        self.high = high
+        self.low_open = low_open
+        self.high_open = high_open
+        self.why = why
+
+    def range_problem(self, value) -> Optional[str]:
+        """None when `value` (already of the field's type) is in range, else what it must be."""
+        if self.kind not in ("int", "float"):
+            return None
+        if self.kind == "float" and not math.isfinite(value):
+            return "must be a finite number"
+        violated = None
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            violated = "must be {} {}".format(">" if self.low_open else ">=", _num(self.low))
+        elif self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            violated = "must be {} {}".format("<" if self.high_open else "<=", _num(self.high))
+        if violated is None:
+            return None
+        if self.low is not None and self.high is not None:
+            excluded = [_num(b) for b, is_open in ((self.low, self.low_open), (self.high, self.high_open)) if is_open]
+            violated += " (between {} and {}{})".format(
+                _num(self.low), _num(self.high), ", {} excluded".format(" and ".join(excluded)) if excluded else "")
+        return violated + (": " + self.why if self.why else "")
 
 
-def _at_least(low):
-    return lambda v: None if v >= low else "must be >= {}".format(low)
+def _num(bound) -> str:
+    """A bound as a person writes it: 0 not 0.0, 16777216 not 16777216.0, 1e-06 as is."""
+    if isinstance(bound, float) and bound.is_integer():
+        return str(int(bound))
+    return str(bound)
 
 
-def _in_unit_interval(v):
-    return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+def _counts(low=1, high=INT32_MAX):
+    """Range keywords of an int count (steps, sizes): at least `low`, at most an int32."""
+    return {"low": low, "high": high}
+
+
+UNIT = {"low": 0.0, "high": 1.0}  # [0, 1]
+UNIT_OPEN = {"low": 0.0, "high": 1.0, "high_open": True}  # [0, 1)
+LEARNING_RATE = {"low": 0.0, "high": 10.0}
+NON_NEGATIVE = {"low": 0.0}  # finite and >= 0 (finiteness is checked for every float)
+SEED = {"low": 0, "high": SEED_MAX}
 
 
 def _model_name(v):
     from mpltool.models import parse_model_name
 
-    parse_model_name(v)
+    depth, width = parse_model_name(v)
+    if depth > 1000 or width > 100:
+        return "is too large: depth must be <= 1000 and width <= 100"
+    return None
+
+
+def _file_name(v):
+    if not v.strip() or any(c in v for c in "\n\r\0"):
+        return "must be a file name (one line, not empty)"
     return None
 
 
 FIELDS = [
     Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs)", _model_name),
-    Field("num_classes", "int", 10, "classes in the data set", _at_least(2)),
-    Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", _at_least(1)),
+    Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
+    Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **_counts()),
     Field("split", "str", "first", "labelled split: first N records (reference) or class-balanced",
           choices=("first", "balanced")),
-    Field("split_seed", "int", 0, "seed of the balanced split", _at_least(0)),
-    Field("batch_size", "int", 64, "labelled images per step and replica (B)", _at_least(1)),
-    Field("uda_data", "int", 7, "unlabelled images per labelled one (U = uda_data * B)", _at_least(1)),
-    Field("eval_batch_size", "int", 64, "batch size of evaluation (every image counted once)", _at_least(1)),
-    Field("num_train_steps", "int", 300000, "total training steps (N)", _at_least(1)),
-    Field("teacher_lr", "float", 0.05, "teacher base learning rate", _at_least(0.0)),
-    Field("teacher_lr_warmup_steps", "int", 5000, "teacher linear warmup steps", _at_least(0)),
-    Field("student_lr", "float", 0.05, "student base learning rate", _at_least(0.0)),
-    Field("student_lr_wait_steps", "int", 1000, "steps the student's learning rate stays 0 (W)", _at_least(0)),
-    Field("student_lr_warmup_steps", "int", 5000, "student linear warmup steps after the wait", _at_least(0)),
+    Field("split_seed", "int", 0, "seed of the balanced split", **SEED),
+    Field("batch_size", "int", 64, "labelled images per step and replica (B)", **_counts(high=MAX_IMAGES_PER_STEP)),
+    Field("uda_data", "int", 7, "unlabelled images per labelled one (U = uda_data * B)",
+          **_counts(high=MAX_IMAGES_PER_STEP - 1)),
+    Field("eval_batch_size", "int", 64, "batch size of evaluation (every image counted once)",
+          **_counts(high=MAX_IMAGES_PER_STEP)),
+    Field("num_train_steps", "int", 300000, "total training steps (N)", **_counts()),
+    Field("teacher_lr", "float", 0.05, "teacher base learning rate", **LEARNING_RATE),
+    Field("teacher_lr_warmup_steps", "int", 5000, "teacher linear warmup steps", **_counts(low=0)),
+    Field("student_lr", "float", 0.05, "student base learning rate", **LEARNING_RATE),
+    Field("student_lr_wait_steps", "int", 1000, "steps the student's learning rate stays 0 (W)", **_counts(low=0)),
+    Field("student_lr_warmup_steps", "int", 5000, "student linear warmup steps after the wait", **_counts(low=0)),
     Field("lr_scale_by_batch", "bool", False, "multiply base rates by B/256 (reference TPU code; the Ascend run did not)"),
     Field("lr_decay", "str", "cosine", "decay after warmup", choices=("cosine", "constant")),
-    Field("momentum", "float", 0.9, "Nesterov momentum of both optimizers", _in_unit_interval),
-    Field("weight_decay", "float", 5e-4, "L2 added to the gradients of non-BN variables", _at_least(0.0)),
-    Field("grad_bound", "float", 1e9, "global-norm gradient clip (1e9: none in practice)", _at_least(0.0)),
-    Field("label_smoothing", "float", 0.15, "smoothing of labelled CE and the student's targets", _in_unit_interval),
-    Field("uda_temp", "float", 0.7, "temperature of the teacher's sharpened distribution", _at_least(1e-6)),
-    Field("uda_threshold", "float", 0.6, "confidence mask threshold of the UDA loss", _in_unit_interval),
-    Field("uda_weight", "float", 8.0, "final weight of the UDA loss", _at_least(0.0)),
-    Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", _at_least(1)),
-    Field("ema_decay", "float", 0.995, "EMA decay of the student (capped by (t+1)/(t+10))", _in_unit_interval),
-    Field("dropout_rate", "float", 0.2, "dropout before the classifier", _in_unit_interval),
-    Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", _at_least(0)),
-    Field("augment_layers", "int", 2, "RandAugment ops per image", _at_least(0)),
+    Field("momentum", "float", 0.9, "Nesterov momentum of both optimizers", **UNIT_OPEN,
+          why="at 1 the velocity never decays"),
+    Field("weight_decay", "float", 5e-4, "L2 added to the gradients of non-BN variables", **NON_NEGATIVE),
+    Field("grad_bound", "float", 1e9, "global-norm gradient clip (1e9: none in practice)", low=0.0, low_open=True,
+          why="a clip norm of 0 zeroes every gradient (NaN when the norm is 0)"),
+    Field("label_smoothing", "float", 0.15, "smoothing of labelled CE and the student's targets", **UNIT_OPEN,
+          why="at 1 the targets no longer depend on the labels"),
+    Field("uda_temp", "float", 0.7, "temperature of the teacher's sharpened distribution", low=0.0, low_open=True),
+    Field("uda_threshold", "float", 0.6, "confidence mask threshold of the UDA loss", **UNIT),
+    Field("uda_weight", "float", 8.0, "final weight of the UDA loss", **NON_NEGATIVE),
+    Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", **_counts()),
+    Field("ema_decay", "float", 0.995, "EMA decay of the student (capped by (t+1)/(t+10))", **UNIT),
+    Field("dropout_rate", "float", 0.2, "dropout before the classifier", **UNIT_OPEN,
+          why="at 1 it drops every activation (TF refuses it)"),
+    Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", low=0, high=30),
+    Field("augment_layers", "int", 2, "RandAugment ops per image", low=0, high=30),
     Field("mpl_feedback", "str", "reference", "teacher MPL term: reference (the released code: zero gradient) "
           "or paper (hard pseudo labels: the h-term moves the teacher)", choices=("reference", "paper")),
-    Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", _in_unit_interval),
-    Field("save_every", "int", 100, "steps between checkpoints", _at_least(1)),
-    Field("eval_every", "int", 100, "steps between evaluations of teacher, student and EMA", _at_least(1)),
-    Field("log_every", "int", 50, "steps between log lines", _at_least(1)),
-    Field("keep_checkpoints", "int", 6, "latest checkpoints kept", _at_least(1)),
-    Field("shuffle_buffer", "int", 1024, "shuffle buffer of the input streams (records)", _at_least(1)),
-    Field("seed", "int", 0, "graph-level random seed", _at_least(0)),
+    Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", **UNIT),
+    Field("save_every", "int", 100, "steps between checkpoints", **_counts()),
+    Field("eval_every", "int", 100, "steps between evaluations of teacher, student and EMA", **_counts()),
+    Field("log_every", "int", 50, "steps between log lines", **_counts()),
+    Field("keep_checkpoints", "int", 6, "latest checkpoints kept", **_counts()),
+    Field("shuffle_buffer", "int", 1024, "shuffle buffer of the input streams (records)", **_counts()),
+    Field("seed", "int", 0, "graph-level random seed", **SEED),
     Field("precision_mode", "str", "allow_mix_precision", "NPU precision mode (NpuOptimizer)",
           choices=("allow_mix_precision", "force_fp32", "force_fp16", "must_keep_origin_dtype",
                    "allow_fp32_to_fp16")),
-    Field("loss_scale", "float", 10.0, "fixed loss scale on NPU (losses scaled, gradients unscaled)", _at_least(1.0)),
+    Field("loss_scale", "float", 10.0, "fixed loss scale on NPU (losses scaled, gradients unscaled)",
+          low=1.0, high=float(2 ** 24)),
     Field("loss_scale_overflow_check", "bool", False, "skip the update of a step whose gradients overflow"),
-    Field("modify_mixlist", "str", "ops_info.json", "NPU mixed-precision list file (recipe dir relative)"),
-    Field("fusion_switch_file", "str", "fusion_switch.cfg", "NPU fusion switch file (recipe dir relative)"),
+    Field("modify_mixlist", "str", "ops_info.json", "NPU mixed-precision list file (recipe dir relative)", _file_name),
+    Field("fusion_switch_file", "str", "fusion_switch.cfg", "NPU fusion switch file (recipe dir relative)",
+          _file_name),
 ]
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
 
@@ -155,6 +222,9 @@ def parse_value(field: Field, raw: Any, source: str, error=UsageError) -> Any:
         raise error("{}: {}={!r} is not a valid {}".format(source, field.name, raw, field.kind))
     if field.choices and value not in field.choices:
         raise error("{}: {}={!r} must be one of {}".format(source, field.name, value, ", ".join(field.choices)))
+    problem = field.range_problem(value)
+    if problem:
+        raise error("{}: {}={!r} {}".format(source, field.name, value, problem))
     if field.check is not None:
         try:
             problem = field.check(value)
@@ -189,6 +259,10 @@ def load_recipe(name_or_file="mpl-wrn28-2", overrides: Sequence[str] = ()) -> Re
     path = recipe_path(name_or_file)
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise InvalidInputError("recipe {}: not UTF-8 text".format(path))
+    except OSError as exc:
+        raise InvalidInputError("cannot read recipe {}: {}".format(path, exc.strerror or exc))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = " line {}".format(mark.line + 1) if mark is not None else ""
@@ -218,10 +292,20 @@ def _with_meta(recipe: Recipe, name: str, path: str, description: str, applied: 
     return recipe
 
 
-def _check_consistency(recipe: Recipe) -> None:
+def _check_consistency(recipe: Recipe, error=UsageError, source: str = "") -> None:
+    """Checks across keys (each key's own range is checked when it is parsed).
+
+    Schedule lengths (warmups, the student's wait, uda_steps) may exceed num_train_steps: a short run of
+    a long recipe is legitimate and train warns about it.
+    """
+    prefix = source + ": " if source else ""
     if recipe["split"] == "balanced" and recipe["num_labelled"] % recipe["num_classes"]:
-        raise UsageError("num_labelled={} is not divisible by num_classes={} (split=balanced)".format(
-            recipe["num_labelled"], recipe["num_classes"]))
+        raise error("{}num_labelled={} is not divisible by num_classes={} (split=balanced)".format(
+            prefix, recipe["num_labelled"], recipe["num_classes"]))
+    images = recipe["batch_size"] * (1 + recipe["uda_data"])
+    if images > MAX_IMAGES_PER_STEP:
+        raise error("{}batch_size={} with uda_data={} is {} images per step; batch_size * (1 + uda_data) must be "
+                    "<= {}".format(prefix, recipe["batch_size"], recipe["uda_data"], images, MAX_IMAGES_PER_STEP))
 
 
 def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
@@ -241,4 +325,6 @@ def recipe_from_record(values: Dict[str, Any]) -> Recipe:
         if field is None:
             raise _unknown_key(key, "manifest train params", error=InvalidInputError)
         resolved[key] = parse_value(field, raw, "manifest train params", error=InvalidInputError)
-    return Recipe(resolved)
+    recipe = Recipe(resolved)
+    _check_consistency(recipe, error=InvalidInputError, source="manifest train params")
+    return recipe

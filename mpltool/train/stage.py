@@ -6,18 +6,21 @@ different structural settings is refused rather than silently mixed, and a faile
 
 import contextlib
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mpltool import npu
 from mpltool.data import cifar
 from mpltool.data.stage import file_key, load_prepared, read_labelled_indices
-from mpltool.errors import Interrupted, PrerequisiteError, UsageError
+from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
 from mpltool.train.checkpoints import CHECKPOINT_DIR, TARGETS, checkpoint_record, step_of
 
 # Keys that may change between sessions of one run without making the checkpoints meaningless.
+MAX_EXTEND_STEPS = 2 ** 31 - 1
+SPLIT_KEYS = {"num_labelled": "num_labelled", "method": "split", "seed": "split_seed"}
 RESUMABLE_CHANGES = frozenset(["num_train_steps", "save_every", "eval_every", "log_every", "keep_checkpoints",
                                "eval_batch_size"])
 
@@ -27,8 +30,10 @@ def _changed_keys(old: Dict[str, Any], new: Dict[str, Any]):
 
 
 def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str], extend_steps: Optional[int],
-                force: bool):
-    """(recipe, previous record or None) for this invocation, enforcing the resume rules."""
+                force: bool, data_record: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print):
+    """(recipe, previous record or None) for this invocation, enforcing the resume rules.
+
+    With `data_record`, the recipe is first fitted to the prepared data (`_adopt_data`)."""
     previous = None if force else project.stage("train")
     if previous is not None and not previous.get("checkpoints", {}).get("latest"):
         previous = None  # it never saved a checkpoint: nothing to resume
@@ -36,38 +41,95 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
         if extend_steps is not None:
             raise UsageError("--extend-steps needs an earlier training run in this project",
                              hint="run `mpltool train --recipe NAME` first")
-        return load_recipe(recipe or "mpl-wrn28-2", overrides), None
+        resolved = load_recipe(recipe or "mpl-wrn28-2", overrides)
+        if data_record is not None:
+            _adopt_data(resolved, data_record, log)
+        return resolved, None
     recorded = recipe_from_record(previous.get("params") or {})
     object.__setattr__(recorded, "recipe_name", previous.get("recipe") or "recorded")
     object.__setattr__(recorded, "overrides", previous.get("overrides") or {})
     # --set alone applies on top of the recorded run; --recipe names a whole new configuration.
     resolved = load_recipe(recipe, overrides) if recipe is not None else with_overrides(recorded, overrides)
+    if data_record is not None:
+        _adopt_data(resolved, data_record, log)
     changed = _changed_keys(recorded.values, resolved.values)
     if changed:
         raise UsageError("this project already trains with other settings ({}); re-run `mpltool train` "
                          "to resume it, or start over with --force".format(
                              ", ".join("{}: {} -> {}".format(k, recorded[k], resolved[k]) for k in changed)))
+    done = int(previous.get("steps_done") or 0)
     if extend_steps is not None:
-        if extend_steps < 1:
-            raise UsageError("--extend-steps must be >= 1")
-        resolved["num_train_steps"] = max(recorded.num_train_steps, int(previous.get("steps_done") or 0)) + extend_steps
+        if any(o.split("=", 1)[0].strip().lstrip("-") == "num_train_steps" for o in overrides):
+            raise UsageError("--extend-steps and --set num_train_steps both set the length of the run",
+                             hint="give one of them")
+        if not 1 <= extend_steps <= MAX_EXTEND_STEPS:
+            raise UsageError("--extend-steps must be between 1 and {}, got {}".format(MAX_EXTEND_STEPS, extend_steps))
+        resolved["num_train_steps"] = max(recorded.num_train_steps, done) + extend_steps
+    elif resolved.num_train_steps < done:
+        raise UsageError("num_train_steps={} is below the {} steps this project has already trained".format(
+            resolved.num_train_steps, done), hint="set it to {} or more, or train further with "
+                                                  "`mpltool train --extend-steps N`".format(done))
     return resolved, previous
 
 
-def _check_split(recipe, data_record: Dict[str, Any]) -> None:
+def _adopt_data(recipe, data_record: Dict[str, Any], log: Callable[[str], None]) -> None:
+    """Fit the recipe to the prepared data before any graph is built.
+
+    The labelled split `data prepare` recorded is adopted for every split key the user did not set
+    explicitly (`--set`); an explicit one that differs is refused. The class count must cover every
+    label in the data.
+    """
     split = data_record.get("split") or {}
-    wanted = {"num_labelled": recipe.num_labelled, "method": recipe.split}
-    if recipe.split == "balanced":
-        wanted["seed"] = recipe.split_seed
-    have = {k: split.get(k) for k in wanted}
-    if have != wanted:
+    explicit = set(getattr(recipe, "overrides", {}) or {})
+    adopted, conflicts = [], []
+    for recorded_key, recipe_key in SPLIT_KEYS.items():
+        have = split.get(recorded_key)
+        if have is None or (recipe_key == "split_seed" and split.get("method") != "balanced"):
+            continue
+        if recipe[recipe_key] == have:
+            continue
+        if recipe_key in explicit:
+            conflicts.append("{}={} (prepared: {})".format(recipe_key, recipe[recipe_key], have))
+        else:
+            adopted.append("{}={}".format(recipe_key, have))
+            recipe[recipe_key] = have
+    if conflicts:
         raise PrerequisiteError(
-            "the prepared labelled split ({}) differs from the recipe's ({})".format(
-                ", ".join("{}={}".format(k, v) for k, v in have.items()),
-                ", ".join("{}={}".format(k, v) for k, v in wanted.items())),
-            hint="run `mpltool data prepare --cifar PATH --labelled {} --split {}{}`".format(
-                recipe.num_labelled, recipe.split,
-                " --seed {}".format(recipe.split_seed) if recipe.split == "balanced" else ""))
+            "the labelled split you set differs from the prepared one: {}".format(", ".join(conflicts)),
+            hint="drop those --set options to use the prepared split, or re-run `mpltool data prepare --cifar "
+                 "PATH --labelled {} --split {}{}`".format(
+                     recipe.num_labelled, recipe.split,
+                     " --seed {}".format(recipe.split_seed) if recipe.split == "balanced" else ""))
+    if adopted:
+        log("using the labelled split recorded by `data prepare`: {}".format(", ".join(adopted)))
+    highest = highest_label(data_record)
+    if highest is not None and highest >= recipe.num_classes:
+        raise UsageError("num_classes={} but the prepared data has labels up to {}".format(
+            recipe.num_classes, highest), hint="set num_classes to {} or more".format(highest + 1))
+
+
+def highest_label(data_record: Dict[str, Any]) -> Optional[int]:
+    """The highest label in the prepared files, from the per-file label counts the data stage recorded."""
+    highest = None
+    for info in data_record.get("files") or []:
+        present = [label for label, count in enumerate(info.get("label_counts") or []) if count]
+        if present:
+            highest = present[-1] if highest is None else max(highest, present[-1])
+    return highest
+
+
+def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> None:
+    """A resumed or extended run must continue on the very data its checkpoints were trained on."""
+    trained_on = previous.get("inputs") or {}
+    now = data_record.get("outputs") or {}
+    changed = sorted(key for key, record in trained_on.items()
+                     if isinstance(record, dict) and (now.get(key) or {}).get("sha256") != record.get("sha256"))
+    if changed:
+        raise PrerequisiteError(
+            "the prepared data changed since this run's checkpoints were trained ({} differ)".format(
+                ", ".join(changed)),
+            hint="re-run `mpltool data prepare` with the original files and split to continue, or start a new "
+                 "run on the new data with `mpltool train --force` (deletes this project's checkpoints)")
 
 
 def _load_data(prepared: Dict[str, Any]) -> Dict[str, Any]:
@@ -78,26 +140,32 @@ def _load_data(prepared: Dict[str, Any]) -> Dict[str, Any]:
             "test_labels": test_labels, "labelled_indices": read_labelled_indices(paths["labelled_indices"])}
 
 
+def _stderr_warning(message: str) -> None:
+    sys.stderr.write("warning: {}\n".format(message))
+
+
 def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = (), device: str = "auto",
           extend_steps: Optional[int] = None, force: bool = False, log: Callable[[str], None] = print,
-          progress_factory: Optional[Callable] = None) -> Dict[str, Any]:
+          progress_factory: Optional[Callable] = None,
+          warn: Callable[[str], None] = _stderr_warning) -> Dict[str, Any]:
     project = Project(project_dir)
     project.load()
-    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force)
     prepared = load_prepared(project)
-    _check_split(resolved, prepared["record"])
+    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log)
+    if previous is not None:
+        _check_same_data(previous, prepared["record"])
     device = npu.resolve_device(device)
     if resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps:
-        log("warning: student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student "
-            "barely trains; lower them with --set for short runs (recipe mpl-demo does)".format(
-                resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps, resolved.num_train_steps))
+        warn("student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student "
+             "barely trains; shorten them with --set student_lr_wait_steps=... --set student_lr_warmup_steps=..."
+             "{}".format(resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps,
+                         resolved.num_train_steps,
+                         "" if getattr(resolved, "recipe_name", None) == "mpl-demo"
+                         else ", or use --recipe mpl-demo for a short demo run"))
     ckpt_dir = project.path(CHECKPOINT_DIR)
     restore_from = None
     if previous is not None:
-        restore_from = _latest_checkpoint(ckpt_dir)
-        if restore_from is None:
-            raise PrerequisiteError("the manifest records checkpoints but none is left in {}".format(ckpt_dir),
-                                    hint="start over with `mpltool train --force`")
+        restore_from = resume_point(project, previous, warn)
         done = step_of(restore_from)
         if done >= resolved.num_train_steps:
             log("training already finished at step {} of {}; nothing to do (train further with "
@@ -141,8 +209,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                                        progress=progress)
         except KeyboardInterrupt:
             latest = checkpoints.get("latest") or {}
-            raise Interrupted("interrupted at step {}; checkpoint {} saved; re-run `mpltool train` to resume".format(
-                run.record.get("steps_done"), latest.get("prefix", "-")))
+            raise Interrupted("interrupted at step {}; checkpoint {} saved".format(
+                run.record.get("steps_done"), latest.get("prefix", "-")), hint="re-run `mpltool train` to resume")
         last = outcome["last_eval"]
         for target in TARGETS:
             if target in last:
@@ -166,9 +234,43 @@ def _start_over(project: Project) -> None:
         metrics_csv.unlink()
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Optional[str]:
+def resume_point(project: Project, previous: Dict[str, Any], warn: Callable[[str], None]) -> str:
+    """The checkpoint to resume from: the newest complete one, trusted by the manifest's record first.
+
+    The manifest's `latest` is verified by sha256. TensorFlow's `checkpoints/checkpoint` index may name a
+    newer one (a kill -9 between the Saver finishing it and the manifest recording it): that one is used
+    when its files are all there and readable. A corrupt or missing index never hides the recorded one.
+    """
+    from mpltool.train.checkpoints import checkpoint_variables, verify_checkpoint
+
+    recorded = (previous.get("checkpoints") or {}).get("latest")
+    recorded_prefix, problem = None, None
+    try:
+        recorded_prefix = verify_checkpoint(project, recorded, "checkpoint")
+    except PrerequisiteError as exc:
+        problem = exc.message
+    newer = _indexed_checkpoint(project.path(CHECKPOINT_DIR))
+    if newer is not None and step_of(newer) > step_of(recorded_prefix or recorded["prefix"]):
+        try:
+            checkpoint_variables(newer)
+            return newer
+        except MpltoolError:
+            pass
+    if recorded_prefix is not None:
+        return recorded_prefix
+    raise PrerequisiteError(
+        "cannot resume: {}".format(problem),
+        hint="restore the checkpoint files the manifest records, or start over with `mpltool train --force` "
+             "(deletes this project's checkpoints)")
+
+
+def _indexed_checkpoint(ckpt_dir: Path) -> Optional[str]:
+    """What the Saver's index file names as newest, or None when it is missing or unreadable."""
     from mpltool.tfv1 import tf
 
     if not ckpt_dir.is_dir():
         return None
-    return tf.train.latest_checkpoint(str(ckpt_dir))
+    try:
+        return tf.train.latest_checkpoint(str(ckpt_dir))
+    except Exception:  # a corrupt index is a parse error inside TF; the manifest's record still stands
+        return None

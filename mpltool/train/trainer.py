@@ -6,7 +6,7 @@ re-running `train` resumes from the newest checkpoint the Saver finished (losing
 """
 
 import csv
-import signal
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -14,14 +14,19 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from mpltool import npu
-from mpltool.errors import InvalidInputError
+from mpltool.errors import InvalidInputError, NonFiniteError, first_line
+from mpltool.manifest import atomic_write_bytes
 from mpltool.tfv1 import tf
+from mpltool.train.checkpoints import step_of
 
 CSV_COLUMNS = ("step", "time", "steps_per_second", "teacher_loss", "labelled_ce", "uda_loss", "uda_mask_rate",
                "uda_weight", "student_loss", "student_ce_old", "student_ce_new", "h", "h_baseline", "teacher_lr",
                "student_lr", "teacher_top1", "teacher_top5", "teacher_loss_eval", "student_top1", "student_top5",
                "student_loss_eval", "ema_top1", "ema_top5", "ema_loss_eval")
 EVAL_TARGETS = ("teacher", "student", "ema")
+LOSS_METRICS = ("teacher_loss", "student_loss", "labelled_ce", "uda_loss")
+DIVERGED_HINT = ("the last finite checkpoint is kept; lower the learning rates (--set teacher_lr=... "
+                 "--set student_lr=...) and start over with `mpltool train --force`")
 
 
 class TrainingGraph:
@@ -59,15 +64,24 @@ class TrainingGraph:
             # Best-by-accuracy checkpoints live in their own folders; old ones are removed explicitly.
             self.best_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
             self.init = tf.global_variables_initializer()
+            # Checked before every save, so no checkpoint ever holds NaN/inf weights.
+            self.weights_finite = tf.reduce_all([tf.reduce_all(tf.is_finite(v)) for v in tf.global_variables()
+                                                 if v.dtype.base_dtype.is_floating])
         self.graph.finalize()
 
 
 class MetricsCsv:
-    """Append-only CSV with a fixed column order (parsers never break across versions)."""
+    """Append-only CSV with a fixed column order (parsers never break across versions).
 
-    def __init__(self, path: Path):
+    `resume_step`: rows past it were written after the checkpoint a resumed run starts from (a kill -9
+    lost those steps); they are dropped so the re-trained steps are not listed twice.
+    """
+
+    def __init__(self, path: Path, resume_step: Optional[int] = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and path.is_file():
+            _drop_rows_after(path, resume_step)
         new = not path.exists() or path.stat().st_size == 0
         self.handle = open(str(path), "a", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -76,32 +90,30 @@ class MetricsCsv:
             self.handle.flush()
 
     def write(self, row: Dict[str, Any]) -> None:
-        self.writer.writerow({k: ("{:.6g}".format(v) if isinstance(v, float) else v) for k, v in row.items()})
+        self.writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         self.handle.flush()
 
     def close(self) -> None:
         self.handle.close()
 
 
-class SignalAsInterrupt:
-    """SIGTERM (CI cancelling a job) is handled like Ctrl-C: save, record, exit 130."""
+def _drop_rows_after(path: Path, step: int) -> None:
+    with open(str(path), newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if not (row and row[0].isdigit() and int(row[0]) > step)]
+    if len(kept) != len(rows):
+        text = "".join(",".join(_csv_cell(c) for c in row) + "\r\n" for row in kept)
+        atomic_write_bytes(path, text.encode("utf-8"))
 
-    def __enter__(self):
-        self.previous = signal.getsignal(signal.SIGTERM)
 
-        def handler(signum, frame):
-            raise KeyboardInterrupt()
+def _csv_cell(value: str) -> str:
+    return '"{}"'.format(value.replace('"', '""')) if any(c in value for c in ',"\r\n') else value
 
-        try:
-            signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread
-            self.previous = None
-        return self
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
+def _all_finite(session, graph) -> bool:
+    return bool(session.run(graph.weights_finite))
 
 
 def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
@@ -117,7 +129,8 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
     graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:])
     ckpt_dir = workdir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    csv_log = MetricsCsv(workdir / "logs" / "metrics.csv")
+    _sweep_saver_leftovers(ckpt_dir)
+    csv_log = MetricsCsv(workdir / "logs" / "metrics.csv", resume_step=step_of(restore_from) if restore_from else 0)
     best = {target: -1.0 for target in EVAL_TARGETS}
     best.update(data.get("best") or {})
     summary_writer = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
@@ -127,13 +140,11 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
         if restore_from:
             try:
                 graph.saver.restore(session, restore_from)
-                state = tf.train.get_checkpoint_state(str(ckpt_dir))
-                if state is not None:  # so the Saver keeps pruning the files of earlier sessions too
-                    graph.saver.recover_last_checkpoints(list(state.all_model_checkpoint_paths))
             except Exception as exc:  # a failed restore is an error, never a silent restart
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InvalidInputError("cannot resume from {}: {}".format(restore_from, first),
-                                        hint="fix the checkpoint, or start over with `mpltool train --force`")
+                raise InvalidInputError("cannot resume from {}: {}".format(restore_from, first_line(exc)),
+                                        hint="restore the checkpoint files, or start over with `mpltool train "
+                                             "--force` (deletes this project's checkpoints)")
+            _recover_saver_history(graph.saver, ckpt_dir)
         else:
             session.run(graph.init)
             session.run(graph.step.ema_init_op)
@@ -161,11 +172,16 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
             return results
 
         def save_latest(at_step):
+            if not _all_finite(session, graph):
+                raise NonFiniteError("training diverged: the weights hold NaN or inf after step {}".format(at_step),
+                                     hint=DIVERGED_HINT)
             prefix = graph.saver.save(session, str(ckpt_dir / "model.ckpt"), global_step=at_step,
                                       write_meta_graph=False)
             on_checkpoint("latest", at_step, {"prefix": prefix})
 
         def save_best(results, at_step):
+            if not _all_finite(session, graph):
+                return  # save_latest refuses the same step with the error
             for target in EVAL_TARGETS:
                 top1 = results[target]["top1"]
                 if top1 > best[target]:
@@ -181,55 +197,74 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
                                                               "top5": results[target]["top5"]})
 
         window_start, window_step = time.time(), step
-        with SignalAsInterrupt():
-            try:
+        try:
+            if progress is not None:
+                progress.start_at(step)
+            while step < total:
+                out = session.run(fetches)
+                step += 1
+                metrics = {k: float(v) for k, v in out["metrics"].items()}
+                bad = sorted(k for k in LOSS_METRICS if k in metrics and not np.isfinite(metrics[k]))
+                if bad:
+                    # Nothing of this step or later is saved: the last checkpoint is the last finite one.
+                    raise NonFiniteError("training diverged at step {}: {} became {}".format(
+                        step, ", ".join(bad), metrics[bad[0]]), hint=DIVERGED_HINT)
+                if step % recipe.log_every == 0 or step == total:
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    rate = (step - window_step) / elapsed
+                    window_start, window_step = time.time(), step
+                    for name, value in metrics.items():
+                        summary_writer.add_summary(_scalar_summary(name, value), step)
+                    csv_log.write(dict(metrics, step=step, time=time.time(), steps_per_second=rate))
+                    if progress is None:
+                        log("step {}/{}: {:.2f} steps/s teacher_loss={:.4f} student_loss={:.4f} "
+                            "uda_mask_rate={:.3f} teacher_lr={:.5f} student_lr={:.5f}".format(
+                                step, total, rate, metrics.get("teacher_loss", float("nan")),
+                                metrics.get("student_loss", float("nan")), metrics.get("uda_mask_rate", 0.0),
+                                metrics.get("teacher_lr", 0.0), metrics.get("student_lr", 0.0)))
                 if progress is not None:
-                    progress.start_at(step)
-                while step < total:
-                    out = session.run(fetches)
-                    step += 1
-                    metrics = {k: float(v) for k, v in out["metrics"].items()}
-                    if not np.isfinite(metrics.get("teacher_loss", 0.0)) or not np.isfinite(
-                            metrics.get("student_loss", 0.0)):
-                        log("warning: non-finite loss at step {}: {}".format(step, metrics))
-                    if step % recipe.log_every == 0 or step == total:
-                        elapsed = max(time.time() - window_start, 1e-9)
-                        rate = (step - window_step) / elapsed
-                        window_start, window_step = time.time(), step
-                        for name, value in metrics.items():
-                            summary_writer.add_summary(_scalar_summary(name, value), step)
-                        csv_log.write(dict(metrics, step=step, time=round(time.time(), 3), steps_per_second=rate))
-                        if progress is None:
-                            log("step {}/{}: {:.2f} steps/s teacher_loss={:.4f} student_loss={:.4f} "
-                                "uda_mask_rate={:.3f} teacher_lr={:.5f} student_lr={:.5f}".format(
-                                    step, total, rate, metrics.get("teacher_loss", float("nan")),
-                                    metrics.get("student_loss", float("nan")), metrics.get("uda_mask_rate", 0.0),
-                                    metrics.get("teacher_lr", 0.0), metrics.get("student_lr", 0.0)))
-                    if progress is not None:
-                        progress.advance(1, note="T {:.3f} S {:.3f}".format(metrics.get("teacher_loss", 0.0),
-                                                                        metrics.get("student_loss", 0.0)))
-                    if step % recipe.eval_every == 0 or step == total:
-                        last_eval = evaluate(step)
-                        row = {"step": step, "time": round(time.time(), 3)}
-                        for target, values in last_eval.items():
-                            row.update({"{}_top1".format(target): values["top1"],
-                                        "{}_top5".format(target): values["top5"],
-                                        "{}_loss_eval".format(target): values["loss"]})
-                        csv_log.write(row)
-                        save_best(last_eval, step)
-                    if step % recipe.save_every == 0 or step == total:
-                        save_latest(step)
-            except KeyboardInterrupt:
-                # Ctrl-C / SIGTERM: keep the work done so far, then let the caller exit 130.
-                if step > start_step:
+                    progress.advance(1, note="T {:.3f} S {:.3f}".format(metrics.get("teacher_loss", 0.0),
+                                                                    metrics.get("student_loss", 0.0)))
+                if step % recipe.eval_every == 0 or step == total:
+                    last_eval = evaluate(step)
+                    row = {"step": step, "time": time.time()}
+                    for target, values in last_eval.items():
+                        row.update({"{}_top1".format(target): values["top1"],
+                                    "{}_top5".format(target): values["top5"],
+                                    "{}_loss_eval".format(target): values["loss"]})
+                    csv_log.write(row)
+                    save_best(last_eval, step)
+                if step % recipe.save_every == 0 or step == total:
                     save_latest(step)
-                raise
+        except KeyboardInterrupt:
+            # Ctrl-C / SIGTERM: keep the work done so far, then let the caller exit 130.
+            if step > start_step:
+                save_latest(step)
+            raise
         summary_writer.flush()
         return {"steps_done": step, "start_step": start_step, "last_eval": last_eval, "best": best}
     finally:
         summary_writer.close()
         csv_log.close()
         session.close()
+
+
+def _sweep_saver_leftovers(ckpt_dir: Path) -> None:
+    """The Saver writes `<prefix>_temp_<uuid>/` then renames; a crash or a full disk leaves that folder."""
+    for leftover in ckpt_dir.rglob("*_temp_*"):
+        if leftover.is_dir():
+            shutil.rmtree(str(leftover), ignore_errors=True)
+
+
+def _recover_saver_history(saver, ckpt_dir: Path) -> None:
+    """Let the Saver keep pruning earlier sessions' checkpoints; an unreadable index only loses that."""
+    try:
+        state = tf.train.get_checkpoint_state(str(ckpt_dir))
+    except Exception:
+        return
+    if state is not None:
+        saver.recover_last_checkpoints([p for p in state.all_model_checkpoint_paths
+                                        if Path(p + ".index").is_file() or (ckpt_dir / (p + ".index")).is_file()])
 
 
 def _scalar_summary(name, value):

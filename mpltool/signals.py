@@ -1,0 +1,60 @@
+"""Signals: SIGTERM is Ctrl-C in every command, and no signal lands inside a commit.
+
+CI cancels a job with SIGTERM (then SIGKILL after a grace period). Python's default for SIGTERM is to
+die at once: exit 143, no message, the stage left `running` and the lock file in place. Turning SIGTERM
+(and SIGHUP, a closed terminal) into KeyboardInterrupt for the whole command lets the one interrupt path
+(record `interrupted`, release the lock, exit 130) handle all three.
+
+A signal that arrives while the manifest is being replaced or outputs are being renamed into place is
+held back (blocked, not lost) until that short critical section ends, so it can never leave the
+manifest and the files it names out of step.
+"""
+
+import contextlib
+import signal
+import threading
+
+TERMINATING_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
+_CRITICAL_SIGNALS = {signal.SIGINT} | set(TERMINATING_SIGNALS)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM/SIGHUP raise KeyboardInterrupt (once: a second one during cleanup waits)."""
+    if not _main_thread():
+        yield
+        return
+    previous = {}
+    state = {"raised": False}
+
+    def handler(signum, frame):
+        if state["raised"]:
+            return  # cleanup of the first interrupt is running: let it finish
+        state["raised"] = True
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in TERMINATING_SIGNALS:
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def critical_section():
+    """Hold back SIGINT/SIGTERM/SIGHUP for the duration (they are delivered when it ends)."""
+    if not _main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _CRITICAL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
