@@ -98,6 +98,14 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
+def os_error(exc: OSError, doing: str) -> MpltoolError:
+    """An OSError met while `doing` something: out of space (exit 8) or a one-line invalid-input error."""
+    error = classify(exc)
+    if isinstance(error, NoSpaceError):
+        return error
+    return InvalidInputError("{}: {}".format(doing, exc.strerror or first_line(exc)))
+
+
 def classify(exc: BaseException):
     """The MpltoolError a raw exception stands for, or None when it is a genuine internal error.
 

@@ -56,8 +56,8 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from mpltool import __version__
-from mpltool.errors import (Interrupted, InvalidInputError, MpltoolError, PrerequisiteError, UsageError,
-                            classify, first_line)
+from mpltool.errors import (Interrupted, InvalidInputError, MpltoolError, NoSpaceError, PrerequisiteError,
+                            UsageError, classify, first_line, os_error)
 from mpltool.signals import critical_section, terminate_as_interrupt
 
 MANIFEST_NAME = "mpltool.yaml"
@@ -271,7 +271,7 @@ class Project:
         try:
             text = self.manifest_path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise InvalidInputError("cannot read {}: {}".format(self.manifest_path, exc.strerror))
+            raise os_error(exc, "cannot read {}".format(self.manifest_path))
         except UnicodeDecodeError:
             raise InvalidInputError("corrupt manifest {}: not UTF-8 text".format(self.manifest_path),
                                     hint="restore it from a copy, or remove it to start the project over")
@@ -352,7 +352,7 @@ class Project:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InvalidInputError("cannot create project directory {}: {}".format(self.dir, exc.strerror))
+            raise os_error(exc, "cannot create project directory {}".format(self.dir))
         if not os.access(str(self.dir), os.W_OK | os.X_OK):
             raise InvalidInputError("project directory {} is not writable".format(self.dir))
 
@@ -397,35 +397,37 @@ class Project:
         """
         self.ensure_dir()
         holder = {"stage": stage, "pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
-        for _ in range(3):
-            if self._try_lock(holder):
-                break
-            other = self._read_lock()
-            if not other and self._lock_age() > LOCK_GRACE_SECONDS:
-                with contextlib.suppress(OSError):
-                    os.unlink(str(self.lock_path))
-                continue
-            if (other.get("host") == holder["host"] and isinstance(other.get("pid"), int)
-                    and not _pid_alive(other["pid"])):
-                with contextlib.suppress(OSError):
-                    os.unlink(str(self.lock_path))
-                continue
-            raise PrerequisiteError(
-                "project {} is locked by stage '{}' (pid {} on {}, since {})".format(
-                    self.dir, other.get("stage", "?"), other.get("pid", "?"), other.get("host", "?"),
-                    other.get("since", "?")),
-                hint="wait for it to finish, or remove {} if that process is gone".format(self.lock_path))
-        else:
-            raise PrerequisiteError("cannot take the lock {}".format(self.lock_path),
-                                    hint="remove it if no mpltool process is running on this project")
         try:
+            for _ in range(3):
+                if self._try_lock(holder):
+                    break
+                other = self._read_lock()
+                if not other and self._lock_age() > LOCK_GRACE_SECONDS:
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(self.lock_path))
+                    continue
+                if (other.get("host") == holder["host"] and isinstance(other.get("pid"), int)
+                        and not _pid_alive(other["pid"])):
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(self.lock_path))
+                    continue
+                raise PrerequisiteError(
+                    "project {} is locked by stage '{}' (pid {} on {}, since {})".format(
+                        self.dir, other.get("stage", "?"), other.get("pid", "?"), other.get("host", "?"),
+                        other.get("since", "?")),
+                    hint="wait for it to finish, or remove {} if that process is gone".format(self.lock_path))
+            else:
+                raise PrerequisiteError("cannot take the lock {}".format(self.lock_path),
+                                        hint="remove it if no mpltool process is running on this project")
             self._recover()
             yield
         finally:
+            # Decided by the lock's content, not by how far this code got: an interrupt may land anywhere.
             with critical_section():
-                self._sweep_staging()
-                with contextlib.suppress(OSError):
-                    os.unlink(str(self.lock_path))
+                if self._read_lock() == holder:
+                    self._sweep_staging()
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(self.lock_path))
 
     def _try_lock(self, holder: Dict[str, Any]) -> bool:
         text = json.dumps(holder).encode("utf-8")
@@ -433,7 +435,7 @@ class Project:
             try:
                 fd, tmp = tempfile.mkstemp(prefix="." + LOCK_NAME + ".", dir=str(self.dir))
             except OSError as exc:
-                raise InvalidInputError("cannot write in project directory {}: {}".format(self.dir, exc.strerror))
+                raise os_error(exc, "cannot write in project directory {}".format(self.dir))
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(text)
@@ -501,7 +503,7 @@ class Project:
         try:
             atomic_write_bytes(self.manifest_path, text.encode("utf-8"))
         except OSError as exc:
-            raise InvalidInputError("cannot write {}: {}".format(self.manifest_path, exc.strerror))
+            raise os_error(exc, "cannot write {}".format(self.manifest_path))
 
     @contextlib.contextmanager
     def stage_run(self, name: str, params: Dict[str, Any], running_record: bool = False, force: bool = False):
@@ -533,15 +535,18 @@ class Project:
             }
             run.base = base
             previous = self.load()["stages"].get(name)
-            if running_record:
-                self._put_stage(name, dict(base))
             try:
+                if running_record:
+                    self._put_stage(name, dict(base))
                 yield run
             except BaseException as exc:
                 error = classify(exc)
                 self._discard_staged(run)
-                if isinstance(error, (UsageError, InvalidInputError, PrerequisiteError)):
-                    # Bad input found before any output: the stage did not run, the manifest stays as it was.
+                did_not_run = isinstance(error, (UsageError, InvalidInputError, PrerequisiteError)) or (
+                    isinstance(error, NoSpaceError) and not running_record)
+                if did_not_run:
+                    # Bad input found before any output (or no room to write it): the stage did not run and
+                    # the manifest stays as it was.
                     if running_record and previous:
                         self._put_stage(name, previous)
                     elif running_record:
@@ -552,10 +557,14 @@ class Project:
                 record.update(run.fields())
                 if not run.outputs and isinstance(previous, dict) and previous.get("outputs"):
                     record["outputs"] = previous["outputs"]  # still on disk, untouched by this run
-                with contextlib.suppress(OSError):  # a full disk must not hide the original error
+                with contextlib.suppress(OSError, MpltoolError):  # a full disk must not hide the original error
                     self._put_stage(name, record)
                 raise
-            self._commit(run, dict(base, status="done", ended=utc_now()))
+            try:
+                self._commit(run, dict(base, status="done", ended=utc_now()))
+            except KeyboardInterrupt as exc:  # held back during the commit, delivered as it ended
+                raise Interrupted("{} as the '{}' stage finished; its result is recorded".format(
+                    classify(exc).message, name))
 
     def _commit(self, run: StageRun, record: Dict[str, Any]) -> None:
         """Manifest naming the final paths (with the renames pending), renames, manifest without them."""

@@ -112,7 +112,7 @@ def test_unwritable_project_directory(tmp_path, cifar_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = invoke(blocker / "proj", "data", "prepare", "--cifar", str(cifar_dir))
-    assert result.exit_code == 3 and "cannot create project directory" in result.stderr
+    assert result.exit_code == 3 and "is not a directory" in result.stderr and "file is a file" in result.stderr
 
 
 def test_corrupt_manifest_is_exit_3_and_untouched(tmp_path, cifar_dir):

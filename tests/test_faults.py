@@ -308,8 +308,9 @@ def test_kill_9_during_data_prepare_leaves_old_or_new_import(big_sources, tmp_pa
         assert_consistent(project)
         # All files come from the source the record names: never half of one import, half of another.
         from_source = sources_of(project)
-        for key in [n[:-len(".bin")] for n in TRAIN_FILES + (TEST_FILE,)]:
-            assert record["outputs"][key]["sha256"] in from_source, "{}: {} is not from {}".format(
+        for name in TRAIN_FILES + (TEST_FILE,):
+            key = name[:-len(".bin")]
+            assert from_source.get(record["outputs"][key]["sha256"]) == name, "{}: {} is not {}'s".format(
                 where, key, record["params"]["source"])
         indices = Project(project).path(record["outputs"]["labelled_indices"]["path"])
         lines = indices.read_text().splitlines()
@@ -323,8 +324,12 @@ def test_kill_9_during_data_prepare_leaves_old_or_new_import(big_sources, tmp_pa
 
 
 # -- 2. SIGTERM / SIGINT during freeze -------------------------------------------------------------
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_during_freeze_keeps_the_verified_pb(frozen_project, tmp_path, signum):
+@pytest.mark.parametrize("signum, when", [
+    (signal.SIGTERM, "at_lock"),    # as soon as the lock file appears (the stage is setting up its record)
+    (signal.SIGINT, "at_lock"),
+    (signal.SIGTERM, "in_body"),    # once the stage staged its output (freezing / parity check)
+], ids=["SIGTERM-at-lock", "SIGINT-at-lock", "SIGTERM-in-body"])
+def test_signal_during_freeze_keeps_the_verified_pb(frozen_project, tmp_path, signum, when):
     project = tmp_path / "p"
     shutil.copytree(str(frozen_project), str(project))
     before = Project(project).stage("freeze")
@@ -332,10 +337,11 @@ def test_signal_during_freeze_keeps_the_verified_pb(frozen_project, tmp_path, si
     pb_bytes = pb.read_bytes()
     assert sha256_file(pb) == before["outputs"]["pb"]["sha256"]
     lock = project / LOCK_NAME
+    marker = lock if when == "at_lock" else project / STAGING_DIR
 
     run = Background(project, ["freeze", "--parity-images", "20"], tmp_path / "logs", "freeze")
     try:
-        wait_for(lock.exists, 120, "the freeze to take the lock", interval=0.005, proc=run.proc)
+        wait_for(marker.exists, 120, "{} to appear".format(marker.name), interval=0.005, proc=run.proc)
         run.signal(signum)
         code = run.wait(timeout=60)
     finally:
@@ -344,28 +350,53 @@ def test_signal_during_freeze_keeps_the_verified_pb(frozen_project, tmp_path, si
     line = one_error_line(run.stderr, run.stdout, contains=("interrupted",))
     assert not lock.exists(), "the lock file outlived the interrupted command ({})".format(line)
     record = Project(project).stage("freeze")
-    assert record["status"] == "interrupted", "freeze record is {!r} after {} ({})".format(
-        record["status"], signal.Signals(signum).name, line)
     assert record["outputs"]["pb"]["sha256"] == before["outputs"]["pb"]["sha256"] == sha256_file(pb)
     assert pb.read_bytes() == pb_bytes
     take_and_release_lock(project)
     assert_consistent(project)
+    assert record["status"] == "interrupted", "freeze record is still {!r} after {} ({}): the interrupt was " \
+        "not recorded".format(record["status"], signal.Signals(signum).name, line)
 
 
 # -- 3. SIGTERM while train builds its graph -------------------------------------------------------
-def test_sigterm_while_train_builds_graph_records_interrupted(prepared, tmp_path):
+def _tensorflow_loaded(pid):
+    try:
+        with open("/proc/{}/maps".format(pid)) as handle:
+            return "_pywrap_tensorflow_internal" in handle.read()
+    except OSError:
+        return False
+
+
+INTERRUPT_BOUND = 25  # seconds from SIGTERM to exit; an interrupted train exits in ~2 s, 2000 steps take minutes
+
+
+@pytest.mark.parametrize("when", ["at_running", "during_tf_import", "after_tf_import"])
+def test_sigterm_while_train_builds_graph_records_interrupted(prepared, tmp_path, when):
+    """`at_running`: SIGTERM as soon as the manifest says `running`; `during_tf_import`: as soon as
+    TensorFlow's native library is mapped (its module init is running); `after_tf_import`: 1.5 s later
+    (the graph is being built)."""
     project = tmp_path / "p"
     shutil.copytree(str(prepared), str(project))
     data_before = snapshot(project)["files"]
-    run = Background(project, train_args("num_train_steps=200"), tmp_path / "logs", "train")
+    run = Background(project, train_args("num_train_steps=2000", "log_every=1"), tmp_path / "logs", "train")
     try:
         wait_for(lambda: (stage_of(project, "train") or {}).get("status") == "running", 120,
                  "the train stage to be recorded running", proc=run.proc)
+        if when != "at_running":
+            wait_for(lambda: _tensorflow_loaded(run.proc.pid), 120, "TensorFlow to load", interval=0.002,
+                     proc=run.proc)
+        if when == "after_tf_import":
+            time.sleep(1.5)
         run.signal(signal.SIGTERM)
-        code = run.wait(timeout=90)
+        try:
+            code = run.wait(timeout=INTERRUPT_BOUND)
+        except subprocess.TimeoutExpired:
+            code = "none: still running {} s after SIGTERM (killed)".format(INTERRUPT_BOUND)
     finally:
         run.close()
-    assert code == 130, run.stderr[-3000:]
+    steps = len([line for line in run.stdout.splitlines() if line.startswith("step ")])
+    assert code == 130, "exit {} ({} step lines: the SIGTERM was lost); stderr: {}".format(
+        code, steps, run.stderr[-2000:])
     one_error_line(run.stderr, run.stdout, contains=("interrupted",))
     assert not (project / LOCK_NAME).exists()
     record = stage_of(project, "train")
@@ -480,6 +511,9 @@ def test_train_out_of_space_exits_8_and_resumes(request, prepared, tmp_path):
     try:
         resumed = wait_for(lambda: "resuming from" in again.stdout, 120, "the second run to log `resuming from`",
                            interval=0.1, proc=again.proc)
+        # Interrupt once it trains (an eval line): not while TensorFlow loads, where an interrupt is lost.
+        wait_for(lambda: "Eval end in global step" in again.stdout.split("resuming from", 1)[1], 120,
+                 "the resumed run to evaluate", interval=0.1, proc=again.proc)
         again.signal(signal.SIGINT)
         second = again.wait(timeout=120)
     except AssertionError as exc:

@@ -114,5 +114,5 @@ def test_write_is_atomic_no_temp_files_left(tmp_path):
 def test_unwritable_project_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(InvalidInputError, match="cannot create project directory"):
+    with pytest.raises(InvalidInputError, match="is not a directory .*file is a file"):
         Project(blocker / "project").ensure_dir()
