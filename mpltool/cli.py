@@ -226,7 +226,7 @@ def status(ctx):
     result = project_status(ctx.project)
     ctx.out.table("mpltool project {}".format(result["project"]),
                   ["stage", "status", "ended", "outputs", "metrics"],
-                  [[s["stage"], s["status"], s["ended"], s["outputs_text"], s["metrics_text"]]
+                  [[s["stage"], s["status_text"], s["ended"], s["outputs_text"], s["metrics_text"]]
                    for s in result["stages"]])
     for line in result["notes"]:
         ctx.out.info(line)

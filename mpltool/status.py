@@ -187,8 +187,8 @@ def project_status(project_dir) -> Dict[str, Any]:
         problems.extend("{}: {}".format(name, text) for text in stage_problems)
         stages.append({
             "stage": name,
-            "status": shown_status,
-            "recorded_status": record.get("status"),
+            "status": record.get("status"),  # as recorded: what JSON readers compare against
+            "status_text": shown_status,       # for people: says when a `running` process is gone
             "started": record.get("started"),
             "ended": record.get("ended"),
             "error": record.get("error"),

@@ -59,7 +59,7 @@ def status_raises(monkeypatch):
 
 def status_result(project, ok=True, problems=()):
     return {"project": str(project), "manifest": str(project) + "/mpltool.yaml",
-            "stages": [{"stage": "data", "status": "done", "ended": "2024-01-01T00:00:00", "outputs_text": "6 files",
+            "stages": [{"stage": "data", "status": "done", "status_text": "done", "ended": "2024-01-01T00:00:00", "outputs_text": "6 files",
                         "metrics_text": "train_records=150"}],
             "notes": ["a note"], "ok": ok, "problems": list(problems)}
 

@@ -222,8 +222,8 @@ def test_a_running_stage_whose_process_is_gone_is_a_problem(recorded):
     _edit_stage(recorded, "train", status="running", ended=None, pid=pid, host=socket.gethostname())
     status = project_status(recorded.dir)
     train = _by_stage(status)["train"]
-    assert train["status"] == "running (process {} gone)".format(pid)
-    assert train["recorded_status"] == "running"
+    assert train["status_text"] == "running (process {} gone)".format(pid)
+    assert train["status"] == "running"
     assert status["problems"] == ["train: running (process {} gone)".format(pid)]
     assert status["ok"] is False
     plain = invoke(recorded.dir, "status")
