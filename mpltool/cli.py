@@ -5,6 +5,7 @@ call directly.
 """
 
 import functools
+import os
 import shlex
 import sys
 import traceback
@@ -13,7 +14,7 @@ import click
 
 from mpltool import __version__, errors
 from mpltool.console import Output
-from mpltool.errors import EXIT_CODE_MEANINGS, MpltoolError
+from mpltool.errors import EXIT_CODE_MEANINGS, ExitCode, MpltoolError
 from mpltool.signals import terminate_as_interrupt
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join("  {:<4} {}".format(code, text) for code, text in EXIT_CODE_MEANINGS)
@@ -382,7 +383,16 @@ def convert(ctx, soc, atc_path, model, output, check_only, precision_mode, log_l
 
 
 def run():
-    main(prog_name="mpltool")
+    """The console script. After an interrupt, exit without running finalizers: TensorFlow objects that
+    the interrupt cut off half-built would print "Exception ignored ... Traceback" lines at shutdown."""
+    try:
+        main(prog_name="mpltool")
+    except SystemExit as exc:
+        if exc.code == ExitCode.INTERRUPTED:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(ExitCode.INTERRUPTED)
+        raise
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def classify(exc: BaseException):
     if isinstance(exc, MpltoolError):
         return exc
     if isinstance(exc, KeyboardInterrupt):
-        return Interrupted("interrupted" + (" by {}".format(exc.args[0]) if exc.args else ""))
+        return Interrupted("interrupted" + (" by {}".format(exc.args[0]) if exc.args and exc.args[0] else ""))
     errno_value = getattr(exc, "errno", None)
     text = str(exc)
     if errno_value in _NO_SPACE_ERRNOS or any(marker in text for marker in _NO_SPACE_TEXT):

@@ -65,7 +65,8 @@ LOCK_NAME = "mpltool.yaml.lock"
 SCHEMA_VERSION = 1
 STATUSES = ("running", "done", "failed", "interrupted")
 STAGING_DIR = ".mpltool-staging"
-LOCK_GRACE_SECONDS = 5.0  # an unreadable lock older than this was left by a process that died creating it
+LOCK_GRACE_SECONDS = 5.0
+_UNREAD = object()  # `previous` before the manifest was read  # an unreadable lock older than this was left by a process that died creating it
 
 
 def utc_now() -> str:
@@ -388,7 +389,7 @@ class Project:
                              hint="choose another output path, or pass --force to replace it")
 
     @contextlib.contextmanager
-    def lock(self, stage: str):
+    def lock(self, stage: str, recover: bool = True):
         """An exclusive lock file, created atomically with its content (write a temp file, hard-link it).
 
         A lock left by a dead process on this host is taken over; so is an unreadable one (a process
@@ -419,7 +420,8 @@ class Project:
             else:
                 raise PrerequisiteError("cannot take the lock {}".format(self.lock_path),
                                         hint="remove it if no mpltool process is running on this project")
-            self._recover()
+            if recover:
+                self._recover()
             yield
         finally:
             # Decided by the lock's content, not by how far this code got: an interrupt may land anywhere.
@@ -501,7 +503,8 @@ class Project:
             data["created"] = utc_now()
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
         try:
-            atomic_write_bytes(self.manifest_path, text.encode("utf-8"))
+            with critical_section():
+                atomic_write_bytes(self.manifest_path, text.encode("utf-8"))
         except OSError as exc:
             raise os_error(exc, "cannot write {}".format(self.manifest_path))
 
@@ -516,32 +519,30 @@ class Project:
         with `run.stage_output` are committed (see the module docstring) only when the block succeeds;
         a failed or interrupted run keeps recording the earlier outputs, which are still on disk.
         """
-        with terminate_as_interrupt(), self.lock(name):
-            self.load()
-            run = StageRun(self, name, params)
-            run.force = force
-            started = utc_now()
-            base = {
-                "status": "running",
-                "started": started,
-                "ended": None,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "argv": ["mpltool"] + sys.argv[1:],
-                "versions": tool_versions(),
-                "git": git_state(self.dir),
-                "params": _plain(params),
-                "params_hash": params_hash(_plain(params)),
-            }
-            run.base = base
-            previous = self.load()["stages"].get(name)
+        run = StageRun(self, name, params)
+        run.force = force
+        base = {"status": "running", "started": utc_now(), "ended": None, "host": socket.gethostname(),
+                "pid": os.getpid(), "argv": ["mpltool"] + sys.argv[1:]}
+        run.base = base
+        previous = _UNREAD
+        with terminate_as_interrupt(), self.lock(name, recover=False):
             try:
+                # Everything after the lock is inside this `try`, so an interrupt at any point is recorded.
+                self._recover()
+                previous = self.load()["stages"].get(name)
+                base.update({"versions": tool_versions(), "git": git_state(self.dir), "params": _plain(params),
+                             "params_hash": params_hash(_plain(params))})
                 if running_record:
                     self._put_stage(name, dict(base))
                 yield run
             except BaseException as exc:
                 error = classify(exc)
                 self._discard_staged(run)
+                if previous is _UNREAD:
+                    with contextlib.suppress(Exception):
+                        previous = self.load()["stages"].get(name)
+                if previous is _UNREAD:
+                    raise  # the manifest itself is unreadable: nothing can be recorded
                 did_not_run = isinstance(error, (UsageError, InvalidInputError, PrerequisiteError)) or (
                     isinstance(error, NoSpaceError) and not running_record)
                 if did_not_run:

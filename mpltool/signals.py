@@ -22,29 +22,49 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_received = []  # signals delivered while interrupts are on (outermost block): one may have been swallowed
+_depth = [0]
+
+
+def _name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """Within the block, SIGTERM/SIGHUP raise KeyboardInterrupt (once: a second one during cleanup waits)."""
+    """Within the block, SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt naming the signal.
+
+    Every signal raises (none is ignored), and each is remembered: some libraries swallow exceptions
+    raised while they load (TensorFlow's SWIG start-up does), so `check_interrupted()` re-raises one that
+    vanished once that code returns.
+    """
     if not _main_thread():
         yield
         return
     previous = {}
-    state = {"raised": False}
 
     def handler(signum, frame):
-        if state["raised"]:
-            return  # cleanup of the first interrupt is running: let it finish
-        state["raised"] = True
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        _received.append(signum)
+        raise KeyboardInterrupt(_name(signum))
 
-    for signum in TERMINATING_SIGNALS:
+    if _depth[0] == 0:
+        del _received[:]
+    _depth[0] += 1
+    for signum in _CRITICAL_SIGNALS:
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, handler)
     try:
         yield
     finally:
+        _depth[0] -= 1
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def check_interrupted() -> None:
+    """Raise the interrupt a signal asked for, if something swallowed it."""
+    if _received and _depth[0]:
+        raise KeyboardInterrupt(_name(_received[-1]))
 
 
 @contextlib.contextmanager

@@ -54,9 +54,11 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
         _adopt_data(resolved, data_record, log)
     changed = _changed_keys(recorded.values, resolved.values)
     if changed:
-        raise UsageError("this project already trains with other settings ({}); re-run `mpltool train` "
-                         "to resume it, or start over with --force".format(
-                             ", ".join("{}: {} -> {}".format(k, recorded[k], resolved[k]) for k in changed)))
+        raise UsageError("this project already trains with other settings ({})".format(
+                             ", ".join("{}: {} -> {}".format(k, recorded[k], resolved[k]) for k in changed)),
+                         hint="re-run `mpltool train` without them to resume, train the new settings in another "
+                              "project (`mpltool --project NEW data prepare ...`), or start over here with "
+                              "--force (deletes this project's checkpoints)")
     done = int(previous.get("steps_done") or 0)
     if extend_steps is not None:
         if any(o.split("=", 1)[0].strip().lstrip("-") == "num_train_steps" for o in overrides):

@@ -16,6 +16,7 @@ import numpy as np
 from mpltool import npu
 from mpltool.errors import InvalidInputError, NonFiniteError, first_line
 from mpltool.manifest import atomic_write_bytes
+from mpltool.signals import check_interrupted
 from mpltool.tfv1 import tf
 from mpltool.train.checkpoints import step_of
 
@@ -201,6 +202,7 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
             if progress is not None:
                 progress.start_at(step)
             while step < total:
+                check_interrupted()
                 out = session.run(fetches)
                 step += 1
                 metrics = {k: float(v) for k, v in out["metrics"].items()}
