@@ -49,6 +49,18 @@ def assert_one_line_error(result, code, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def small_source(tmp_path):
+    return make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
+
+
+def prepared_project(tmp_path):
+    """A project whose data stage holds 50 training records (10 labelled) and 5 test records."""
+    project = tmp_path / "p"
+    result = invoke("--project", project, "data", "prepare", "--cifar", small_source(tmp_path), "--labelled", "10")
+    assert result.exit_code == 0, result.stderr
+    return project
+
+
 @pytest.fixture(scope="module")
 def trained_template(tmp_path_factory):
     return make_trained_project(tmp_path_factory.mktemp("reliability") / "trained")["dir"]
@@ -139,7 +151,7 @@ def test_an_interrupted_commit_is_rolled_forward_by_the_next_lock(tmp_path):
 
 
 def test_staging_leftovers_and_legacy_import_folders_are_swept(tmp_path):
-    src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
+    src = small_source(tmp_path)
     project = tmp_path / "p"
     (project / STAGING_DIR).mkdir(parents=True)
     (project / STAGING_DIR / "pb-x.pb").write_bytes(b"half")
@@ -223,7 +235,7 @@ def test_non_finite_learning_rate_is_a_usage_error(value):
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
 def test_out_of_range_seed_is_a_usage_error(tmp_path, seed):
-    src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
+    src = small_source(tmp_path)
     result = invoke("--project", tmp_path / "p", "data", "prepare", "--cifar", src, "--labelled", "10",
                     "--split", "balanced", "--seed", seed)
     assert_one_line_error(result, 2, "--seed must be a whole number from 0 to 4294967295")
@@ -272,9 +284,7 @@ def test_a_stage_that_is_a_string_is_a_corrupt_manifest(trained):
 
 
 def test_checkpoints_being_a_file_is_invalid_input(tmp_path):
-    src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
-    project = tmp_path / "p"
-    assert invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "10").exit_code == 0
+    project = prepared_project(tmp_path)
     (project / "checkpoints").write_text("not a folder")
     result = invoke("--project", project, "train", "--recipe", "mpl-demo", "--device", "cpu",
                     "--set", "num_train_steps=2", "--set", "student_lr_wait_steps=0",
@@ -286,23 +296,15 @@ def test_checkpoints_being_a_file_is_invalid_input(tmp_path):
 
 # -- 9. values that passed validation and crashed later ---------------------------------------------------
 
-def test_num_classes_below_the_data_labels_is_refused_before_any_graph(tmp_path):
-    src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
-    project = tmp_path / "p"
-    assert invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "10").exit_code == 0
+@pytest.mark.parametrize("pair,code,fragment", [
+    ("num_classes=5", 2, "num_classes=5 but the prepared data has labels up to 9"),
+    ("num_labelled=20", 4, "num_labelled=20 (prepared: 10)"),  # set explicitly: not adopted, refused
+])
+def test_train_checks_the_recipe_against_the_data_before_any_graph(tmp_path, pair, code, fragment):
+    project = prepared_project(tmp_path)
     before = snapshot(project)
-    result = invoke("--project", project, "train", "--recipe", "mpl-demo", "--set", "num_classes=5")
-    assert_one_line_error(result, 2, "num_classes=5 but the prepared data has labels up to 9")
-    assert snapshot(project) == before
-
-
-def test_train_adopts_the_prepared_split_unless_set_explicitly(tmp_path):
-    src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
-    project = tmp_path / "p"
-    assert invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "10").exit_code == 0
-    before = snapshot(project)
-    refused = invoke("--project", project, "train", "--recipe", "mpl-demo", "--set", "num_labelled=20")
-    assert_one_line_error(refused, 4, "num_labelled=20 (prepared: 10)")
+    result = invoke("--project", project, "train", "--recipe", "mpl-demo", "--set", pair)
+    assert_one_line_error(result, code, fragment)
     assert snapshot(project) == before
 
 
@@ -311,7 +313,7 @@ def test_train_adopts_the_prepared_split_unless_set_explicitly(tmp_path):
 def test_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        src = make_cifar_dir(tmp_path / "src", train_records=(10, 10, 10, 10, 10), test_records=5, seed=1)
+        src = small_source(tmp_path)
         project = tmp_path / "p"
         assert invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "10").exit_code == 0
     finally:
