@@ -1,4 +1,4 @@
-# Quick start: `make` (= `make venv`), `make demo`, `make test`. Each creates .venv from Python 3.7 when
+# Quick start: `make demo` and `make test` (plain `make` = `make venv`). Each creates .venv from Python 3.7 when
 # it is missing or stale (pyproject.toml, EXTRAS or the interpreter changed) and installs the project
 # into it (editable, so .venv/bin/mpltool runs this checkout); a second run reuses it.
 #

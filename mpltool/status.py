@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mpltool.manifest import Project, _pid_alive, sha256_file
 
-STAGE_ORDER = ("data", "train", "eval", "freeze", "convert")
+STAGE_ORDER = ("data", "train", "eval", "freeze", "convert-check", "convert")
 HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
                     "max_abs_logit_diff", "top1_agreement", "train_records", "test_records", "labelled_records")
 
@@ -204,10 +204,11 @@ def project_status(project_dir) -> Dict[str, Any]:
         if stage["error"]:
             notes.append("{}: {}".format(stage["stage"], stage["error"]))
     convert = stages_data.get("convert") or {}
+    command = convert.get("command") or (stages_data.get("convert-check") or {}).get("command")
     if (convert.get("outputs") or {}).get("om"):
         notes.append("offline model: {}".format(project.path(convert["outputs"]["om"]["path"])))
-    elif convert.get("command"):
-        notes.append("to make the .om on a CANN host: {}".format(convert["command"]))
+    elif command:
+        notes.append("to make the .om on a CANN host: {}".format(command))
     if checker.staged_in_use:
         notes.append("{} recorded file(s) still under their staging names (an interrupted commit): the next "
                      "mpltool command on this project renames them into place".format(len(checker.staged_in_use)))
