@@ -13,8 +13,9 @@ import pytest
 from mpltool.errors import ExitCode, MpltoolError, VerificationError
 from mpltool.eval.stage import evaluate
 from mpltool.freeze import stage as freeze_stage
-from mpltool.freeze.graph import check_frozen_graph, forbidden_ops
+from mpltool.freeze.graph import check_frozen_graph
 from mpltool.freeze.stage import freeze
+from mpltool.graphdef import forbidden_ops
 from mpltool.manifest import Project, sha256_file
 from mpltool.models import build_model
 from mpltool.models.inference import build_inference_graph, read_graph_def
@@ -201,7 +202,7 @@ def test_op_check_rejects_an_unfrozen_graph_and_one_without_input():
     def unfrozen():
         build_inference_graph(build_model(MODEL, 10, 0.0), "ema", batch_size=1)
 
-    found_ops = {entry.split(" ")[0] for entry in forbidden_ops(_graph_def_with(unfrozen))}
+    found_ops = {offence.op for offence in forbidden_ops(_graph_def_with(unfrozen))}
     assert {"VariableV2", "Assign", "RandomStandardNormal", "RandomUniform"} <= found_ops  # variables + initializers
     with pytest.raises(VerificationError, match="no placeholder named 'input'"):
         check_frozen_graph(_graph_def_with(lambda: tf.identity(tf.constant(1.0), name="logits")), "x.pb")

@@ -5,11 +5,10 @@ state ops left in by a bad freeze, ops outside ATC's TensorFlow list, an input w
 output names that are not in the graph. It only reports; the convert stage decides what fails.
 """
 
-import warnings
 from collections import Counter, OrderedDict
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from mpltool import graphdef
 from mpltool.errors import InvalidInputError
 
 # The TensorFlow ops a CNN classifier needs that ATC converts: a curated subset of Huawei's "Supported
@@ -44,53 +43,8 @@ ATC_TF_SUPPORTED_OPS = frozenset((
 # Input dtypes ATC takes from a TensorFlow graph (ascend.md §3).
 ATC_INPUT_DTYPES = ("float16", "float32", "uint8", "int32", "int64", "bool")
 
-# Op types that mean the graph was not frozen for inference (design §7), each with the reason shown to the user.
-_CONTROL_FLOW_OPS = ("Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond")
-_CHECKPOINT_OPS = ("SaveV2", "RestoreV2", "Save", "Restore", "MergeV2Checkpoints")
-_STATE_PREFIXES = ("Variable", "VarHandle", "ReadVariable", "Assign", "Apply", "ResourceApply", "SparseApply")
-
-MAX_NODES_SHOWN = 3
-
-
-def training_op_reason(op_type: str) -> Optional[str]:
-    """Why an op type marks a graph as not frozen for inference, or None."""
-    if "Ref" in op_type:
-        return "reference (training-state) op"
-    if op_type in _CONTROL_FLOW_OPS:
-        return "control-flow op (freeze with training=False as a Python bool)"
-    if op_type.startswith(("Random", "Stateless")) or op_type in ("TruncatedNormal", "Multinomial"):
-        return "random op (dropout or noise left in the graph)"
-    if op_type.startswith(("Iterator", "MakeIterator", "OneShotIterator", "QueueDequeue")):
-        return "input-pipeline op (feed a Placeholder instead)"
-    if op_type == "PlaceholderWithDefault":
-        return "placeholder with a default (a training switch left in the graph)"
-    if op_type in _CHECKPOINT_OPS:
-        return "checkpoint op (freeze keeps only the inference subgraph)"
-    if op_type.startswith(_STATE_PREFIXES):
-        return "variable or training-state op (variables must be constants)"
-    return None
-
-
-def load_graph_def(path):
-    """The GraphDef in a .pb file; anything else is invalid input."""
-    path = Path(str(path))
-    if not path.is_file():
-        raise InvalidInputError("frozen graph {} not found".format(path))
-    from mpltool.tfv1 import tf
-
-    graph_def = tf.GraphDef()
-    try:
-        with warnings.catch_warnings():
-            # the pure-Python protobuf only warns "Not all data was converted" on garbage: make it an error
-            warnings.simplefilter("error", RuntimeWarning)
-            graph_def.ParseFromString(path.read_bytes())
-    except Exception as exc:  # protobuf's DecodeError, or that warning
-        raise InvalidInputError("{} is not a TensorFlow GraphDef: {}".format(path, exc),
-                                hint="pass the frozen .pb that `mpltool freeze` wrote")
-    if not graph_def.node:
-        raise InvalidInputError("{} holds no graph nodes; it is not a frozen TensorFlow GraphDef".format(path),
-                                hint="pass the frozen .pb that `mpltool freeze` wrote")
-    return graph_def
+# The one GraphDef reader (convert/stage.py reads the .pb through this name).
+load_graph_def = graphdef.read_graph_def
 
 
 def node_name(tensor: str) -> str:
@@ -122,13 +76,6 @@ def graph_input(graph_def) -> Dict[str, Any]:
 
 def _problem(kind: str, message: str, op: Optional[str] = None, nodes: Sequence[str] = ()) -> Dict[str, Any]:
     return {"kind": kind, "op": op, "nodes": list(nodes), "message": message}
-
-
-def _nodes_text(nodes: Sequence[str]) -> str:
-    shown = ", ".join(nodes[:MAX_NODES_SHOWN])
-    if len(nodes) > MAX_NODES_SHOWN:
-        shown += " (+{} more)".format(len(nodes) - MAX_NODES_SHOWN)
-    return shown
 
 
 def _input_problems(graph_def, input_name: str, input_shape) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
@@ -165,35 +112,35 @@ def _input_problems(graph_def, input_name: str, input_shape) -> Tuple[List[Dict[
 
 
 def precheck_graph(graph_def, input_name: str, input_shape=None, output_names=None) -> Dict[str, Any]:
-    """Every node's op checked against ATC, the input's shape and the outputs' names; problems grouped by op."""
+    """Every node's op checked against mpltool.graphdef's rules (function bodies too, as freeze does) and
+    against ATC, the input's shape and the outputs' names; problems grouped by op."""
     input_name = node_name(input_name)
     op_counts = Counter(n.op for n in graph_def.node)
     by_op = OrderedDict()  # type: Dict[str, List[str]]
     for node in graph_def.node:
         by_op.setdefault(node.op, []).append(node.name)
+    extra = {o.op: o for o in graphdef.extra_placeholders(graph_def, input_name)}
+    forbidden = {o.op: o for o in graphdef.forbidden_ops(graph_def)}
     problems = []  # type: List[Dict[str, Any]]
-    for op in sorted(by_op):
-        names = by_op[op]
+    for op in sorted(set(by_op) | set(forbidden)):
+        if op in extra:
+            problems.append(_problem("extra_placeholder", graphdef.offence_message(extra[op]), op=op,
+                                     nodes=extra[op].nodes))
         if op == "Placeholder":
-            names = [n for n in names if n != input_name]
-            if names:
-                problems.append(_problem("extra_placeholder", "Placeholder other than the input {!r}: {}".format(
-                    input_name, _nodes_text(names)), op=op, nodes=names))
             continue
-        reason = training_op_reason(op)
-        if reason:
-            problems.append(_problem("training_op", "{} is a {}: {}".format(op, reason, _nodes_text(names)),
-                                     op=op, nodes=names))
+        if op in forbidden:
+            problems.append(_problem("training_op", graphdef.offence_message(forbidden[op]), op=op,
+                                     nodes=forbidden[op].nodes))
         elif op not in ATC_TF_SUPPORTED_OPS:
             problems.append(_problem("unsupported_op", "{} is not in the ATC TensorFlow op list: {}".format(
-                op, _nodes_text(names)), op=op, nodes=names))
+                op, graphdef.names_text(by_op[op])), op=op, nodes=by_op[op]))
     input_problems, input_info = _input_problems(graph_def, input_name, input_shape)
     problems.extend(input_problems)
     outputs = list(OrderedDict.fromkeys(node_name(n) for n in (output_names or [])))
     names = set(n.name for n in graph_def.node)
     missing = [n for n in outputs if n not in names]
     if missing:
-        problems.append(_problem("output", "output node(s) not in the graph: {}".format(_nodes_text(missing)),
+        problems.append(_problem("output", "output node(s) not in the graph: {}".format(graphdef.names_text(missing)),
                                  nodes=missing))
     return {
         "ok": not problems,

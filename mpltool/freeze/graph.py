@@ -2,23 +2,22 @@
 
 The checks answer the failures peers' users hit (reference/peers.md §5): training state frozen in
 (Variable/Assign/Ref ops: "expected float_ref"), an is_training placeholder leaving Switch/Merge that
-converters reject, dropout or other randomness left in, input pipelines (iterators) baked in. And the
+converters reject, dropout or other randomness left in, input pipelines (iterators) baked in -- by the
+rules of mpltool/graphdef.py, which convert's pre-check applies too. And the
 Ascend port's bug -- a .pb holding the initial weights -- is checked directly: every constant that was
 a variable must equal that variable's value in the checkpoint.
 """
 
-from typing import Iterable, List
+from typing import Iterable
 
 import numpy as np
 
+from mpltool import graphdef
 from mpltool.errors import VerificationError
 from mpltool.models.inference import INPUT_NAME, OUTPUT_NAMES
 from mpltool.tfv1 import tf
 
-PLACEHOLDER_OPS = ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault")
-FORBIDDEN_OP_PREFIXES = ("Variable", "VarHandle", "ReadVariable", "Assign", "Random", "StatelessRandom")
-FORBIDDEN_OP_PARTS = ("Ref", "Iterator")
-FORBIDDEN_OPS = ("Switch", "Merge", "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial")
+MAX_OPS_SHOWN = 4
 
 
 def freeze_graph_def(session, graph) -> "tf.GraphDef":
@@ -27,38 +26,21 @@ def freeze_graph_def(session, graph) -> "tf.GraphDef":
     return tf.graph_util.extract_sub_graph(constant, list(OUTPUT_NAMES))
 
 
-def _all_nodes(graph_def) -> Iterable:
-    for node in graph_def.node:
-        yield node
-    for function in graph_def.library.function:
-        for node in function.node_def:
-            yield node
-
-
-def is_forbidden_op(op: str) -> bool:
-    return (op in FORBIDDEN_OPS or op.startswith(FORBIDDEN_OP_PREFIXES)
-            or any(part in op for part in FORBIDDEN_OP_PARTS))
-
-
-def forbidden_ops(graph_def) -> List[str]:
-    """`op (node name)` for every node a deployable inference graph must not contain."""
-    found = []
-    for node in _all_nodes(graph_def):
-        if is_forbidden_op(node.op) or (node.op in PLACEHOLDER_OPS and node.name != INPUT_NAME):
-            found.append("{} ({})".format(node.op, node.name))
-    return found
-
-
 def check_frozen_graph(graph_def, what: str) -> None:
-    """Exit 7 unless the graph is pure inference: only `input` as placeholder, both outputs present."""
-    problems = forbidden_ops(graph_def)
-    if problems:
-        shown = ", ".join(problems[:6]) + (", ... ({} more)".format(len(problems) - 6) if len(problems) > 6 else "")
-        raise VerificationError("frozen graph {} contains {} op(s) a deployable graph must not have: {}".format(
-            what, len(problems), shown), hint="freeze from an inference graph built with training=False")
+    """Exit 7 unless the graph is pure inference by mpltool.graphdef's rules (the ones convert's pre-check
+    applies), `input` is its only placeholder and both outputs are present."""
+    offences = graphdef.forbidden_ops(graph_def) + graphdef.extra_placeholders(graph_def, INPUT_NAME)
+    if offences:
+        shown = "; ".join(graphdef.offence_message(o) for o in offences[:MAX_OPS_SHOWN])
+        if len(offences) > MAX_OPS_SHOWN:
+            shown += "; ... (+{} more op types)".format(len(offences) - MAX_OPS_SHOWN)
+        raise VerificationError("frozen graph {} contains {} node(s) a deployable graph must not have: {}".format(
+            what, sum(len(o.nodes) for o in offences), shown),
+            hint="freeze from an inference graph built with training=False")
     nodes = {node.name: node for node in graph_def.node}
-    if INPUT_NAME not in nodes or nodes[INPUT_NAME].op not in PLACEHOLDER_OPS:
-        raise VerificationError("frozen graph {} has no placeholder named '{}'".format(what, INPUT_NAME))
+    if INPUT_NAME not in nodes or nodes[INPUT_NAME].op != "Placeholder":
+        found = " ({!r} is a {})".format(INPUT_NAME, nodes[INPUT_NAME].op) if INPUT_NAME in nodes else ""
+        raise VerificationError("frozen graph {} has no placeholder named '{}'{}".format(what, INPUT_NAME, found))
     absent = [name for name in OUTPUT_NAMES if name not in nodes]
     if absent:
         raise VerificationError("frozen graph {} lacks output node(s) {}".format(what, ", ".join(absent)))

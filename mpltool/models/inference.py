@@ -10,11 +10,11 @@ went while the frozen graph kept its initial weights. No initializer is ever run
 checkpoint does not fill cannot silently keep a random value: it is refused by name before the restore.
 """
 
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mpltool import graphdef
 from mpltool.errors import InvalidInputError
 from mpltool.models import MODEL_PATTERN, build_model
 from mpltool.tfv1 import tf
@@ -145,35 +145,13 @@ def _first_line(exc: Exception) -> str:
 
 
 def read_graph_def(path) -> "tf.GraphDef":
-    """A frozen GraphDef from a file; anything else (not a GraphDef, or no `input`/`logits`) is exit 3."""
-    try:
-        with open(str(path), "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise InvalidInputError("cannot read {}: {}".format(path, exc.strerror))
-    return parse_graph_def(data, str(path))
+    """mpltool.graphdef's reader, also refusing (exit 3) a graph without `input` and `logits`, which eval runs."""
+    return graphdef.read_graph_def(path, required_nodes=(INPUT_NAME, LOGITS_NAME))
 
 
 def parse_graph_def(data: bytes, what: str) -> "tf.GraphDef":
-    graph_def = tf.GraphDef()
-    with warnings.catch_warnings():
-        # The C++ protobuf parser stops early on garbage with only a RuntimeWarning ("Not all data was
-        # converted"): a partial parse is as invalid as a failed one.
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            consumed = graph_def.ParseFromString(data)
-        except Exception:  # DecodeError, the RuntimeWarning above, and others on garbage
-            consumed = -1
-    if consumed is not None and consumed != len(data):
-        raise InvalidInputError("{} is not a TensorFlow GraphDef (.pb)".format(what))
-    names = {node.name for node in graph_def.node}
-    if not names:
-        raise InvalidInputError("{} is not a TensorFlow GraphDef (.pb): it holds no nodes".format(what))
-    lacking = [name for name in (INPUT_NAME, LOGITS_NAME) if name not in names]
-    if lacking:
-        raise InvalidInputError("{} has no node named {} (expected a graph frozen by `mpltool freeze`)".format(
-            what, " or ".join(repr(n) for n in lacking)))
-    return graph_def
+    """mpltool.graphdef's parser, with read_graph_def's `input`/`logits` requirement."""
+    return graphdef.parse_graph_def(data, what, required_nodes=(INPUT_NAME, LOGITS_NAME))
 
 
 def frozen_session_config():
