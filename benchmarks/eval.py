@@ -21,7 +21,7 @@ def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
     from mpltool.models import build_model
     from mpltool.models.inference import CheckpointModel, FrozenModel, build_inference_graph
     from mpltool.tfv1 import tf
-    from mpltool.train.checkpoints import checkpoint_variables
+    from mpltool.checkpoints import checkpoint_variables
 
     workdir = Path(tempfile.mkdtemp(prefix="mpltool-bench-"))
     with tf.Graph().as_default():

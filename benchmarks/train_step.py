@@ -4,7 +4,7 @@
 (b) the MPL step at the recipe's batch (64, uda_data 7) and at a smaller one, inputs held in memory so the
     figure is compute only (benchmarks/input_pipeline.py measures the input side);
 (c) ideal/measured, where the ideal MPL step time is the plain step time scaled by the pass count of
-    mpl-reference §5: 4,480 forward-equivalents per MPL step vs 3 x 64 = 192 in a plain step.
+    docs/mpl-reference.md §5: 4,480 forward-equivalents per MPL step vs 3 x 64 = 192 in a plain step.
     Target >= 0.8: no wasted passes, no host round-trips.
 Peak RSS of each configuration is its own process's. `--compare PYTHON` repeats (a) and (b) under another
 interpreter (e.g. a venv with tensorflow-cpu) in the same run, so the wheels are compared as a ratio.

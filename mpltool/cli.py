@@ -294,18 +294,19 @@ def train(ctx, recipe, overrides, device, extend_steps, force):
                          force=force, log=ctx.out.info, warn=ctx.out.warn,
                          progress_factory=progress_factory if ctx.out.interactive else None)
     metrics = result.get("metrics") or {}
-    ctx.out.fields("train", {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"]),
-                             "ema top-1": metrics.get("ema_top1"), "student top-1": metrics.get("student_top1"),
-                             "teacher top-1": metrics.get("teacher_top1"),
-                             "best ema top-1": metrics.get("best_ema_top1"),
-                             "latest checkpoint": (result.get("checkpoints") or {}).get("latest", {}).get("prefix")})
+    shown = {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"])}
+    shown.update(("{} {}".format(key[:-len("_top1")].replace("_", " "), "top-1"), value)
+                 for key, value in metrics.items() if key.endswith("_top1"))  # every network training built
+    shown["latest checkpoint"] = (result.get("checkpoints") or {}).get("latest", {}).get("prefix")
+    ctx.out.fields("train", shown)
     ctx.out.info("next: " + ctx.next_command("eval"))
     ctx.out.result(result)
 
 
 # -- eval -------------------------------------------------------------------------------------------
 @main.command("eval")
-@click.option("--target", type=click.Choice(["ema", "student", "teacher"]), default="ema", show_default=True)
+@click.option("--target", default=None, help="Which network: one training built (MPL: ema, student, teacher; "
+              "supervised/uda: ema, model) [default: the algorithm's, ema].")
 @click.option("--model", default=None, help="A checkpoint (prefix, .index or directory) or a frozen .pb "
               "[default: the best checkpoint train recorded for the target].")
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size [recipe: eval_batch_size].")
@@ -328,7 +329,8 @@ def eval_command(ctx, target, model, batch_size):
 # -- freeze -----------------------------------------------------------------------------------------
 @main.command()
 @click.argument("checkpoint", default="ckpt")
-@click.option("--target", type=click.Choice(["ema", "student", "teacher"]), default="ema", show_default=True)
+@click.option("--target", default=None, help="Which network: one training built (MPL: ema, student, teacher; "
+              "supervised/uda: ema, model) [default: the algorithm's, ema].")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size of the input.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="Where to write the .pb.")
 @click.option("--parity-images", type=int, default=1000, show_default=True,

@@ -2,7 +2,7 @@
 
 npu_bridge is used when it imports and never required. Its import is guarded against any Exception,
 not only ImportError: a broken CANN install makes `tf.load_op_library(_tf_adapter.so)` print an error
-and the next import raise something else (reference/ascend.md §4).
+and the next import raise something else (docs/ascend-port.md §3).
 """
 
 from pathlib import Path

@@ -57,10 +57,30 @@ def _samples(fn, image, count):
 # ------------------------------------------------------------------------------------ numpy references
 
 
-def np_blend(img1, img2, factor):
-    a = img1.astype(np.float32)
-    b = img2.astype(np.float32)
-    return np.clip(a + np.float32(factor) * (b - a), 0, 255).astype(np.uint8)
+def np_blend(img1, img2, factor, overflow="clip"):
+    """Both blend modes, written from their definitions.
+
+    clip: float32 on the [0, 255] scale, clipped, truncated.
+    wrap: the seed's blend -- tf.image.convert_image_dtype to [0, 1] (x float32(1/255)), blend, clip to
+    [0, 255] for factors outside (0, 1), then convert_image_dtype back without saturation: x 255.5,
+    truncated towards zero, low 8 bits (Python's % 256 is that for negative numbers too).
+    """
+    if overflow == "clip":
+        a = img1.astype(np.float32)
+        b = img2.astype(np.float32)
+        return np.clip(a + np.float32(factor) * (b - a), 0, 255).astype(np.uint8)
+    if factor == 0:
+        return img1.astype(np.uint8)
+    if factor == 1:
+        return img2.astype(np.uint8)
+    scale = np.float32(1.0 / 255.0)
+    a = img1.astype(np.float32) * scale
+    b = img2.astype(np.float32) * scale
+    out = a + np.float32(factor) * (b - a)
+    if not 0 < factor < 1:
+        out = np.clip(out, np.float32(0), np.float32(255))
+    scaled = (out * np.float32(255.5)).astype(np.float64)
+    return np.array([int(v) % 256 for v in np.trunc(scaled).ravel()], np.uint8).reshape(img1.shape)
 
 
 def np_gray(img):
@@ -96,14 +116,29 @@ def np_equalize(img):
     return out
 
 
-def np_sharpness(img, factor):
+def np_smooth(img):
     kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]])
     x = img.astype(np.int64)
     smooth = x.copy()
     for i in range(1, img.shape[0] - 1):
         for j in range(1, img.shape[1] - 1):
             smooth[i, j] = (x[i - 1:i + 2, j - 1:j + 2] * kernel[:, :, None]).sum(axis=(0, 1)) // 13
-    return np_blend(smooth, img, factor)
+    return smooth
+
+
+def np_sharpness(img, factor, overflow="clip"):
+    return np_blend(np_smooth(img), img, factor, overflow)
+
+
+def np_colour_degenerate(name, img):
+    """The image each colour op blends from (towards the input), as int64."""
+    if name == "Color":
+        return np.repeat(np_gray(img)[..., None], 3, -1).astype(np.int64)
+    if name == "Contrast":  # the reference's mean: pixel count / 256
+        return np.full(img.shape, img.shape[0] * img.shape[1] // 256, np.int64)
+    if name == "Brightness":
+        return np.zeros(img.shape, np.int64)
+    return np_smooth(img)
 
 
 def _round_half_away(v):
@@ -232,20 +267,120 @@ def test_flat_channels_and_constant_images_pass_through(run):
     np.testing.assert_array_equal(got[1], constant)
 
 
-def test_blend_clips_overflow_instead_of_wrapping(run):
-    bright = np.full((4, 4, 3), 200, np.uint8)
-    dark = np.full((4, 4, 3), 10, np.uint8)
-    got = run(lambda: (A.blend(np.zeros_like(bright), bright, 2.98),   # 596 -> 255, not 596 % 256 = 84
-                       A.blend(bright, dark, 2.0),                     # 200 - 380 -> 0, not wrapped
-                       A.blend(dark, bright, 0.5),
-                       A.blend(dark, bright, 0.0),
-                       A.blend(dark, bright, 1.0)))
-    assert (got[0] == 255).all()
-    assert (got[1] == 0).all()
-    assert (got[2] == 105).all()
-    np.testing.assert_array_equal(got[3], dark)
-    np.testing.assert_array_equal(got[4], bright)
-    assert all(g.dtype == np.uint8 for g in got)
+def test_np_blend_wrap_model_reproduces_the_issue_numbers():
+    # The model itself, on the numbers of issue 11: 100 at factor 2.98 is 1.1686 on the [0, 1] scale,
+    # 298.58 after x 255.5, 298 truncated, 42 modulo 256. Below 0 the seed's clip_by_value(0, 255) acts
+    # first, so -0.2 (which convert_image_dtype alone would turn into 205) never reaches the cast.
+    zero = np.zeros(1, np.uint8)
+    assert np_blend(zero, np.array([100], np.uint8), 2.98, "wrap").tolist() == [42]
+    assert np_blend(zero, np.array([100], np.uint8), 2.98, "clip").tolist() == [255]
+    assert np_blend(zero, np.array([100], np.uint8), -0.5, "wrap").tolist() == [0]
+
+
+# Hand-computed pixels where blends cross 255 or 0: (op, degenerate, input, factor, wrap, clip).
+# wrap = trunc(255.5 * (d/255 + f*(x - d)/255)) % 256 with the negative side clipped to 0 first.
+CROSSING_PIXELS = [
+    ("Brightness", 0, 100, 2.98, 42, 255),    # 298.0 (0-1 scale 1.1686) -> 298.58 -> 42
+    ("Brightness", 0, 86, 2.98, 0, 255),      # 256.28 -> 256.78 -> 256 -> 0
+    ("Brightness", 0, 85, 2.98, 253, 253),    # 253.3 -> 253.80: in range, both 253
+    ("Brightness", 0, 255, 2.98, 249, 255),   # 759.9 -> 761.39 -> 761 -> 249
+    ("Brightness", 0, 100, -0.5, 0, 0),       # -50 -> clipped to 0 in both
+    ("Color", 29, 0, 2.98, 0, 0),             # 29 - 86.4 < 0
+    ("Color", 29, 255, 2.98, 191, 255),       # 702.5 -> 703.85 -> 703 -> 191
+    ("Contrast", 4, 0, 2.98, 0, 0),           # 4 - 11.9 < 0
+    ("Contrast", 4, 3, 2.98, 1, 1),           # 1.02 -> 1.022 -> 1
+    ("Contrast", 4, 200, 2.98, 77, 255),      # 588.08 -> 589.23 -> 589 -> 77
+    ("Sharpness", 123, 0, 2.98, 0, 0),        # 123 - 366.5 < 0
+    ("Sharpness", 184, 200, 2.98, 232, 231),  # 231.68: in range, but x 255.5/255 -> 232.13 -> 232
+    ("Sharpness", 159, 255, 2.98, 189, 255),  # 445.08 -> 445.95 -> 445 -> 189
+]
+
+
+def _crossing_images():
+    """Per op, an image whose blend at the CROSSING_PIXELS has exactly those degenerate values."""
+    images = {}
+    bright = np.full((H, W, 3), 0, np.uint8)
+    bright[0, 0], bright[0, 1], bright[0, 2], bright[0, 3] = 100, 86, 85, 255
+    images["Brightness"] = bright
+    color = np.zeros((H, W, 3), np.uint8)
+    color[..., 2] = 255  # (0, 0, 255): PIL gray (114 * 255 + 500) // 1000 = 29
+    images["Color"] = color
+    contrast = np.full((H, W, 3), 0, np.uint8)  # 32 x 32 -> the reference's "mean" is 1024 / 256 = 4
+    contrast[0, 1], contrast[0, 2] = 3, 200
+    images["Contrast"] = contrast
+    sharp = np.full((H, W, 3), 200, np.uint8)
+    sharp[5, 5] = 0  # smooth: (8 * 200) // 13 = 123; its neighbour (6, 6): (7 * 200 + 5 * 200) // 13 = 184
+    sharp[19:22, 19:22] = 100
+    sharp[20, 20] = 255  # smooth: (8 * 100 + 5 * 255) // 13 = 159
+    images["Sharpness"] = sharp
+    return images
+
+
+CROSSING_AT = {("Brightness", 100): (0, 0), ("Brightness", 86): (0, 1), ("Brightness", 85): (0, 2),
+               ("Brightness", 255): (0, 3), ("Color", 0): (0, 0), ("Color", 255): (0, 0),
+               ("Contrast", 0): (0, 0), ("Contrast", 3): (0, 1), ("Contrast", 200): (0, 2),
+               ("Sharpness", 0): (5, 5), ("Sharpness", 200): (6, 6), ("Sharpness", 255): (20, 20)}
+CHANNEL_OF = {("Color", 0): 0, ("Color", 255): 2}
+COLOUR_FNS = {"Color": A.color, "Contrast": A.contrast, "Brightness": A.brightness, "Sharpness": A.sharpness}
+
+
+@pytest.mark.parametrize("overflow", ["wrap", "clip"])
+def test_colour_ops_give_the_hand_computed_pixels_past_0_and_255(run, overflow):
+    images = _crossing_images()
+    factors = sorted({f for _, _, _, f, _, _ in CROSSING_PIXELS})
+    got = run(lambda: {(name, f): COLOUR_FNS[name](images[name], f, overflow=overflow)
+                       for name in COLOUR_FNS for f in factors})
+    for name, degenerate, value, factor, wrapped, clipped in CROSSING_PIXELS:
+        y, x = CROSSING_AT[(name, value)]
+        channel = CHANNEL_OF.get((name, value), 0)
+        assert images[name][y, x, channel] == value
+        assert np_colour_degenerate(name, images[name])[y, x, channel] == degenerate
+        want = wrapped if overflow == "wrap" else clipped
+        assert got[(name, factor)][y, x, channel] == want, (name, value, factor)
+
+
+@pytest.mark.parametrize("overflow", ["wrap", "clip"])
+@pytest.mark.parametrize("factor", [2.98, 1.9, 0.5, -0.5])
+def test_colour_ops_match_numpy_on_images_crossing_0_and_255(run, overflow, factor):
+    rng = np.random.RandomState(11)
+    img = rng.randint(0, 256, (H, W, 3)).astype(np.uint8)  # every op sees dark and bright pixels
+    got = run(lambda: {name: fn(img, factor, overflow=overflow) for name, fn in COLOUR_FNS.items()})
+    for name in COLOUR_FNS:
+        degenerate = np_colour_degenerate(name, img)
+        raw = degenerate + factor * (img.astype(np.float64) - degenerate)
+        if factor > 1:  # the image really crosses 255 (and 0, where the op can go below it)
+            assert (raw >= 256).sum() > 20, name
+            assert name == "Brightness" or (raw < 0).sum() > 5, name
+        if factor < 0 and name != "Sharpness":  # (the smoothed noise is too flat to go below 0 at -0.5)
+            assert (raw < 0).sum() > 20, name
+        want = np_blend(degenerate, img, factor, overflow)
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+        assert got[name].dtype == np.uint8
+    if factor > 1:  # the modes really differ where pixels cross 255
+        other = "clip" if overflow == "wrap" else "wrap"
+        assert not np.array_equal(got["Brightness"], np_blend(np.zeros_like(img), img, factor, other))
+
+
+@pytest.mark.parametrize("overflow", ["wrap", "clip"])
+def test_blend_factors_0_and_1_return_the_images_and_tensor_factors_match(run, overflow):
+    rng = np.random.RandomState(12)
+    a, b = (rng.randint(0, 256, (4, 4, 3)).astype(np.uint8) for _ in range(2))
+    factors = [0.0, 1.0, 0.5, 2.98, -0.5]
+    got = run(lambda: ([A.blend(a, b, f, overflow) for f in factors],
+                       [A.blend(a, b, tf.constant(f), overflow) for f in factors]))
+    for f, static, dynamic in zip(factors, *got):
+        np.testing.assert_array_equal(static, np_blend(a, b, f, overflow), err_msg=str(f))
+        np.testing.assert_array_equal(dynamic, static, err_msg=str(f))
+    np.testing.assert_array_equal(got[0][0], a)
+    np.testing.assert_array_equal(got[0][1], b)
+
+
+def test_unknown_overflow_mode_is_refused():
+    with tf.Graph().as_default():
+        with pytest.raises(UsageError, match="overflow must be one of wrap, clip"):
+            A.brightness(IMG, 2.0, overflow="saturate")
+        with pytest.raises(UsageError, match="overflow"):
+            A.randaugment(IMG, overflow="modulo")
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -451,6 +586,40 @@ def test_randaugment_applies_each_op_with_the_reference_parameters(run, name):
         assert len(matches) == 1
         signs.add(matches[0])
     assert signs == set(expected)  # signed ops show both signs, unsigned ones the single result
+
+
+@pytest.mark.parametrize("name", sorted(COLOUR_FNS))
+def test_randaugment_and_the_aug_view_pass_the_overflow_mode_on(run, name):
+    bright = np.tile(np.array([220, 120, 40], np.uint8), (H, W, 1))  # coloured, so Color changes it
+    bright[::2, ::3] = (30, 60, 90)  # not flat, so Sharpness changes it
+    (param,) = A.op_parameters(name, 16)
+
+    def build():
+        modes = {}
+        for overflow in ("wrap", "clip"):
+            once = lambda x, o=overflow: A.randaugment(  # noqa: E731
+                x, num_layers=1, prob_range=(1, 1), ops=(name,), overflow=o)
+            modes[overflow] = (_samples(once, bright, 4), COLOUR_FNS[name](bright, param, overflow=overflow))
+        return modes
+
+    modes = run(build)
+    for overflow, (samples, want) in modes.items():
+        for sample in samples:
+            np.testing.assert_array_equal(sample, want, err_msg=overflow)
+    assert not np.array_equal(modes["wrap"][1], modes["clip"][1])
+
+
+def test_unlabelled_views_pass_the_overflow_mode_on():
+    bright = np.full((H, W, 3), 200, np.uint8)
+
+    def draw(overflow):
+        with tf.Graph().as_default(), tf.Session() as sess:
+            return sess.run(_samples(lambda x: A.unlabelled_views(x, seed=3, overflow=overflow), bright, 32))
+
+    (ori_wrap, aug_wrap), (ori_clip, aug_clip) = draw("wrap"), draw("clip")
+    np.testing.assert_array_equal(ori_wrap, ori_clip)  # same seed: same draws, only the blend differs
+    differ = [not np.array_equal(w, c) for w, c in zip(aug_wrap, aug_clip)]
+    assert 0 < sum(differ) < 32  # the images where Brightness or Contrast ran
 
 
 def test_explicit_seeds_reproduce_across_graphs():

@@ -140,8 +140,8 @@ def test_sigterm_in_a_real_process_exits_130(tmp_path):
     (["train", "--bogus"], "error: no such option: --bogus (see `mpltool train --help`)"),
     (["train", "--forc"], "error: no such option: --forc; did you mean --force? (see `mpltool train --help`)"),
     (["data", "prepare"], "error: missing option '--cifar' (see `mpltool data prepare --help`)"),
-    (["eval", "--target", "best"], "error: invalid value for '--target': 'best' is not one of 'ema', 'student', "
-                                   "'teacher' (see `mpltool eval --help`)"),
+    (["eval", "--target", "best"], "error: unknown target 'best': this project's training built ema, student, "
+                                   "teacher"),
     (["data", "prepare", "--cifar", "x", "--labelled", "many"],
      "error: invalid value for '--labelled': 'many' is not a valid integer (see `mpltool data prepare --help`)"),
     (["bogus"], "error: no such command 'bogus' (see `mpltool --help`)"),

@@ -1,10 +1,12 @@
 """The MPL step against independent computations.
 
-Two kinds of networks:
+Three kinds of networks:
 - `TinyNet`, a float64 two-layer net on flattened images with no batch norm and no dropout, so every
   number of a step (losses, h, both gradient updates, the EMA) is recomputed in numpy here, gradients
   by central finite differences;
-- wrn-10-1, the real model at B=2, uda_data=2, for what depends on batch norm, dropout and scopes.
+- `BnNet`, TinyNet with a batch-norm layer, whose batch statistics and moving statistics are recomputed
+  in numpy: which images each call normalises together, and which calls update the moving statistics;
+- wrn-10-1, the real model at B=2, uda_data=2, for what depends on dropout, scopes and the real BN.
 """
 
 import collections
@@ -92,13 +94,13 @@ class TinyNet:
         return np.tanh(images.reshape(len(images), -1).astype(np.float64) @ w1) @ w2 + b
 
 
-def tiny_recipe(feedback="reference", grad_bound=1e9, overflow_check=False, wait=0):
+def tiny_recipe(feedback="reference", grad_bound=1e9, overflow_check=False, wait=0, extra=()):
     return load_recipe("mpl-wrn28-2", [
         "num_classes={}".format(CLASSES), "batch_size={}".format(B), "uda_data={}".format(UDA_DATA),
         "mpl_feedback=" + feedback, "grad_bound={}".format(grad_bound),
         "loss_scale_overflow_check={}".format(overflow_check), "student_lr_wait_steps={}".format(wait),
         "teacher_lr=0.5", "student_lr=0.3", "teacher_lr_warmup_steps=0", "student_lr_warmup_steps=0",
-        "num_train_steps=100", "uda_steps=2", "uda_threshold=0.9", "weight_decay=0.01", "seed=7"])
+        "num_train_steps=100", "uda_steps=2", "uda_threshold=0.9", "weight_decay=0.01", "seed=7"] + list(extra))
 
 
 def tiny_batch(seed=0, size=4):
@@ -107,11 +109,16 @@ def tiny_batch(seed=0, size=4):
     return images[0], np.array([0, 2], np.int32), images[1], images[2]
 
 
+def named(variables):
+    """{name below the network scope: variable}, e.g. 'bnnet/bn/moving_mean'."""
+    return {v.op.name.split("/", 1)[1]: v for v in variables}
+
+
 class TinyGraph:
     """A built step on TinyNet with its own graph and session, fed through placeholders."""
 
-    def __init__(self, recipe, loss_scale=1.0, size=4, optimizer_wrapper=None):
-        self.recipe, self.net = recipe, TinyNet(size * size * 3, CLASSES)
+    def __init__(self, recipe, loss_scale=1.0, size=4, optimizer_wrapper=None, net=None):
+        self.recipe, self.net = recipe, net or TinyNet(size * size * 3, CLASSES)
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.inputs = [tf.placeholder(tf.float32, [B, size, size, 3]), tf.placeholder(tf.int32, [B]),
@@ -133,7 +140,10 @@ class TinyGraph:
     def state(self):
         return self.session.run({"teacher": self.teacher, "student": self.student, "slots": self.slots,
                                  "ema": self.step.ema_variables, "m": self.step.h_baseline,
-                                 "global_step": self.global_step})
+                                 "global_step": self.global_step,
+                                 "teacher_all": named(self.step.teacher_variables),
+                                 "student_all": named(self.step.student_variables),
+                                 "ema_all": named(self.step.ema_variables)})
 
     def run(self, batch):
         _, metrics = self.session.run([self.step.train_op, self.step.metrics], dict(zip(self.inputs, batch)))
@@ -430,6 +440,211 @@ def test_unknown_feedback_mode_is_refused():
                            global_step=tf.train.get_or_create_global_step())
 
 
+# ------------------------------------------------------------------------------- paper feedback, first order
+
+def test_paper_h_is_the_first_order_dot_product_of_the_student_gradients():
+    """h = CE_old − CE_new ≈ η_S·∇CE_lᵀ·∇L_S, with both gradients from numpy finite differences.
+
+    Plain gradient descent (momentum 0, no weight decay) makes the student's step exactly −η_S·∇L_S, so
+    the error of the first-order value is O(η_S²): 100 times smaller at a 10 times smaller rate.
+    """
+    batch = tiny_batch(21)
+    l, labels, ori, aug = batch
+    errors = {}
+    for rate in (1e-2, 1e-3):
+        graph = TinyGraph(tiny_recipe("paper", extra=["momentum=0", "weight_decay=0", "student_lr={}".format(rate)]))
+        try:
+            before = graph.state()
+            metrics = graph.run(batch)
+        finally:
+            graph.session.close()
+        assert metrics["student_lr"] == pytest.approx(rate, rel=1e-7)
+        theta, ls = before["student"], graph.recipe.label_smoothing
+        pseudo = np_onehot(TinyNet.numpy(before["teacher"], aug).argmax(axis=-1), CLASSES)
+        y = np_onehot(labels, CLASSES)
+        grad_student_loss = central_differences(
+            lambda w: np_ce(np_smooth(pseudo, ls), TinyNet.numpy(w, aug)).mean(), theta)
+        grad_labelled_ce = central_differences(lambda w: np_ce(y, TinyNet.numpy(w, l)).mean(), theta)
+        dot = sum((a * b).sum() for a, b in zip(grad_labelled_ce, grad_student_loss))
+        assert abs(dot) > 1e-2
+        first_order = rate * dot
+        assert metrics["h"] == pytest.approx(first_order, rel=0.05)  # the sign and the size
+        errors[rate] = abs(metrics["h"] - first_order)
+    assert errors[1e-3] < errors[1e-2] / 30  # second-order remainder: the paper's h is the Taylor term
+
+
+def test_h_baseline_starts_at_zero_in_paper_mode_and_at_the_glorot_draw_in_reference_mode():
+    batch = tiny_batch(3)
+    paper, reference = TinyGraph(tiny_recipe("paper")), TinyGraph(tiny_recipe("reference"))
+    try:
+        start = paper.state()
+        assert start["m"] == 0.0
+        metrics = paper.run(batch)
+        h = numpy_step(paper.recipe, start, paper.state()["student"], batch)["h"]  # independent h
+        assert metrics["h_baseline"] == pytest.approx(0.01 * h, rel=1e-6)
+        assert metrics["h_prime"] == pytest.approx(0.99 * h, rel=1e-6)
+        with tf.Graph().as_default():  # glorot-uniform of a scalar: U(±√3), the recipe's op seed
+            draw = evaluate(tf.random_uniform([], -np.sqrt(3.0), np.sqrt(3.0), seed=reference.recipe.seed))
+        assert reference.state()["m"] == pytest.approx(draw, rel=1e-6) and draw != 0.0
+    finally:
+        paper.session.close()
+        reference.session.close()
+
+
+# --------------------------------------------------------------------------------------- batch norm
+
+class BnNet:
+    """logits = tanh(BN(x·W1))·W2 + b in float64, BN over the batch of each call.
+
+    Training calls normalise with the batch mean and (biased) variance and return the updates
+    moving ← moving − (1 − MOMENTUM)·(moving − batch statistic); other calls use the moving statistics.
+    Everything starts from fixed, non-trivial values (moving statistics included) per scope.
+    """
+
+    HIDDEN, MOMENTUM, EPSILON = 5, 0.8, 1e-3
+    NAMES = ["hidden/kernel", "bn/gamma", "bn/beta", "dense/kernel", "dense/bias", "bn/moving_mean",
+             "bn/moving_variance"]
+
+    def __init__(self, in_dim, num_classes):
+        self.in_dim, self.num_classes = in_dim, num_classes
+
+    def initial_values(self, scope):
+        rng = np.random.RandomState({"teacher": 11, "student": 12, "ema": 13}[scope])
+        return [rng.randn(self.in_dim, self.HIDDEN) * 2.0 / np.sqrt(self.in_dim),
+                1.0 + 0.5 * rng.rand(self.HIDDEN), 0.3 * rng.randn(self.HIDDEN),
+                rng.randn(self.HIDDEN, self.num_classes) * 1.5, rng.randn(self.num_classes) * 0.5,
+                rng.randn(self.HIDDEN), 0.5 + rng.rand(self.HIDDEN)]
+
+    def __call__(self, images, training, scope):
+        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope("bnnet"):
+            w1, gamma, beta, w2, b, moving_mean, moving_variance = [
+                tf.get_variable(name, dtype=tf.float64, initializer=tf.constant(value),
+                                trainable=not name.startswith("bn/moving"))
+                for name, value in zip(self.NAMES, self.initial_values(scope))]
+        pre = tf.matmul(tf.cast(tf.reshape(images, [-1, self.in_dim]), tf.float64), w1)
+        updates = []
+        if training:
+            mean, variance = tf.nn.moments(pre, axes=[0])
+            updates = [tf.assign_sub(moving_mean, (1.0 - self.MOMENTUM) * (moving_mean - mean)),
+                       tf.assign_sub(moving_variance, (1.0 - self.MOMENTUM) * (moving_variance - variance))]
+        else:
+            mean, variance = moving_mean, moving_variance
+        normed = (pre - mean) / tf.sqrt(variance + self.EPSILON) * gamma + beta
+        return ModelOutput(logits=tf.matmul(tf.tanh(normed), w2) + b, bn_updates=updates)
+
+    @classmethod
+    def numpy(cls, values, parts):
+        """(logits of each part, batch mean, batch variance): ONE training-mode call on the concatenation."""
+        w1, gamma, beta, w2, b = (values["bnnet/" + name] for name in cls.NAMES[:5])
+        x = np.concatenate([p.reshape(len(p), -1).astype(np.float64) for p in parts])
+        pre = x @ w1
+        mean, variance = pre.mean(axis=0), pre.var(axis=0)
+        logits = np.tanh((pre - mean) / np.sqrt(variance + cls.EPSILON) * gamma + beta) @ w2 + b
+        return np.split(logits, np.cumsum([len(p) for p in parts])[:-1]), mean, variance
+
+    @classmethod
+    def moved(cls, moving, statistic):
+        return moving - (1.0 - cls.MOMENTUM) * (moving - statistic)
+
+
+def bn_graph(second_pass_bn_update):
+    recipe = tiny_recipe("reference", extra=["student_second_pass_bn_update={}".format(second_pass_bn_update)])
+    return TinyGraph(recipe, net=BnNet(4 * 4 * 3, CLASSES))
+
+
+@pytest.fixture(scope="module")
+def bn_steps():
+    """One step of the BnNet graph, second-pass BN update off and on: (recipe, before, metrics, after)."""
+    runs = {}
+    for on in (False, True):
+        graph = bn_graph(on)
+        try:
+            before = graph.state()
+            metrics = graph.run(tiny_batch(8))
+            runs[on] = (graph.recipe, before, metrics, graph.state())
+        finally:
+            graph.session.close()
+    return runs
+
+
+def test_teacher_and_student_batch_norm_each_call_over_the_whole_concatenation(bn_steps):
+    """The teacher normalises [l, u_ori, u_aug] in one pass and the student [u_aug, l] in one pass.
+
+    Every loss and both networks' moving statistics are recomputed in numpy from joint batch
+    statistics; normalising the parts separately would give other losses (checked, so the test can fail).
+    """
+    l, labels, ori, aug = tiny_batch(8)
+    recipe, before, metrics, after = bn_steps[False]
+    ls, y = recipe.label_smoothing, np_onehot(labels, CLASSES)
+    teacher, student = before["teacher_all"], before["student_all"]
+
+    (z_l, z_ori, z_aug), t_mean, t_var = BnNet.numpy(teacher, [l, ori, aug])
+    q = np_softmax(z_ori / recipe.uda_temp)
+    mask = (q.max(axis=-1) >= recipe.uda_threshold).astype(np.float64)
+    (s_u, s_l), s_mean, s_var = BnNet.numpy(student, [aug, l])
+    want = {"labelled_ce": np_ce(np_smooth(y, ls), z_l).mean(),
+            "uda_loss": (mask * np_ce(q, z_aug)).sum() / U,
+            "mpl_ce": np_ce(np_softmax(z_aug), z_aug).mean(),
+            "student_loss": np_ce(np_smooth(np_softmax(z_aug), ls), s_u).mean(),
+            "student_ce_old": np_ce(y, s_l).mean()}
+    (s_l_new,), _, _ = BnNet.numpy(after["student_all"], [l])  # the second pass: l alone, updated weights
+    h = np_ce(y, s_l_new).mean() - want["student_ce_old"]  # reference sign
+    h_prime = h - (before["m"] - recipe.mpl_baseline_decay * (before["m"] - h))
+    want["teacher_loss"] = want["labelled_ce"] + h_prime * want["mpl_ce"]  # t = 0: the UDA weight is 0
+    for name, value in want.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-6), name  # float32 metrics
+
+    # Separate passes would normalise each part with its own statistics: measurably other numbers.
+    separate_l = BnNet.numpy(teacher, [l])[0][0]
+    assert abs(np_ce(np_smooth(y, ls), separate_l).mean() - want["labelled_ce"]) > 1e-3
+    separate_s_l = BnNet.numpy(student, [l])[0][0]
+    assert abs(np_ce(y, separate_s_l).mean() - want["student_ce_old"]) > 1e-3
+
+    # One update per network from the joint statistics (three or two updates would compound).
+    for network, mean, variance in (("teacher_all", t_mean, t_var), ("student_all", s_mean, s_var)):
+        np.testing.assert_allclose(after[network]["bnnet/bn/moving_mean"],
+                                   BnNet.moved(before[network]["bnnet/bn/moving_mean"], mean), rtol=1e-12)
+        np.testing.assert_allclose(after[network]["bnnet/bn/moving_variance"],
+                                   BnNet.moved(before[network]["bnnet/bn/moving_variance"], variance), rtol=1e-12)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_second_pass_bn_update_follows_the_recipe(bn_steps, on):
+    """On (the seed): the moving statistics take the first pass's update, then the second pass's (on l
+    alone, with the updated weights), after the EMA read them. Off (google-research): the first only."""
+    l, labels, ori, aug = tiny_batch(8)
+    recipe, before, metrics, after = bn_steps[on]
+    assert recipe.student_second_pass_bn_update is on
+    (_, _), first_mean, first_var = BnNet.numpy(before["student_all"], [aug, l])
+    (s_l_new,), second_mean, second_var = BnNet.numpy(after["student_all"], [l])
+    # The second pass normalises l alone with the updated weights: CE_new from numpy.
+    assert metrics["student_ce_new"] == pytest.approx(np_ce(np_onehot(labels, CLASSES), s_l_new).mean(), rel=1e-6)
+    decay = np.float32(min(recipe.ema_decay, 1.0 / 10.0))  # t = 0
+    for name, first, second in (("moving_mean", first_mean, second_mean), ("moving_variance", first_var, second_var)):
+        start = before["student_all"]["bnnet/bn/" + name]
+        after_first = BnNet.moved(start, first)
+        expected = BnNet.moved(after_first, second) if on else after_first
+        assert not np.allclose(BnNet.moved(after_first, second), after_first, rtol=1e-6)  # the test can tell
+        np.testing.assert_allclose(after["student_all"]["bnnet/bn/" + name], expected, rtol=1e-12, err_msg=name)
+        # The EMA averaged the statistics before the second pass in both modes (the seed's order).
+        ema = before["ema_all"]["bnnet/bn/" + name]
+        np.testing.assert_allclose(after["ema_all"]["bnnet/bn/" + name], ema - (1 - decay) * (ema - after_first),
+                                   rtol=1e-12, err_msg=name)
+
+
+def test_second_pass_bn_update_changes_nothing_else(bn_steps):
+    """Both runs start from the same values: every metric and every trainable weight agree."""
+    (_, before_off, metrics_off, after_off), (_, before_on, metrics_on, after_on) = bn_steps[False], bn_steps[True]
+    for name in ("teacher_all", "student_all"):
+        for key in before_off[name]:
+            np.testing.assert_array_equal(before_on[name][key], before_off[name][key])
+    for name, value in metrics_off.items():
+        assert metrics_on[name] == value, name
+    for network in ("teacher", "student"):
+        for on, off in zip(after_on[network], after_off[network]):
+            np.testing.assert_array_equal(on, off)
+
+
 # ----------------------------------------------------------------------------------- wrn-10-1 graphs
 
 WAIT = 2
@@ -545,41 +760,36 @@ def test_ema_init_copies_the_student(trajectory):
     assert any(not np.array_equal(e, s) for e, s in zip(trajectory["initial"]["ema"], trajectory["initial"]["student"]))
 
 
-def test_ema_after_steps_matches_numpy(trajectory):
+def test_ema_after_steps_matches_numpy(wrn, trajectory):
+    """The trainable weights' EMA. (mpl-wrn28-2 updates the moving statistics again after the EMA, in
+    the second pass, so the state after a step is not what the EMA averaged: BnNet checks that order.)"""
+    assert wrn.recipe.student_second_pass_bn_update
+    trainable = [not v.op.name.split("/")[-1].startswith("moving") for v in wrn.step.student_variables]
     states = trajectory["states"]
     ema = [np.float64(v) for v in states[0]["student"]]
     for t in range(WRN_STEPS):
         decay = min(0.995, (t + 1.0) / (t + 10.0))
         ema = [e - (1 - decay) * (e - w) for e, w in zip(ema, states[t + 1]["student"])]
         assert trajectory["metrics"][t]["ema_decay"] == pytest.approx(decay, rel=1e-6)
-    for got, expected in zip(states[-1]["ema"], ema):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert 0 < sum(trainable) < len(trainable)
+    for got, expected, check in zip(states[-1]["ema"], ema, trainable):
+        if check:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_h_and_its_baseline_match_numpy(wrn, trajectory):
+def test_reference_h_baseline_starts_at_the_seeded_glorot_draw_and_persists_across_steps(wrn, trajectory):
+    """(h itself is checked against numpy on TinyNet; here: m's start and its carry-over between steps.)"""
     m = trajectory["states"][0]["m"]
     assert 0 < abs(m) <= np.sqrt(3)
     with tf.Graph().as_default():  # glorot-uniform of a scalar is U(±√3) with the recipe's seed
         tf.set_random_seed(0)
         draw = tf.random_uniform([], -np.sqrt(3.0), np.sqrt(3.0), seed=wrn.recipe.seed)
         assert evaluate(draw) == pytest.approx(m, rel=1e-6)
-    for metrics in trajectory["metrics"]:
-        h = metrics["student_ce_new"] - metrics["student_ce_old"]  # reference sign
-        m = m - 0.01 * (m - h)
-        assert metrics["h"] == pytest.approx(h, rel=1e-5, abs=1e-6)
+    for metrics, state in zip(trajectory["metrics"], trajectory["states"][1:]):
+        m = m - 0.01 * (m - metrics["h"])  # updated before use, from the value the last step left
         assert metrics["h_baseline"] == pytest.approx(m, rel=1e-5, abs=1e-6)
-        assert metrics["h_prime"] == pytest.approx(h - m, rel=1e-5, abs=1e-5)
-    assert trajectory["states"][-1]["m"] == pytest.approx(m, rel=1e-5)
+        assert state["m"] == pytest.approx(m, rel=1e-5, abs=1e-6)
     assert len({round(float(x["h"]), 6) for x in trajectory["metrics"]}) == WRN_STEPS
-
-
-def test_teacher_loss_is_the_sum_of_its_terms(trajectory):
-    for metrics in trajectory["metrics"]:
-        expected = (metrics["uda_weight"] * metrics["uda_loss"] + metrics["labelled_ce"]
-                    + metrics["h_prime"] * metrics["mpl_ce"])
-        assert metrics["teacher_loss"] == pytest.approx(expected, rel=1e-5)
-        assert 0 <= metrics["mpl_ce"] <= np.log(10) + 1e-5
-        assert 0 <= metrics["uda_mask_rate"] <= 1
 
 
 def test_paper_mode_gives_the_teacher_a_nonzero_mpl_gradient():

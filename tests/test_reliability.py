@@ -325,13 +325,14 @@ def test_files_follow_the_umask(tmp_path):
 
 def test_metrics_csv_keeps_full_time_and_drops_rows_a_kill_lost(tmp_path):
     path = tmp_path / "metrics.csv"
-    csv_log = MetricsCsv(path)
+    columns = ("step", "time", "teacher_loss")
+    csv_log = MetricsCsv(path, columns)
     for step in (2, 4, 6):
         csv_log.write({"step": step, "time": 1764470000.123456, "teacher_loss": 1.0 / 3})
     csv_log.close()
     rows = path.read_text().splitlines()
     assert rows[1].split(",")[:2] == ["2", "1764470000.123456"]
     assert "0.3333333333333333" in rows[1]
-    MetricsCsv(path, resume_step=4).close()  # resumed from the step-4 checkpoint: step 6 is re-trained
+    MetricsCsv(path, columns, resume_step=4).close()  # resumed from the step-4 checkpoint: step 6 is re-trained
     steps = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
     assert steps == ["2", "4"]

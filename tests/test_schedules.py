@@ -1,4 +1,4 @@
-"""Schedules vs the reference formulas (mpl-reference §3), re-derived in plain Python."""
+"""Schedules vs the reference formulas (docs/mpl-reference.md §3), re-derived in plain Python."""
 
 import math
 

@@ -16,7 +16,7 @@ from cifar_fixtures import make_cifar_dir
 from mpltool.cli import main
 from mpltool.manifest import Project
 from mpltool.status import project_status
-from mpltool.train.checkpoints import checkpoint_record
+from mpltool.checkpoints import checkpoint_record
 
 
 def invoke(project, *args):

@@ -1,6 +1,6 @@
 """Huawei's `atc`: find it, build its command line (here and nowhere else), run it, read its output.
 
-Facts in /work/shared/reference/ascend.md §1: ATC prints everything, errors included, on stdout; success
+Facts in docs/atc.md §1: ATC prints everything, errors included, on stdout; success
 is the line `ATC run success, welcome to the next use.` with exit 0; failures print error-code lines
 (`E10016: ...`, CANN 8: `E10007: [PID: n] <timestamp> ...`) and exit 255.
 """
@@ -35,7 +35,7 @@ OUTPUT_TYPES = ("FP32", "FP16", "UINT8", "INT8")
 
 SUCCESS_LINE = "ATC run success, welcome to the next use."
 FAILURE_LINE_PREFIX = "ATC run failed"
-# ATC refuses other characters in file paths (ascend.md §1); non-ASCII (CJK) is allowed there too.
+# ATC refuses other characters in file paths (docs/atc.md §1); non-ASCII (CJK) is allowed there too.
 _PATH_OK = re.compile(r"^[A-Za-z0-9_.+/\-\u0080-\uffff]+$")
 # `E10016: msg`, `EZ3003: msg`, CANN 8 `E10007: [PID: 10490] 2025-03-18-09:02:18.501.341 msg`.
 _ERROR_LINE = re.compile(
@@ -172,7 +172,7 @@ def display_arg(arg: str) -> str:
 
 def validate_options(precision_mode: Optional[str] = None, log_level: Optional[str] = None, out_nodes=None,
                      output_type: Optional[str] = None) -> "OrderedDict[str, Optional[str]]":
-    """The optional atc flags, checked against ascend.md's lists and normalised, in command-line order."""
+    """The optional atc flags, checked against docs/atc.md §1's lists and normalised, in command-line order."""
     return OrderedDict((
         ("--precision_mode", _choice(precision_mode, PRECISION_MODES, "--precision-mode")),
         ("--log", _choice(log_level, LOG_LEVELS, "--log")),

@@ -13,7 +13,7 @@ from mpltool.errors import InvalidInputError
 
 # The TensorFlow ops a CNN classifier needs that ATC converts: a curated subset of Huawei's "Supported
 # TensorFlow Operators" list for TF 1.15 (hiascend.com canncommercial/800 apiref/aolapi/operatorlist_00096,
-# ascend.md §3). Extend it only from that list.
+# docs/atc.md §3). Extend it only from that list.
 ATC_TF_SUPPORTED_OPS = frozenset((
     # graph plumbing
     "Const", "Placeholder", "Identity", "IdentityN", "NoOp", "StopGradient", "Snapshot",
@@ -40,7 +40,7 @@ ATC_TF_SUPPORTED_OPS = frozenset((
     "LogicalNot", "Select", "OneHot",
 ))
 
-# Input dtypes ATC takes from a TensorFlow graph (ascend.md §3).
+# Input dtypes ATC takes from a TensorFlow graph (docs/atc.md §3).
 ATC_INPUT_DTYPES = ("float16", "float32", "uint8", "int32", "int64", "bool")
 
 # The one GraphDef reader (convert/stage.py reads the .pb through this name).

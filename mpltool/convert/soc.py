@@ -1,7 +1,7 @@
 """soc_version: validate the user's choice, or find it from the NPU on this host or the toolkit installed.
 
 ATC builds an .om for exactly one chip, and a wrong guess produces a model that will not load on the
-target, so every answer says which rule decided it (design §8, ascend.md §2).
+target, so every answer says which rule decided it (design §8, docs/atc.md §2).
 """
 
 import difflib
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from mpltool.errors import PrerequisiteError, UsageError
 
-# Chip strings accepted by ATC's --soc_version when no toolkit is present to ask (ascend.md §2: torch_npu
+# Chip strings accepted by ATC's --soc_version when no toolkit is present to ask (docs/atc.md §2: torch_npu
 # NpuVariables.h, plus Ascend310 and the A3 names seen in CANN 8.1's platform_config set).
 KNOWN_SOC_VERSIONS = (
     "Ascend910PremiumA", "Ascend910ProA", "Ascend910A", "Ascend910ProB", "Ascend910B",

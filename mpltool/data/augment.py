@@ -1,9 +1,13 @@
 """Per-image uint8 augmentation for the MPL input pipeline (TF 1.15 graph mode, for Dataset.map).
 
 Semantics follow the reference RandAugment (google-research meta_pseudo_labels/augment.py and
-data_utils.py; reference/mpl-reference.md §1). Deliberate differences, each tested:
-- `blend` clips to [0, 255] before the uint8 cast. The reference's float->uint8 cast wraps instead
-  (TF 1.15 casts 300.0 to 44), turning bright pixels dark at enhance factor 2.98.
+data_utils.py; docs/mpl-reference.md §1). The colour ops' `blend` has two modes (recipe key
+`augment_overflow`), see `blend`:
+- `wrap`, the seed's and the reference's blend bit for bit: float32 on the [0, 1] scale, clipped below
+  at 0, then TF 1.15's `convert_image_dtype` without saturation (x 255.5, truncated, modulo 256), so a
+  pixel pushed past 255 wraps to a dark value (100 at enhance factor 2.98 becomes 42);
+- `clip`, mpltool's earlier blend: float32 on the [0, 255] scale, clipped to [0, 255], truncated.
+Other deliberate differences, each tested:
 - Grayscale, autocontrast and the sharpness filter use exact integer arithmetic, where the reference
   truncates float32 results (at most 1 apart); geometric sampling maps are computed in float64.
 - Geometric ops gather nearest neighbours instead of calling tf.contrib.image (not reachable through
@@ -16,6 +20,7 @@ per-image work to a few kernels (tf.data pays ~2-20 us per kernel on a 32x32 ima
 
 import itertools
 import math
+import numbers
 
 import numpy as np
 
@@ -23,6 +28,9 @@ from mpltool.errors import UsageError
 from mpltool.tfv1 import tf
 
 FILL = 128
+
+# What the colour ops' blend does with values past 0 and 255 (recipe key augment_overflow); see `blend`.
+OVERFLOW_MODES = ("wrap", "clip")
 
 RANDAUGMENT_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
@@ -75,13 +83,49 @@ def _seeds(seed):
 # ---------------------------------------------------------------------------------------------- colour
 
 
+def check_overflow(overflow):
+    """`overflow` if it names a blend mode (OVERFLOW_MODES), else a UsageError."""
+    if overflow not in OVERFLOW_MODES:
+        raise UsageError("augment overflow must be one of {}, got {!r}".format(", ".join(OVERFLOW_MODES), overflow))
+    return overflow
+
+
 @_no_autograph
-def blend(img1, img2, factor):
-    """img1 + factor*(img2 - img1) in float32, clipped to [0, 255] (never wrapped), truncated to uint8."""
+def blend(img1, img2, factor, overflow="clip"):
+    """img1 + factor*(img2 - img1) as uint8; `overflow` says what happens past 0 and 255.
+
+    "clip": in float32 on the [0, 255] scale, clipped to [0, 255], truncated.
+
+    "wrap": the seed's (and google-research's) blend, op for op. Both images go to the [0, 1] scale
+    (uint8 * float32(1/255)); out = a + factor*(b - a); for factors outside (0, 1) out is clipped to
+    [0, 255] -- on the [0, 1] scale, so that clip only catches values below 0 (they become 0); then
+    `convert_image_dtype(out, uint8)` multiplies by 255.5 and casts WITHOUT saturation, which in TF 1.15
+    truncates and keeps the low 8 bits: 1.1686 -> 298.58 -> 298 -> 42. The wrap is written out here
+    (int32 cast, & 255) instead of relying on the float->uint8 cast, whose out-of-range result C++
+    leaves undefined (it is the low byte on x86 TF 1.15, measured). Factors 0 and 1 return img1 and img2
+    untouched, as the seed's tf.case does.
+    """
+    check_overflow(overflow)
     a = tf.cast(img1, tf.float32)
     b = tf.cast(img2, tf.float32)
-    out = a + tf.cast(factor, tf.float32) * (b - a)
-    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+    factor_t = tf.cast(factor, tf.float32)
+    if overflow == "clip":
+        return tf.cast(tf.clip_by_value(a + factor_t * (b - a), 0.0, 255.0), tf.uint8)
+    static = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
+    if static and factor in (0, 1):
+        return tf.cast(img2 if factor == 1 else img1, tf.uint8)
+    a = a * (1.0 / 255.0)  # convert_image_dtype(uint8 -> float32)
+    b = b * (1.0 / 255.0)
+    out = a + factor_t * (b - a)
+    if not static:
+        out = tf.where_v2(tf.logical_and(0.0 < factor_t, factor_t < 1.0), out, tf.clip_by_value(out, 0.0, 255.0))
+    elif not 0.0 < factor < 1.0:
+        out = tf.clip_by_value(out, 0.0, 255.0)
+    out = tf.cast(tf.bitwise.bitwise_and(tf.cast(out * 255.5, tf.int32), 255), tf.uint8)
+    if not static:
+        out = tf.where_v2(tf.equal(factor_t, 0.0), tf.cast(img1, tf.uint8),
+                          tf.where_v2(tf.equal(factor_t, 1.0), tf.cast(img2, tf.uint8), out))
+    return out
 
 
 def _grayscale(img):
@@ -152,15 +196,15 @@ def solarize(img, threshold):
 
 
 @_no_autograph
-def color(img, factor):
+def color(img, factor, overflow="clip"):
     """PIL Color: blend from the grayscale image towards the input."""
     img = _image(img)
     gray = tf.tile(_grayscale(img), [1, 1, _hwc(img)[2]])
-    return _same_shape(blend(gray, img, factor), img)
+    return _same_shape(blend(gray, img, factor, overflow), img)
 
 
 @_no_autograph
-def contrast(img, factor):
+def contrast(img, factor, overflow="clip"):
     """Blend from a constant image towards the input.
 
     The reference means to use the mean gray level, but computes sum(histogram)/256, i.e. the pixel
@@ -169,17 +213,17 @@ def contrast(img, factor):
     img = _image(img)
     height, width, _ = _hwc(img)
     level = min(int(height * width / 256.0), 255)
-    return _same_shape(blend(np.full(_hwc(img), level, np.uint8), img, factor), img)
+    return _same_shape(blend(np.full(_hwc(img), level, np.uint8), img, factor, overflow), img)
 
 
 @_no_autograph
-def brightness(img, factor):
+def brightness(img, factor, overflow="clip"):
     img = _image(img)
-    return _same_shape(blend(tf.zeros_like(img), img, factor), img)
+    return _same_shape(blend(tf.zeros_like(img), img, factor, overflow), img)
 
 
 @_no_autograph
-def sharpness(img, factor):
+def sharpness(img, factor, overflow="clip"):
     """PIL Sharpness: blend from the SMOOTH-filtered image (borders unfiltered) towards the input."""
     img = _image(img)
     height, width, channels = _hwc(img)
@@ -194,7 +238,7 @@ def sharpness(img, factor):
     interior = np.zeros((height, width, channels), bool)  # the border keeps the original pixels
     interior[1:-1, 1:-1] = True
     degenerate = tf.where(interior, smooth, x)
-    return _same_shape(blend(degenerate, img, factor), img)
+    return _same_shape(blend(degenerate, img, factor, overflow), img)
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -387,9 +431,14 @@ def op_parameters(name, magnitude, image_size=32):
     return (2 * int(level * size_const),)  # Cutout: the reference's pad_size is half the side
 
 
-def _apply_op(name, img, args, seed):
+_COLOUR_OPS = frozenset({"Color", "Contrast", "Brightness", "Sharpness"})  # the ops that blend
+
+
+def _apply_op(name, img, args, seed, overflow):
     if name == "Cutout":
         return random_cutout(img, args[0], seed=seed)
+    if name in _COLOUR_OPS:
+        return _UNSIGNED_OPS[name](img, *args, overflow=overflow)
     return _UNSIGNED_OPS[name](img, *args)
 
 
@@ -427,13 +476,16 @@ def _switch(index, branches, first=0):
 
 
 @_no_autograph
-def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=None, ops=RANDAUGMENT_OPS):
+def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=None, ops=RANDAUGMENT_OPS,
+                overflow="clip"):
     """RandAugment as in the reference: p ~ U(prob_range) once per image, then `num_layers` times pick
     one of `ops` uniformly and apply it with probability p (random sign where SIGNED_OPS says).
 
     prob_range=(0, 0) never applies an op (the input comes back unchanged); (1, 1) always does.
+    `overflow` is the colour ops' blend mode (see `blend`).
     """
     img = _image(img)
+    check_overflow(overflow)
     low, high = prob_range
     if not 0.0 <= low <= high <= 1.0:
         raise UsageError("RandAugment prob_range must satisfy 0 <= low <= high <= 1, got {}".format(
@@ -455,7 +507,7 @@ def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=Non
         negative = tf.cast(tf.random.uniform([], seed=next(seeds)) < 0.5, tf.int32)
         op_seed = next(seeds)
         branches = [lambda layer_in=out: tf.identity(layer_in)]
-        branches += [lambda i=i, layer_in=out: _apply_op(ops[i], layer_in, params[i], op_seed)
+        branches += [lambda i=i, layer_in=out: _apply_op(ops[i], layer_in, params[i], op_seed, overflow)
                      for i in unsigned]
         if maps is not None:
             branches.append(lambda layer_in=out, choice=choice, negative=negative: _sample(
@@ -489,23 +541,26 @@ def ori_view(img, seed=None):
 
 
 @_no_autograph
-def aug_view(ori_img, magnitude=16, num_layers=2, seed=None):
+def aug_view(ori_img, magnitude=16, num_layers=2, seed=None, overflow="clip"):
     """The strong view, from the already jittered ori image: RandAugment, cutout of half the image
     size (16 px for CIFAR), then flip + pad + crop once more, as the reference does."""
-    out = randaugment(ori_img, num_layers=num_layers, magnitude=magnitude, seed=_derived(seed, 1))
+    out = randaugment(ori_img, num_layers=num_layers, magnitude=magnitude, seed=_derived(seed, 1),
+                      overflow=overflow)
     out = random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=_derived(seed, 2))
     return _jitter(out, _derived(seed, 3))
 
 
 @_no_autograph
-def unlabelled_views(img, magnitude=16, num_layers=2, seed=None):
+def unlabelled_views(img, magnitude=16, num_layers=2, seed=None, overflow="clip"):
     """(ori, aug) for one unlabelled image; aug starts from this very ori image.
 
     Pass distinct seeds (or none) to the labelled and unlabelled maps: with only a graph-level seed,
-    TF may give their random ops identical op seeds, i.e. correlated draws.
+    TF may give their random ops identical op seeds, i.e. correlated draws. `overflow` is the recipe's
+    augment_overflow (see `blend`).
     """
     ori = ori_view(img, seed=seed)
-    return ori, aug_view(ori, magnitude=magnitude, num_layers=num_layers, seed=_derived(seed, 4))
+    return ori, aug_view(ori, magnitude=magnitude, num_layers=num_layers, seed=_derived(seed, 4),
+                         overflow=overflow)
 
 
 @_no_autograph

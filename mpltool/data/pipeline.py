@@ -1,4 +1,5 @@
-"""The tf.data input of an MPL step (mpl-reference §1): labelled view, unlabelled "ori" and "aug" views.
+"""The tf.data input of a training step: the labelled view and, when the algorithm asks for them, the
+unlabelled "ori" and "aug" views (docs/mpl-reference.md §1).
 
 Images enter through placeholders fed once at iterator initialisation, so the GraphDef (and every
 checkpoint's meta graph) stays small however large the data set is.
@@ -11,14 +12,16 @@ import numpy as np
 from mpltool.data import augment
 from mpltool.tfv1 import tf
 
-MplBatch = collections.namedtuple("MplBatch", ["labelled_images", "labels", "ori_images", "aug_images"])
+Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images"])
 
 
-class MplInput:
-    """Per step: B labelled (flip/pad/crop) + U ori (flip/pad/crop) + U aug (RandAugment, cutout, flip/crop)."""
+class TrainInput:
+    """Per step: B labelled (flip/pad/crop), and with uda_data > 0 also U = uda_data·B unlabelled images as
+    ori (flip/pad/crop) + aug (RandAugment, cutout, flip/crop); uda_data = 0 builds no unlabelled stream
+    (its ori/aug are None), so a supervised run pays nothing for RandAugment."""
 
     def __init__(self, batch_size, uda_data, magnitude=16, num_layers=2, shuffle_buffer=1024,
-                 seed=None, image_shape=(32, 32, 3)):
+                 seed=None, image_shape=(32, 32, 3), overflow="clip"):
         self.batch_size = batch_size
         self.unlabelled_batch_size = batch_size * uda_data
         self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
@@ -36,7 +39,7 @@ class MplInput:
 
         def unlabelled_map(image):
             ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
-                                                seed=unlabelled_seed)
+                                                seed=unlabelled_seed, overflow=overflow)
             return augment.normalize(ori), augment.normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.
@@ -44,19 +47,23 @@ class MplInput:
                     .repeat().shuffle(shuffle_buffer, seed=seed)
                     .map(labelled_map, num_parallel_calls=parallel)
                     .batch(batch_size, drop_remainder=True))
-        unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
-                      .repeat().shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
-                      .map(unlabelled_map, num_parallel_calls=parallel)
-                      .batch(self.unlabelled_batch_size, drop_remainder=True))
-        dataset = tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2)
-        self.iterator = tf.data.make_initializable_iterator(dataset)
-        (l_images, l_labels), (ori, aug) = self.iterator.get_next()
-        self.batch = MplBatch(l_images, l_labels, ori, aug)
+        if self.unlabelled_batch_size:
+            unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
+                          .repeat().shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
+                          .map(unlabelled_map, num_parallel_calls=parallel)
+                          .batch(self.unlabelled_batch_size, drop_remainder=True))
+            dataset = tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2)
+            self.iterator = tf.data.make_initializable_iterator(dataset)
+            (l_images, l_labels), (ori, aug) = self.iterator.get_next()
+        else:
+            self.iterator = tf.data.make_initializable_iterator(labelled.prefetch(2))
+            (l_images, l_labels), ori, aug = self.iterator.get_next(), None, None
+        self.batch = Batch(l_images, l_labels, ori, aug)
 
     def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray) -> None:
         """Labelled = the recorded split; unlabelled = every training image (so it includes the labelled)."""
-        session.run(self.iterator.initializer, feed_dict={
-            self.labelled_images: images[labelled_indices],
-            self.labelled_labels: labels[labelled_indices].astype(np.int64),
-            self.unlabelled_images: images,
-        })
+        feed = {self.labelled_images: images[labelled_indices],
+                self.labelled_labels: labels[labelled_indices].astype(np.int64)}
+        if self.unlabelled_batch_size:
+            feed[self.unlabelled_images] = images
+        session.run(self.iterator.initializer, feed_dict=feed)

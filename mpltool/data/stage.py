@@ -7,15 +7,16 @@ later stages need (CI passes only that directory between jobs) and every file is
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from mpltool.data import cifar
-from mpltool.errors import PrerequisiteError, UsageError
+from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.manifest import Project, apply_umask, atomic_write_bytes
 
 DATA_DIR = "data/cifar"
+DATA_COMMAND = "mpltool data prepare --cifar PATH"
 LABELLED_INDICES = "data/labelled_indices.txt"
 
 
@@ -109,6 +110,19 @@ def load_prepared(project: Project, command_hint: str = "mpltool data prepare --
             command_hint))
     paths = {key: project.verify_file(outputs[key], "data file") for key in needed}
     return {"record": record, "paths": paths}
+
+
+def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Test images (raw uint8 HWC), labels and the file record, from the data stage's hash-checked copy."""
+    record = project.require_stage("data", DATA_COMMAND)
+    test = (record.get("outputs") or {}).get("test_batch")
+    if not test:
+        raise PrerequisiteError("the data record names no test_batch file", hint="re-run `{}`".format(DATA_COMMAND))
+    path = project.verify_file(test, "test data file")
+    images, labels = cifar.read_images([path])
+    if images.shape[0] == 0:
+        raise InvalidInputError("test data file {} holds no images".format(path))
+    return images, labels, test
 
 
 def read_labelled_indices(path) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Top-1, top-5 and loss over a test set, every image counted exactly once.
 
 The Ascend port divided by 10,112 because it padded the last batch from a repeating stream
-(mpl-reference §4); here batches are plain slices, the last one simply shorter. Scoring is numpy on
+(docs/mpl-reference.md §4); here batches are plain slices, the last one simply shorter. Scoring is numpy on
 the host so the same code serves the eval stage, the freeze parity check and the training loop's
 periodic teacher/student/EMA evaluation: anything that maps an image batch to logits can be scored.
 """

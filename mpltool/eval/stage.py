@@ -7,39 +7,15 @@ eval are directly comparable (timm's habit: validate the export through the very
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
-from mpltool.data.cifar import read_images
-from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
+from mpltool.checkpoints import (checkpoint_record, checkpoint_variables, recorded_checkpoint, resolve_target,
+                                 user_checkpoint)
+from mpltool.data.stage import load_test_set
+from mpltool.errors import InvalidInputError, UsageError
 from mpltool.eval.metrics import evaluate_logits_fn
 from mpltool.manifest import Project
 from mpltool.recipes import FIELD_BY_NAME, recipe_from_record
-from mpltool.train.checkpoints import (TARGETS, checkpoint_record, checkpoint_variables, resolve_user_checkpoint,
-                                       step_of, verify_checkpoint)
-
-DATA_COMMAND = "mpltool data prepare --cifar PATH"
-TRAIN_COMMAND = "mpltool train"
-
-
-def check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise UsageError("unknown target {!r}: choose one of {}".format(target, ", ".join(TARGETS)))
-    return target
-
-
-def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Test images (raw uint8 HWC), labels and the file record, from the data stage's hash-checked copy."""
-    record = project.require_stage("data", DATA_COMMAND)
-    test = (record.get("outputs") or {}).get("test_batch")
-    if not test:
-        raise PrerequisiteError("the data record names no test_batch file", hint="re-run `{}`".format(DATA_COMMAND))
-    path = project.verify_file(test, "test data file")
-    images, labels = read_images([path])
-    if images.shape[0] == 0:
-        raise InvalidInputError("test data file {} holds no images".format(path))
-    return images, labels, test
 
 
 def train_recipe(project: Project):
@@ -49,42 +25,11 @@ def train_recipe(project: Project):
     return recipe_from_record({key: value for key, value in params.items() if key in FIELD_BY_NAME})
 
 
-def recorded_checkpoint(project: Project, target: str, which: str = "best") -> Dict[str, Any]:
-    """The train record's checkpoint for `target` (best, else latest), its files verified (exit 4 if changed).
-
-    A train stage that was interrupted or is still running counts too: its recorded checkpoints are
-    complete files, and the hash check proves they are the ones recorded.
-    """
-    train = project.stage("train")
-    if train is None:
-        raise PrerequisiteError("no 'train' stage in {}".format(project.manifest_path),
-                                hint="run `{}` first, or pass a checkpoint or .pb explicitly".format(TRAIN_COMMAND))
-    checkpoints = train.get("checkpoints") or {}
-    record, chosen = None, which
-    if which == "best":
-        record = (checkpoints.get("best") or {}).get(target)
-    if record is None:
-        record, chosen = checkpoints.get("latest"), "latest"
-    if record is None:
-        raise PrerequisiteError("the train stage ({}) recorded no checkpoint yet".format(train.get("status")),
-                                hint="run `{}` until it saves one".format(TRAIN_COMMAND))
-    prefix = verify_checkpoint(project, record, "checkpoint")
-    return {"prefix": prefix, "step": int(record["step"]), "chosen": chosen, "record": record}
-
-
-def user_checkpoint(path) -> Dict[str, Any]:
-    """A checkpoint the user named: missing is exit 3, unreadable is exit 3."""
-    prefix = resolve_user_checkpoint(path)
-    variables = checkpoint_variables(prefix)
-    step = step_of(prefix)
-    return {"prefix": prefix, "step": step if step >= 0 else None, "chosen": "path", "variables": variables}
-
-
 def is_frozen_graph_path(model) -> bool:
     return str(model).lower().endswith(".pb")
 
 
-def evaluate(project_dir, target: str = "ema", model=None, batch_size: Optional[int] = None,
+def evaluate(project_dir, target: Optional[str] = None, model=None, batch_size: Optional[int] = None,
              progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
     """Score `target` (or the given checkpoint / .pb) on all test images; recorded as stage `eval`.
 
@@ -93,7 +38,7 @@ def evaluate(project_dir, target: str = "ema", model=None, batch_size: Optional[
     from mpltool.models.inference import CheckpointModel, FrozenModel, read_graph_def
 
     project = Project(project_dir)
-    check_target(target)
+    target = resolve_target(project, target)
     if batch_size is not None and int(batch_size) < 1:
         raise UsageError("batch size must be >= 1, got {}".format(batch_size))
     images, labels, test_record = load_test_set(project)
@@ -121,7 +66,7 @@ def evaluate(project_dir, target: str = "ema", model=None, batch_size: Optional[
                 project, source["prefix"], -1 if source["step"] is None else source["step"])
             described = {"kind": "checkpoint", "target": target, "prefix": project.relative(source["prefix"]),
                          "step": source["step"], "chosen": source["chosen"]}
-            network = CheckpointModel(source["prefix"], target, source["variables"])
+            network = CheckpointModel(source["prefix"], target, source["variables"], network=source["network"])
         with network:
             if network.num_classes is not None and int(labels.max()) >= network.num_classes:
                 raise InvalidInputError("the model has {} classes but the test data has label {}".format(

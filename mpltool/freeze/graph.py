@@ -1,6 +1,6 @@
 """Freezing a restored inference graph, and the checks a frozen graph must pass before anyone deploys it.
 
-The checks answer the failures peers' users hit (reference/peers.md §5): training state frozen in
+The checks answer the failures peers' users hit (docs/atc.md §4): training state frozen in
 (Variable/Assign/Ref ops: "expected float_ref"), an is_training placeholder leaving Switch/Merge that
 converters reject, dropout or other randomness left in, input pipelines (iterators) baked in -- by the
 rules of mpltool/graphdef.py, which convert's pre-check applies too. And the

@@ -17,12 +17,13 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from mpltool.checkpoints import (checkpoint_record, checkpoint_variables, recorded_checkpoint, resolve_target,
+                                 user_checkpoint)
+from mpltool.data.stage import load_test_set
 from mpltool.errors import UsageError, VerificationError
 from mpltool.eval.metrics import batched_logits
-from mpltool.eval.stage import check_target, load_test_set, recorded_checkpoint, user_checkpoint
 from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
 from mpltool.manifest import Project, atomic_write_bytes
-from mpltool.train.checkpoints import checkpoint_record, checkpoint_variables
 
 FROZEN_DIR = "frozen"
 RECORDED_CHOICES = {"ckpt": "best", "latest": "latest"}
@@ -30,22 +31,22 @@ PARITY_REFERENCE_BATCH = 100
 MAX_BATCH = 10000  # a static batch beyond a CIFAR test set is a typo, and it is allocated in full
 
 
-def describe_io(frozen) -> Dict[str, Any]:
-    """What a deployer (and `convert`) needs to feed the graph and read its answer."""
-    from mpltool.data.augment import CIFAR_MEAN, CIFAR_STD
+def describe_io(frozen, spec: Dict[str, Any]) -> Dict[str, Any]:
+    """What a deployer (and `convert`) needs to feed the graph and read its answer; `spec` is the network's
+    input spec as recorded (models/__init__.py)."""
     from mpltool.models.inference import INPUT_NAME, OUTPUT_NAMES
 
     image = frozen.tensor(INPUT_NAME)
     outputs = [frozen.tensor(name) for name in OUTPUT_NAMES]
+    low, high = spec["value_range"]
     return {
         "input_name": INPUT_NAME,
         "input_shape": image.shape.as_list(),
         "input_dtype": image.dtype.name,
-        "input_range": "raw pixels 0..255",
-        "input_layout": "NHWC, RGB",
-        "normalisation": {"inside_graph": True, "formula": "(x - 255*mean) / (255*std)",
-                          "mean": [float(v) for v in np.ravel(CIFAR_MEAN)],
-                          "std": [float(v) for v in np.ravel(CIFAR_STD)]},
+        "input_range": "raw pixels {:g}..{:g}".format(low, high),
+        "input_layout": "{}, {}".format(spec["layout"], spec["channel_order"]),
+        "normalisation": {"inside_graph": True, "formula": "(x - {0:g}*mean) / ({0:g}*std)".format(high),
+                          "mean": [float(v) for v in spec["mean"]], "std": [float(v) for v in spec["std"]]},
         "output_names": list(OUTPUT_NAMES),
         "output_shapes": [t.shape.as_list() for t in outputs],
         "output_dtypes": [t.dtype.name for t in outputs],
@@ -64,7 +65,7 @@ def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], 
             "tolerance": float(tolerance), "passed": bool(max_diff <= tolerance)}
 
 
-def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: int = 1, output=None,
+def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, batch: int = 1, output=None,
            parity_images: int = 1000, tolerance: float = 1e-4, force: bool = False,
            progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
     """Freeze one network of a checkpoint to a .pb and prove it; recorded as stage `freeze`.
@@ -75,11 +76,11 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
     name and only renamed to `output` once it passed every check (a rejected one is kept beside it as
     `<name>.rejected.pb`); `force` allows replacing an existing file that no stage recorded.
     """
-    from mpltool.models.inference import (CheckpointModel, FrozenModel, network_in_checkpoint,
+    from mpltool.models.inference import (CheckpointModel, FrozenModel, resolve_network,
                                           parse_graph_def)
 
     project = Project(project_dir)
-    check_target(target)
+    target = resolve_target(project, target)
     batch = _positive_int(batch, "batch", 1)
     parity_images = _positive_int(parity_images, "parity images", 0)
     try:
@@ -104,7 +105,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
     else:
         source = user_checkpoint(checkpoint)
     prefix, step = source["prefix"], source["step"]
-    model_name, _ = network_in_checkpoint(source["variables"], target, prefix)
+    network = resolve_network(source["variables"], target, prefix, source["network"])
+    model_name = network["model"]
     if output is None:
         output = project.path("{}/{}-{}-step{}.pb".format(
             FROZEN_DIR, model_name, target, "unknown" if step is None else step))
@@ -123,17 +125,17 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: str = "ema", batch: in
         run.record["source"] = {"prefix": project.relative(prefix), "step": step, "target": target,
                                 "model": model_name, "chosen": source["chosen"]}
         staged = run.stage_output("pb", output)
-        with CheckpointModel(prefix, target, source["variables"], batch_size=batch) as network:
-            graph_def = freeze_graph_def(network.session, network.graph)
-            variable_names = network.variable_names
+        with CheckpointModel(prefix, target, source["variables"], batch_size=batch, network=network) as model:
+            graph_def = freeze_graph_def(model.session, model.graph)
+            variable_names = model.variable_names
         atomic_write_bytes(staged, graph_def.SerializeToString())
 
         written = parse_graph_def(staged.read_bytes(), str(output))
         check_frozen_graph(written, str(output))
         run.record["weights_checked"] = check_weights_match_checkpoint(written, prefix, variable_names, str(output))
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
-                CheckpointModel(prefix, target, source["variables"]) as reference:
-            run.record["io"] = describe_io(frozen)
+                CheckpointModel(prefix, target, source["variables"], network=network) as reference:
+            run.record["io"] = describe_io(frozen, network["input_spec"])
             parity = parity_check(frozen, reference.predict, images[:count], tolerance, progress)
         run.record["parity"] = parity
         run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"],

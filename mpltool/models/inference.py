@@ -16,22 +16,22 @@ import numpy as np
 
 from mpltool import graphdef
 from mpltool.errors import InvalidInputError
-from mpltool.models import MODEL_PATTERN, build_model
+from mpltool.models import build_model, classifier_bias, is_model_name, normalize_input
 from mpltool.tfv1 import tf
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 PROBS_NAME = "probs"
 OUTPUT_NAMES = (LOGITS_NAME, PROBS_NAME)
-IMAGE_SHAPE = (32, 32, 3)
 
 
 def build_inference_graph(model, scope: str, batch_size: Optional[int] = None):
-    """(input, logits, probs) in the current graph, which must not already hold these names."""
-    from mpltool.data.augment import normalize
+    """(input, logits, probs) in the current graph, which must not already hold these names.
 
-    images = tf.placeholder(tf.float32, [batch_size] + list(IMAGE_SHAPE), name=INPUT_NAME)
-    output = model(normalize(images), training=False, scope=scope)
+    The input's shape and normalisation are the model's input spec (models/__init__.py)."""
+    spec = model.input_spec
+    images = tf.placeholder(tf.float32, [batch_size] + list(spec.shape), name=INPUT_NAME)
+    output = model(normalize_input(images, spec), training=False, scope=scope)
     logits = tf.identity(output.logits, name=LOGITS_NAME)
     probs = tf.identity(tf.nn.softmax(output.logits), name=PROBS_NAME)
     for tensor, name in ((images, INPUT_NAME), (logits, LOGITS_NAME), (probs, PROBS_NAME)):
@@ -42,10 +42,10 @@ def build_inference_graph(model, scope: str, batch_size: Optional[int] = None):
 
 
 def network_in_checkpoint(variables: Dict[str, List[int]], scope: str, prefix: str):
-    """(model name, num_classes) of the network stored under `scope/` in a checkpoint's variable map."""
+    """(model name, num_classes) of a checkpoint no train record describes: the registered network whose
+    name is the scope below `scope/`, and its class count from the classifier the registry names."""
     names = sorted({name.split("/")[1] for name in variables
-                    if name.startswith(scope + "/") and name.count("/") >= 2
-                    and MODEL_PATTERN.match(name.split("/")[1])})
+                    if name.startswith(scope + "/") and name.count("/") >= 2 and is_model_name(name.split("/")[1])})
     if not names:
         scopes = sorted({name.split("/")[0] for name in variables if "/" in name})
         raise InvalidInputError("checkpoint {} holds no network under '{}/' (it has: {})".format(
@@ -53,10 +53,21 @@ def network_in_checkpoint(variables: Dict[str, List[int]], scope: str, prefix: s
     if len(names) > 1:
         raise InvalidInputError("checkpoint {} holds several networks under '{}/': {}".format(
             prefix, scope, ", ".join(names)))
-    bias = "{}/{}/head/dense/bias".format(scope, names[0])
+    bias = "{}/{}/{}".format(scope, names[0], classifier_bias(names[0]))
     if bias not in variables or len(variables[bias]) != 1:
         raise InvalidInputError("checkpoint {} lacks the classifier variable {}".format(prefix, bias))
     return names[0], int(variables[bias][0])
+
+
+def resolve_network(variables: Dict[str, List[int]], scope: str, prefix: str, network: Optional[Dict] = None):
+    """{model, num_classes, input_spec} of the network to run: as the train record describes it, or, for a
+    checkpoint no record describes, found through the registry (network_in_checkpoint)."""
+    from mpltool.models import input_spec, spec_record
+
+    if network:
+        return network
+    model_name, num_classes = network_in_checkpoint(variables, scope, prefix)
+    return {"model": model_name, "num_classes": num_classes, "input_spec": spec_record(input_spec(model_name))}
 
 
 def check_variables_present(graph_variables, stored: Dict[str, List[int]], prefix: str) -> None:
@@ -104,10 +115,14 @@ class CheckpointModel(_OwnsSession):
     already turned an unreadable checkpoint into exit 3).
     """
 
-    def __init__(self, prefix: str, scope: str, variables: Dict[str, List[int]], batch_size: Optional[int] = None):
+    def __init__(self, prefix: str, scope: str, variables: Dict[str, List[int]], batch_size: Optional[int] = None,
+                 network: Optional[Dict] = None):
+        """`network`: {model, num_classes} as the train record describes it; None for a checkpoint from
+        elsewhere (then found in its variable names through the model registry)."""
         self.prefix = str(prefix)
         self.scope = scope
-        self.model_name, self.num_classes = network_in_checkpoint(variables, scope, self.prefix)
+        self.network = resolve_network(variables, scope, self.prefix, network)
+        self.model_name, self.num_classes = self.network["model"], int(self.network["num_classes"])
         self.batch_size = batch_size
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -165,6 +180,14 @@ def frozen_session_config():
     return config
 
 
+def _image_shape(graph_def) -> List[Optional[int]]:
+    """The per-image shape the graph's own `input` placeholder declares (its batch dimension dropped)."""
+    for node in graph_def.node:
+        if node.name == INPUT_NAME and node.attr["shape"].shape.dim:
+            return [None if d.size < 0 else int(d.size) for d in node.attr["shape"].shape.dim][1:]
+    return [None, None, None]
+
+
 class FrozenModel(_OwnsSession):
     """A frozen GraphDef in its own graph and session.
 
@@ -178,7 +201,7 @@ class FrozenModel(_OwnsSession):
         with self.graph.as_default():
             input_map = None
             if any_batch:
-                input_map = {INPUT_NAME + ":0": tf.placeholder(tf.float32, [None] + list(IMAGE_SHAPE),
+                input_map = {INPUT_NAME + ":0": tf.placeholder(tf.float32, [None] + _image_shape(graph_def),
                                                                name=INPUT_NAME)}
             try:
                 tf.import_graph_def(graph_def, input_map=input_map, name="frozen")

@@ -1,4 +1,4 @@
-"""Wide ResNet as the MPL reference builds it (mpl-reference §2), in TF1 graph mode.
+"""Wide ResNet as the MPL reference builds it (docs/mpl-reference.md §2), in TF1 graph mode.
 
 Why hand-written layers instead of tf.layers: MPL calls each network several times per step and must
 choose which call's batch-norm statistics update (teacher: none; student: the first call only), and the

@@ -4,7 +4,8 @@ Precedence (design §4): schema defaults < recipe file < `--set key=value`. Ever
 `FIELDS` with its type and its range, so a typo is an error that names the closest key, a value of the
 wrong type or out of range (inf and nan included) is refused wherever it comes from -- recipe file,
 `--set`, or the params a manifest recorded -- and the resolved config (and its hash) is what the
-manifest records.
+manifest records. The seed's flag names for the same settings (`mpl_teacher_lr`, `train_batch_size`, ...)
+are accepted as `ALIASES` wherever a key is and resolved to the key at once.
 """
 
 import difflib
@@ -14,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
+from mpltool.algorithms import algorithm_names, fields_of_other_algorithms
 from mpltool.errors import InvalidInputError, UsageError
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -88,8 +90,8 @@ SEED = {"low": 0, "high": SEED_MAX}
 def _model_name(v):
     from mpltool.models import parse_model_name
 
-    depth, width = parse_model_name(v)
-    if depth > 1000 or width > 100:
+    size = parse_model_name(v)
+    if size.get("depth", 0) > 1000 or size.get("width", 0) > 100:
         return "is too large: depth must be <= 1000 and width <= 100"
     return None
 
@@ -101,6 +103,8 @@ def _file_name(v):
 
 
 FIELDS = [
+    Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda",
+          choices=tuple(algorithm_names())),
     Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs)", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **_counts()),
@@ -136,9 +140,15 @@ FIELDS = [
           why="at 1 it drops every activation (TF refuses it)"),
     Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", low=0, high=30),
     Field("augment_layers", "int", 2, "RandAugment ops per image", low=0, high=30),
+    Field("augment_overflow", "str", "clip", "colour ops (Color, Contrast, Brightness, Sharpness) past 255: wrap "
+          "(the seed and reference: TF 1.15's unsaturated uint8 cast, 100 at factor 2.98 -> 42) or clip (-> 255)",
+          choices=("wrap", "clip")),
     Field("mpl_feedback", "str", "reference", "teacher MPL term: reference (the released code: zero gradient) "
           "or paper (hard pseudo labels: the h-term moves the teacher)", choices=("reference", "paper")),
     Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", **UNIT),
+    Field("student_second_pass_bn_update", "bool", False, "also update the student's BN moving statistics from its "
+          "second (labelled-only, after-update) pass, after the EMA: true as the seed (Ascend run), false as "
+          "google-research"),
     Field("save_every", "int", 100, "steps between checkpoints", **_counts()),
     Field("eval_every", "int", 100, "steps between evaluations of teacher, student and EMA", **_counts()),
     Field("log_every", "int", 50, "steps between log lines", **_counts()),
@@ -156,6 +166,23 @@ FIELDS = [
           _file_name),
 ]
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
+
+# The seed's flag names (the Ascend port's npu_train.sh, flags inherited from google-research's flag_utils.py)
+# that mean exactly a recipe key: accepted by `--set`, in recipe files and in recorded params, and always
+# stored under the key, so manifests and `recipes show` hold keys only (docs/mpl-reference.md §0). Seed
+# flags spelled as the key (uda_data, ema_decay, ...) need no alias; those with no key (optim_type,
+# image_size, batch_norm_batch_size, ...) stay unknown keys.
+ALIASES = {
+    "model_type": "model",
+    "train_batch_size": "batch_size",  # per device; the seed ran on one
+    "mpl_teacher_lr": "teacher_lr",
+    "mpl_teacher_lr_warmup_steps": "teacher_lr_warmup_steps",
+    "mpl_student_lr": "student_lr",
+    "mpl_student_lr_wait_steps": "student_lr_wait_steps",
+    "mpl_student_lr_warmup_steps": "student_lr_warmup_steps",
+    "lr_decay_type": "lr_decay",  # google-research's meaning; the port's schedule is cosine whatever it says
+    "dense_dropout_rate": "dropout_rate",
+}
 
 
 class Recipe(dict):
@@ -191,8 +218,9 @@ def recipe_path(name_or_file) -> Path:
     return path
 
 
-def parse_value(field: Field, raw: Any, source: str, error=UsageError) -> Any:
-    """A value of the field's type, or a one-line error naming the key and the source."""
+def parse_value(field: Field, raw: Any, source: str, error=UsageError, name: Optional[str] = None) -> Any:
+    """A value of the field's type, or a one-line error naming the key (as given: `name`) and the source."""
+    shown = field.name if name in (None, field.name) else "{} (alias of {})".format(name, field.name)
     value = raw
     try:
         if field.kind == "bool":
@@ -219,40 +247,61 @@ def parse_value(field: Field, raw: Any, source: str, error=UsageError) -> Any:
         else:
             value = str(raw)
     except ValueError:
-        raise error("{}: {}={!r} is not a valid {}".format(source, field.name, raw, field.kind))
+        raise error("{}: {}={!r} is not a valid {}".format(source, shown, raw, field.kind))
     if field.choices and value not in field.choices:
-        raise error("{}: {}={!r} must be one of {}".format(source, field.name, value, ", ".join(field.choices)))
+        raise error("{}: {}={!r} must be one of {}".format(source, shown, value, ", ".join(field.choices)))
     problem = field.range_problem(value)
     if problem:
-        raise error("{}: {}={!r} {}".format(source, field.name, value, problem))
+        raise error("{}: {}={!r} {}".format(source, shown, value, problem))
     if field.check is not None:
         try:
             problem = field.check(value)
         except UsageError as exc:
             problem = exc.message
         if problem:
-            raise error("{}: {}={!r} {}".format(source, field.name, value, problem))
+            raise error("{}: {}={!r} {}".format(source, shown, value, problem))
     return value
 
 
 def _unknown_key(key: str, source: str, error=UsageError):
-    close = difflib.get_close_matches(key, list(FIELD_BY_NAME), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(FIELD_BY_NAME) + list(ALIASES), n=1, cutoff=0.5)
     hint = "did you mean {}?".format(close[0]) if close else "`mpltool recipes show` lists the keys"
     return error("{}: unknown key {!r}".format(source, key), hint=hint)
 
 
+def _parse_items(items, source: str, error=UsageError) -> Dict[str, Any]:
+    """{key: value} from (name, raw) pairs of one source, a name being a key or one of its ALIASES.
+
+    A later pair overrides an earlier one of the same name; an alias and its key (or two spellings of one
+    key) given with different values is an error naming both.
+    """
+    parsed = {}  # type: Dict[str, Any]
+    spellings = {}  # type: Dict[str, Dict[str, Any]]  # key -> {name as given: value}
+    for name, raw in items:
+        name = str(name)
+        key = ALIASES.get(name, name)
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            raise _unknown_key(name, source, error=error)
+        value = parse_value(field, raw, source, error=error, name=name)
+        given = spellings.setdefault(key, {})
+        for other, other_value in given.items():
+            if other != name and other_value != value:
+                raise error("{}: {}={!r} and {}={!r} conflict: both set {}".format(
+                    source, other, other_value, name, value, key), hint="give only one of them")
+        given[name] = value
+        parsed[key] = value
+    return parsed
+
+
 def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
-    overrides = {}
+    items = []
     for pair in pairs:
         if "=" not in pair:
             raise UsageError("--set {!r}: expected key=value".format(pair))
         key, raw = pair.split("=", 1)
-        key = key.strip().lstrip("-")
-        field = FIELD_BY_NAME.get(key)
-        if field is None:
-            raise _unknown_key(key, "--set")
-        overrides[key] = parse_value(field, raw.strip(), "--set")
-    return overrides
+        items.append((key.strip().lstrip("-"), raw.strip()))
+    return _parse_items(items, "--set")
 
 
 def load_recipe(name_or_file="mpl-wrn28-2", overrides: Sequence[str] = ()) -> Recipe:
@@ -271,16 +320,25 @@ def load_recipe(name_or_file="mpl-wrn28-2", overrides: Sequence[str] = ()) -> Re
         raise InvalidInputError("recipe {}: expected a mapping of key: value".format(path))
     values = {field.name: field.default for field in FIELDS}
     description = str(document.pop("description", ""))
-    for key, raw in document.items():
-        field = FIELD_BY_NAME.get(key)
-        if field is None:
-            raise _unknown_key(str(key), "recipe {}".format(path), error=InvalidInputError)
-        values[key] = parse_value(field, raw, "recipe {}".format(path), error=InvalidInputError)
+    document = _parse_items(document.items(), "recipe {}".format(path), error=InvalidInputError)  # aliases -> keys
+    values.update(document)
     applied = parse_overrides(overrides)
     values.update(applied)
     recipe = Recipe(values)
     _check_consistency(recipe)
+    _check_algorithm_keys(recipe, list(document) + list(applied), path)
     return _with_meta(recipe, path.stem, str(path), description, applied)
+
+
+def _check_algorithm_keys(recipe: Recipe, given: Sequence[str], path) -> None:
+    """A key that only other algorithms read is a mistake when given explicitly (it would do nothing)."""
+    others = fields_of_other_algorithms(recipe["algorithm"])
+    unused = sorted(key for key in set(given) if key in others)
+    if unused:
+        raise UsageError("recipe {} (algorithm {}): {} {} read by {} only".format(
+            path, recipe["algorithm"], ", ".join(unused), "is" if len(unused) == 1 else "are",
+            ", ".join(sorted(set(others[k] for k in unused)))), hint="remove {}".format(
+                "it" if len(unused) == 1 else "them"))
 
 
 def _with_meta(recipe: Recipe, name: str, path: str, description: str, applied: Dict[str, Any]) -> Recipe:
@@ -320,11 +378,7 @@ def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
 def recipe_from_record(values: Dict[str, Any]) -> Recipe:
     """The recipe a manifest recorded, re-validated (a hand-edited manifest cannot smuggle bad values)."""
     resolved = {field.name: field.default for field in FIELDS}
-    for key, raw in values.items():
-        field = FIELD_BY_NAME.get(key)
-        if field is None:
-            raise _unknown_key(key, "manifest train params", error=InvalidInputError)
-        resolved[key] = parse_value(field, raw, "manifest train params", error=InvalidInputError)
+    resolved.update(_parse_items(values.items(), "manifest train params", error=InvalidInputError))
     recipe = Recipe(resolved)
     _check_consistency(recipe, error=InvalidInputError, source="manifest train params")
     return recipe

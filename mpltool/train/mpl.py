@@ -1,4 +1,4 @@
-"""Meta Pseudo Labels: one training step, built as ONE graph op (mpl-reference §3).
+"""Meta Pseudo Labels: one training step, built as ONE graph op (docs/mpl-reference.md §3).
 
 Notation: l = B labelled images with labels y; u_ori, u_aug = two views of U = uda_data·B unlabelled
 images; t = the global step before this step; K classes; CE(p, z) = −Σ p·log softmax(z);
@@ -20,10 +20,17 @@ smooth(p) = (1 − ls)·p + ls/K with ls = label_smoothing. Every loss is a mean
     the call in 4 are updated first.
  6. EMA: d = min(ema_decay, (t+1)/(t+10)); ema ← ema − (1−d)(ema − w) for EVERY student variable, the
     BN moving statistics included, using the weights just updated.
- 7. Second student forward, AFTER the update: training mode on l alone → CE_new = mean CE(y, ·).
-    Its BN moving statistics are not updated (as the reference).
+ 7. Second student forward, AFTER the update and the EMA: training mode on l alone (its own batch
+    statistics over the B labelled images) → CE_new = mean CE(y, ·). With
+    recipe.student_second_pass_bn_update (the seed, Ascend run) this call's BN moving statistics are
+    updated too, after the EMA read them and before the teacher's update (the seed makes them
+    dependencies of the teacher's apply); without it they are dropped (google-research).
  8. Feedback h: `reference` h = CE_new − CE_old; `paper` h = CE_old − CE_new (see below). A moving
     baseline m ← m − mpl_baseline_decay·(m − h), updated BEFORE use, centres it: h′ = stopgrad(h − m).
+    m starts at 0 in `paper` mode; in `reference` mode it starts where the reference's (and the seed's)
+    un-initialised variable does: glorot-uniform on ±√3 (seeded). With decay 0.01 such a start still
+    contributes 0.99^t·m₀ (±0.1 from ±1.7 after ~280 steps), so in the first hundreds of steps h′ is
+    mostly −m₀, of random sign, rather than the feedback h.
  9. Teacher loss: L_T = uda_weight·min(1, t/uda_steps)·CE_u + CE_l + h′·CE_mpl, with
     `reference` CE_mpl = mean CE(stopgrad(softmax(z_aug)), z_aug): its gradient is softmax − softmax = 0,
     so the released code's teacher learns from UDA and labels only (reference issues #534, #541, #584);
@@ -131,10 +138,11 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
     step = tf.cast(global_step, tf.float32, name="step")
     teacher_lr = schedules.teacher_learning_rate(step, recipe)
     student_lr = schedules.student_learning_rate(step, recipe)
-    # The reference gives m no initialiser, so TF's default glorot-uniform draws it from ±√3 (fan 1);
-    # kept, seeded, so runs reproduce. Created first, outside any control dependency.
-    h_baseline = tf.get_variable(H_BASELINE_NAME, [], tf.float32, trainable=False,
-                                 initializer=tf.glorot_uniform_initializer(seed=recipe.seed))
+    # The reference gives m no initialiser, so TF's default glorot-uniform draws it from ±√3 (fan 1):
+    # kept in `reference` mode, seeded, so runs reproduce. `paper` starts at 0, the baseline's neutral
+    # value, so that h′ follows h from the first step. Created first, outside any control dependency.
+    h_initializer = tf.zeros_initializer() if paper else tf.glorot_uniform_initializer(seed=recipe.seed)
+    h_baseline = tf.get_variable(H_BASELINE_NAME, [], tf.float32, trainable=False, initializer=h_initializer)
 
     # 1-2. Teacher forward and its own losses.
     teacher = model(tf.concat([labelled_images, ori_images, aug_images], axis=0), training=True,
@@ -180,10 +188,12 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
         ema_update = tf.group(*[tf.assign_sub(e, (1.0 - tf.cast(decay, e.dtype)) * (e - w))
                                 for e, w in zip(ema_variables, student_variables)], name="ema_update")
 
-    # 7. Second student forward, after the update (its BN updates are dropped on purpose).
+    # 7. Second student forward, after the update and the EMA. Its BN updates, built inside the same
+    # control dependency, run after the EMA when the recipe keeps them (the seed) and are dropped otherwise.
     with tf.control_dependencies([ema_update]):
-        s_l_new = model(labelled_images, training=True, scope=STUDENT_SCOPE).logits
-    student_ce_new = tf.reduce_mean(soft_cross_entropy(y, s_l_new))
+        second = model(labelled_images, training=True, scope=STUDENT_SCOPE)
+    second_pass_bn_updates = list(second.bn_updates) if recipe.student_second_pass_bn_update else []
+    student_ce_new = tf.reduce_mean(soft_cross_entropy(y, second.logits))
 
     # 8. Feedback and its baseline (updated before use).
     h = student_ce_old - student_ce_new if paper else student_ce_new - student_ce_old
@@ -193,15 +203,16 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
 
     # 9-10. Teacher loss and update. The reference leaves the teacher's BN statistics stale (it never
     # evaluates the teacher); mpltool evaluates it every eval, so they are updated here, as the Ascend
-    # port does. h′ is a dependency even where the MPL gradient is structurally zero, so the student half
-    # above always runs first and within this one op.
+    # port does (and with them the student's second-pass statistics when kept, as the port does). h′ is a
+    # dependency even where the MPL gradient is structurally zero, so the student half above always runs
+    # first and within this one op.
     uda_weight = schedules.uda_weight(step, recipe)
     mpl_term = h_prime * mpl_ce
     teacher_loss = tf.cast(uda_weight, dtype) * unlabelled_ce + labelled_ce + mpl_term
     teacher_optimizer = _wrapped(make_optimizer(teacher_lr, recipe), optimizer_wrapper)
     teacher_update, teacher_grad_norm, teacher_overflow = _gradient_step(
         teacher_loss, _trainable(teacher_variables), teacher_optimizer, recipe, loss_scale, check_overflow,
-        dependencies=list(teacher.bn_updates) + [h_prime])
+        dependencies=list(teacher.bn_updates) + second_pass_bn_updates + [h_prime])
     with tf.control_dependencies([teacher_update, step]):
         train_op = tf.group(tf.assign_add(global_step, 1), name="mpl_train_op")
 

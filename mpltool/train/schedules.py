@@ -1,6 +1,6 @@
 """Learning rates, the UDA weight ramp and the EMA decay as graph functions of the global step.
 
-They follow the reference's `common_utils.get_learning_rate` (mpl-reference §3): linear warmup
+They follow the reference's `common_utils.get_learning_rate` (docs/mpl-reference.md §3): linear warmup
 `base * (t + 1) / warmup` (the reference's formula; the Ascend port used `t / warmup`), then cosine decay
 from `base` to 0 at the end of the run, clamped at 0 afterwards. The student's clock starts `wait`
 steps late: its rate is 0 during the wait (its momentum still accumulates, see mpl.py), and its cosine

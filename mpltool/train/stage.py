@@ -16,7 +16,9 @@ from mpltool.data.stage import file_key, load_prepared, read_labelled_indices
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
-from mpltool.train.checkpoints import CHECKPOINT_DIR, TARGETS, checkpoint_record, step_of
+from mpltool.algorithms import get_algorithm
+from mpltool.models import input_spec, spec_record
+from mpltool.checkpoints import CHECKPOINT_DIR, checkpoint_record, step_of
 
 # Keys that may change between sessions of one run without making the checkpoints meaningless.
 MAX_EXTEND_STEPS = 2 ** 31 - 1
@@ -157,7 +159,9 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     if previous is not None:
         _check_same_data(previous, prepared["record"])
     device = npu.resolve_device(device)
-    if resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps:
+    algorithm = get_algorithm(resolved.algorithm)
+    if ("student_lr_wait_steps" in algorithm.fields
+            and resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps):
         warn("student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student "
              "barely trains; shorten them with --set student_lr_wait_steps=... --set student_lr_warmup_steps=..."
              "{}".format(resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps,
@@ -188,7 +192,10 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
             run.inputs[key] = record
         run.record.update({"recipe": getattr(resolved, "recipe_name", None),
                            "overrides": getattr(resolved, "overrides", {}), "device": device,
-                           "model": resolved.model, "num_train_steps": resolved.num_train_steps,
+                           "model": resolved.model, "algorithm": algorithm.describe(),
+                           "network": {"model": resolved.model, "num_classes": resolved.num_classes,
+                                       "input_spec": spec_record(input_spec(resolved.model))},
+                           "num_train_steps": resolved.num_train_steps,
                            "steps_done": step_of(restore_from) if restore_from else 0, "checkpoints": checkpoints})
         run.save_progress()
 
@@ -214,12 +221,12 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
             raise Interrupted("interrupted at step {}; checkpoint {} saved".format(
                 run.record.get("steps_done"), latest.get("prefix", "-")), hint="re-run `mpltool train` to resume")
         last = outcome["last_eval"]
-        for target in TARGETS:
+        for target in algorithm.eval_targets:
             if target in last:
                 run.metrics.update({"{}_{}".format(target, m): last[target][m] for m in ("top1", "top5", "loss")})
         run.metrics.update({"best_{}_top1".format(t): v for t, v in outcome["best"].items() if v >= 0})
         run.metrics["steps_done"] = outcome["steps_done"]
-        run.metrics["top1"] = last.get("ema", {}).get("top1")
+        run.metrics["top1"] = last.get(algorithm.default_target, {}).get("top1")
         result = {"status": "done", "steps_done": outcome["steps_done"], "num_train_steps": resolved.num_train_steps,
                   "device": device, "checkpoints": checkpoints, "metrics": dict(run.metrics),
                   "project": str(project.dir)}
@@ -243,7 +250,7 @@ def resume_point(project: Project, previous: Dict[str, Any], warn: Callable[[str
     newer one (a kill -9 between the Saver finishing it and the manifest recording it): that one is used
     when its files are all there and readable. A corrupt or missing index never hides the recorded one.
     """
-    from mpltool.train.checkpoints import checkpoint_variables, verify_checkpoint
+    from mpltool.checkpoints import checkpoint_variables, verify_checkpoint
 
     recorded = (previous.get("checkpoints") or {}).get("latest")
     recorded_prefix, problem = None, None

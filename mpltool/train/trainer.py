@@ -18,47 +18,54 @@ from mpltool.errors import InvalidInputError, NonFiniteError, first_line
 from mpltool.manifest import atomic_write_bytes
 from mpltool.signals import check_interrupted
 from mpltool.tfv1 import tf
-from mpltool.train.checkpoints import step_of
+from mpltool.checkpoints import step_of
 
-CSV_COLUMNS = ("step", "time", "steps_per_second", "teacher_loss", "labelled_ce", "uda_loss", "uda_mask_rate",
-               "uda_weight", "student_loss", "student_ce_old", "student_ce_new", "h", "h_baseline", "teacher_lr",
-               "student_lr", "teacher_top1", "teacher_top5", "teacher_loss_eval", "student_top1", "student_top5",
-               "student_loss_eval", "ema_top1", "ema_top5", "ema_loss_eval")
-EVAL_TARGETS = ("teacher", "student", "ema")
-LOSS_METRICS = ("teacher_loss", "student_loss", "labelled_ce", "uda_loss")
+EVAL_METRICS = ("top1", "top5", "loss")
 DIVERGED_HINT = ("the last finite checkpoint is kept; lower the learning rates (--set teacher_lr=... "
                  "--set student_lr=...) and start over with `mpltool train --force`")
+
+
+def csv_columns(algorithm):
+    """The metrics CSV's columns: fixed per algorithm, so parsers never break across versions."""
+    return (("step", "time", "steps_per_second") + tuple(algorithm.metric_names)
+            + tuple("{}_{}".format(t, "loss_eval" if m == "loss" else m)
+                    for t in algorithm.eval_targets for m in EVAL_METRICS))
 
 
 class TrainingGraph:
     """Everything one training session needs, built once in its own tf.Graph."""
 
     def __init__(self, recipe, device: str, image_shape=(32, 32, 3)):
+        from mpltool.algorithms import get_algorithm
         from mpltool.data.augment import normalize
-        from mpltool.data.pipeline import MplInput
+        from mpltool.data.pipeline import TrainInput
         from mpltool.models import build_model
-        from mpltool.train.mpl import build_mpl_step
 
+        self.algorithm = get_algorithm(recipe.algorithm)
+        self.targets = tuple(self.algorithm.eval_targets)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(recipe.seed)
             self.global_step = tf.train.get_or_create_global_step()
-            self.input = MplInput(recipe.batch_size, recipe.uda_data, magnitude=recipe.augment_magnitude,
-                                  num_layers=recipe.augment_layers,
-                                  shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape)
+            streams = self.algorithm.streams(recipe)
+            self.input = TrainInput(recipe.batch_size, recipe.uda_data if streams.unlabelled else 0,
+                                    magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
+                                    shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape,
+                                    overflow=recipe.augment_overflow)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device))
-            batch = self.input.batch
-            self.step = build_mpl_step(self.model, recipe, batch.labelled_images, batch.labels, batch.ori_images,
-                                       batch.aug_images, self.global_step,
-                                       optimizer_wrapper=npu.optimizer_wrapper(device, recipe))
+            self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
+                                                  optimizer_wrapper=npu.optimizer_wrapper(device, recipe))
+            missing = [name for name in self.algorithm.metric_names if name not in self.step.metrics]
+            if missing:
+                raise RuntimeError("the {} step lacks its declared metrics {}".format(self.algorithm.name, missing))
             # Evaluation towers: raw pixels in, normalised inside, training=False (moving BN statistics).
             self.eval_images = tf.placeholder(tf.float32, (None,) + tuple(image_shape), name="eval_images")
             normalised = normalize(self.eval_images)
-            self.eval_logits = {target: self.model(normalised, False, target).logits for target in EVAL_TARGETS}
+            self.eval_logits = {target: self.model(normalised, False, target).logits for target in self.targets}
             self.eval_summary_values = {name: tf.placeholder(tf.float32, (), name="eval_" + name)
-                                        for name in ["{}_{}".format(t, m) for t in EVAL_TARGETS
-                                                     for m in ("top1", "top5", "loss")]}
+                                        for name in ["{}_{}".format(t, m) for t in self.targets
+                                                     for m in EVAL_METRICS]}
             self.eval_summaries = tf.summary.merge([tf.summary.scalar("eval/" + n, p)
                                                     for n, p in self.eval_summary_values.items()])
             self.saver = tf.train.Saver(max_to_keep=recipe.keep_checkpoints, save_relative_paths=True)
@@ -78,14 +85,14 @@ class MetricsCsv:
     lost those steps); they are dropped so the re-trained steps are not listed twice.
     """
 
-    def __init__(self, path: Path, resume_step: Optional[int] = None):
+    def __init__(self, path: Path, columns, resume_step: Optional[int] = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.is_file():
             _drop_rows_after(path, resume_step)
         new = not path.exists() or path.stat().st_size == 0
         self.handle = open(str(path), "a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        self.writer = csv.DictWriter(self.handle, fieldnames=list(columns), extrasaction="ignore")
         if new:
             self.writer.writeheader()
             self.handle.flush()
@@ -131,8 +138,9 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
     ckpt_dir = workdir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _sweep_saver_leftovers(ckpt_dir)
-    csv_log = MetricsCsv(workdir / "logs" / "metrics.csv", resume_step=step_of(restore_from) if restore_from else 0)
-    best = {target: -1.0 for target in EVAL_TARGETS}
+    csv_log = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(graph.algorithm),
+                         resume_step=step_of(restore_from) if restore_from else 0)
+    best = {target: -1.0 for target in graph.targets}
     best.update(data.get("best") or {})
     summary_writer = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
     session = tf.Session(graph=graph.graph, config=npu.session_config(device, recipe))
@@ -148,7 +156,8 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
             _recover_saver_history(graph.saver, ckpt_dir)
         else:
             session.run(graph.init)
-            session.run(graph.step.ema_init_op)
+            if graph.step.init_ops:
+                session.run(graph.step.init_ops)
         graph.input.initialize(session, data["train_images"], data["train_labels"], data["labelled_indices"])
         step = int(session.run(graph.global_step))
         start_step = step
@@ -161,14 +170,14 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
 
         def evaluate(at_step):
             results = {}
-            for target in EVAL_TARGETS:
+            for target in graph.targets:
                 results[target] = evaluate_logits_fn(predictor(target), data["test_images"], data["test_labels"],
                                                      recipe.eval_batch_size, recipe.label_smoothing)
             log("Eval end in global step:{}, ".format(at_step) + ", ".join(
                 "{t}_top1={top1:.6f}, {t}_top5={top5:.6f}, {t}_loss={loss:.6f}".format(t=t, **results[t])
-                for t in EVAL_TARGETS))
+                for t in graph.targets))
             feed = {graph.eval_summary_values["{}_{}".format(t, m)]: results[t][m]
-                    for t in EVAL_TARGETS for m in ("top1", "top5", "loss")}
+                    for t in graph.targets for m in EVAL_METRICS}
             summary_writer.add_summary(session.run(graph.eval_summaries, feed_dict=feed), at_step)
             return results
 
@@ -183,7 +192,7 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
         def save_best(results, at_step):
             if not _all_finite(session, graph):
                 return  # save_latest refuses the same step with the error
-            for target in EVAL_TARGETS:
+            for target in graph.targets:
                 top1 = results[target]["top1"]
                 if top1 > best[target]:
                     best[target] = top1
@@ -206,7 +215,7 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
                 out = session.run(fetches)
                 step += 1
                 metrics = {k: float(v) for k, v in out["metrics"].items()}
-                bad = sorted(k for k in LOSS_METRICS if k in metrics and not np.isfinite(metrics[k]))
+                bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
                 if bad:
                     # Nothing of this step or later is saved: the last checkpoint is the last finite one.
                     raise NonFiniteError("training diverged at step {}: {} became {}".format(
@@ -219,14 +228,11 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
                         summary_writer.add_summary(_scalar_summary(name, value), step)
                     csv_log.write(dict(metrics, step=step, time=time.time(), steps_per_second=rate))
                     if progress is None:
-                        log("step {}/{}: {:.2f} steps/s teacher_loss={:.4f} student_loss={:.4f} "
-                            "uda_mask_rate={:.3f} teacher_lr={:.5f} student_lr={:.5f}".format(
-                                step, total, rate, metrics.get("teacher_loss", float("nan")),
-                                metrics.get("student_loss", float("nan")), metrics.get("uda_mask_rate", 0.0),
-                                metrics.get("teacher_lr", 0.0), metrics.get("student_lr", 0.0)))
+                        log("step {}/{}: {:.2f} steps/s {}".format(step, total, rate, " ".join(
+                            "{}={:.5g}".format(k, metrics[k]) for k in graph.algorithm.progress_metrics)))
                 if progress is not None:
-                    progress.advance(1, note="T {:.3f} S {:.3f}".format(metrics.get("teacher_loss", 0.0),
-                                                                    metrics.get("student_loss", 0.0)))
+                    progress.advance(1, note=" ".join("{} {:.3f}".format(k, metrics[k])
+                                                      for k in graph.algorithm.progress_metrics[:2]))
                 if step % recipe.eval_every == 0 or step == total:
                     last_eval = evaluate(step)
                     row = {"step": step, "time": time.time()}

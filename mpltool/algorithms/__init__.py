@@ -1,0 +1,102 @@
+"""Training algorithms, found by name: `recipe.algorithm` picks one (timm's registry habit).
+
+An algorithm is everything that differs between MPL, supervised training, UDA, ...: the recipe keys
+it alone uses, the input streams it needs, the networks it builds (variable scopes), which of them are
+evaluated and exportable and which one `eval`/`freeze` take by default, the metrics of its step (the
+CSV columns, stable per algorithm), and the step itself: one train op plus those metrics. The loop,
+checkpoints, periodic eval, logs, resume and signals (train/trainer.py) are written once for all, and
+eval/freeze/convert read the networks from the train record, never from an algorithm's name.
+
+Adding one: a module here with a class decorated by `@register_algorithm`, an entry in `_MODULES`, and
+recipe files. Nothing in train/, eval/, freeze/ or convert/ changes.
+"""
+
+import collections
+import difflib
+import importlib
+from typing import Any, Dict, Sequence, Tuple
+
+from mpltool.errors import UsageError
+
+# name -> module that registers it (imported on first use, so `recipes` stays light).
+_MODULES = collections.OrderedDict([
+    ("mpl", "mpltool.algorithms.mpl"),
+    ("supervised", "mpltool.algorithms.supervised"),
+    ("uda", "mpltool.algorithms.uda"),
+])
+_REGISTRY = {}  # type: Dict[str, Algorithm]
+
+Step = collections.namedtuple("Step", [
+    "train_op",   # the whole step, one session.run
+    "metrics",    # OrderedDict name -> float32 scalar, keys exactly Algorithm.metric_names
+    "init_ops",   # run once after variable initialisation on a fresh start (e.g. copy a network to its EMA)
+])
+
+Streams = collections.namedtuple("Streams", [
+    "unlabelled",  # False: the labelled stream alone; True: also U = uda_data·B unlabelled images, 2 views
+])
+
+
+class Algorithm:
+    """The declaration of one algorithm; subclasses fill in the class attributes and `build_step`."""
+
+    name = ""
+    description = ""
+    fields = ()            # type: Tuple[str, ...]  recipe keys only this algorithm (or a few) reads
+    networks = ()          # type: Tuple[str, ...]  variable scopes the step builds
+    eval_targets = ()      # type: Tuple[str, ...]  networks evaluated during training and exportable
+    default_target = ""    # the network eval and freeze take when none is named
+    metric_names = ()      # type: Tuple[str, ...]  the step's metrics, in CSV column order
+    progress_metrics = ()  # type: Tuple[str, ...]  the two or three shown on a progress line
+
+    def streams(self, recipe) -> Streams:
+        raise NotImplementedError
+
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None) -> Step:
+        """`batch`: labelled_images, labels (+ ori_images, aug_images when streams().unlabelled)."""
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        """What the train record keeps, so later stages need no knowledge of the algorithm."""
+        return {"name": self.name, "networks": list(self.networks), "eval_targets": list(self.eval_targets),
+                "default_target": self.default_target}
+
+
+class SingleNetwork(Algorithm):
+    """An algorithm that trains one network (scope `model`) and evaluates it and its EMA (`ema`)."""
+
+    networks = ("model", "ema")
+    eval_targets = ("model", "ema")
+    default_target = "ema"
+
+
+def register_algorithm(cls):
+    instance = cls()
+    _REGISTRY[instance.name] = instance
+    return cls
+
+
+def algorithm_names() -> Sequence[str]:
+    return list(_MODULES)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in _MODULES:
+        close = difflib.get_close_matches(str(name), list(_MODULES), n=1)
+        raise UsageError("unknown algorithm {!r}".format(name),
+                         hint="did you mean {}?".format(close[0]) if close else "available: {}".format(
+                             ", ".join(_MODULES)))
+    if name not in _REGISTRY:
+        importlib.import_module(_MODULES[name])
+    return _REGISTRY[name]
+
+
+def fields_of_other_algorithms(name: str) -> Dict[str, str]:
+    """recipe key -> the algorithm that declares it, for keys `name` does not use."""
+    mine = set(get_algorithm(name).fields)
+    others = {}
+    for other in _MODULES:
+        for key in get_algorithm(other).fields:
+            if key not in mine:
+                others.setdefault(key, other)
+    return others

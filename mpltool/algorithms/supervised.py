@@ -1,0 +1,19 @@
+"""Supervised training on the labelled split alone: the reference's `Supervised` baseline."""
+
+from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+
+
+@register_algorithm
+class Supervised(SingleNetwork):
+    name = "supervised"
+    description = "labelled cross-entropy only (the teacher's schedule), evaluated through its EMA"
+    metric_names = ("loss", "labelled_ce", "learning_rate", "grad_norm", "accuracy", "ema_decay")
+    progress_metrics = ("loss", "accuracy", "learning_rate")
+
+    def streams(self, recipe):
+        return Streams(unlabelled=False)
+
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+        from mpltool.algorithms.common import single_network_step
+
+        return single_network_step(model, recipe, batch, global_step, None, optimizer_wrapper)

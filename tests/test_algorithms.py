@@ -1,0 +1,127 @@
+"""The algorithm seam: MPL, supervised and UDA through one trainer, and eval/freeze/convert that know
+none of them (they read the networks from the train record)."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cifar_fixtures import make_cifar_dir
+from mpltool.algorithms import algorithm_names, get_algorithm
+from mpltool.checkpoints import checkpoint_variables
+from mpltool.cli import main
+from mpltool.errors import UsageError
+from mpltool.manifest import MANIFEST_NAME
+from mpltool.recipes import available_recipes, load_recipe
+from mpltool.train.trainer import csv_columns
+
+TINY = ["model=wrn-10-1", "batch_size=4", "uda_data=2", "eval_batch_size=16", "teacher_lr_warmup_steps=2",
+        "uda_steps=4", "shuffle_buffer=64", "num_train_steps=4", "save_every=2", "eval_every=2", "log_every=2"]
+
+
+def invoke(*args):
+    return CliRunner(mix_stderr=False).invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def sets(pairs):
+    return [token for pair in pairs for token in ("--set", pair)]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("algorithms")
+    src = make_cifar_dir(root / "src", train_records=(20, 20, 20, 20, 20), test_records=37, seed=4)
+    project = root / "template"
+    assert invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "20").exit_code == 0
+    return project
+
+
+def test_the_registry_knows_three_algorithms_and_every_recipe_names_one():
+    assert list(algorithm_names()) == ["mpl", "supervised", "uda"]
+    named = {name: load_recipe(name).algorithm for name in available_recipes()}
+    for algorithm in ("mpl", "supervised", "uda"):
+        assert {"{}-demo".format(algorithm), "{}-wrn28-2".format(algorithm)} <= {
+            n for n, a in named.items() if a == algorithm}
+    listed = json.loads(invoke("--json", "recipes").stdout)["recipes"]
+    assert {"supervised-demo", "uda-demo", "mpl-demo"} <= {r["name"] for r in listed}
+
+
+def test_an_unknown_algorithm_and_another_algorithms_key_are_usage_errors():
+    with pytest.raises(UsageError, match="algorithm='mlp' must be one of mpl, supervised, uda"):
+        load_recipe("supervised-demo", ["algorithm=mlp"])
+    with pytest.raises(UsageError, match="mpl_feedback is read by mpl only"):
+        load_recipe("supervised-demo", ["mpl_feedback=paper"])
+    assert get_algorithm("uda").describe() == {"name": "uda", "networks": ["model", "ema"],
+                                               "eval_targets": ["model", "ema"], "default_target": "ema"}
+
+
+@pytest.mark.parametrize("algorithm", ["supervised", "uda"])
+def test_each_algorithm_runs_the_whole_lifecycle(prepared, tmp_path, algorithm):
+    project = tmp_path / "p"
+    shutil.copytree(str(prepared), str(project))
+    trained = invoke("--project", project, "--json", "train", "--recipe", "{}-demo".format(algorithm),
+                     "--device", "cpu", *sets(TINY))
+    assert trained.exit_code == 0, trained.stderr
+    record = yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["train"]
+    assert record["algorithm"] == get_algorithm(algorithm).describe()
+    assert record["params"]["algorithm"] == algorithm and record["params"]["num_labelled"] == 20
+    assert set(record["checkpoints"]["best"]) == {"model", "ema"}
+    scopes = {name.split("/")[0] for name in checkpoint_variables(project / record["checkpoints"]["latest"]["prefix"])}
+    assert {"model", "ema"} <= scopes and not scopes & {"teacher", "student"}
+    with open(str(project / "logs" / "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == csv_columns(get_algorithm(algorithm))
+    assert [int(r["step"]) for r in rows if r["loss"]] == [2, 4]
+    assert all(np.isfinite(float(r["loss"])) for r in rows if r["loss"])
+    if algorithm == "uda":
+        assert all(0.0 <= float(r["uda_mask_rate"]) <= 1.0 for r in rows if r["loss"])
+
+    evaluated = invoke("--project", project, "--json", "eval")
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["source"]["target"] == "ema"
+    model = invoke("--project", project, "--json", "eval", "--target", "model")
+    assert model.exit_code == 0 and json.loads(model.stdout)["images"] == 37
+    wrong = invoke("--project", project, "eval", "--target", "student")
+    assert wrong.exit_code == 2
+    assert wrong.stderr.strip() == "error: unknown target 'student': this project's training built model, ema"
+
+    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "8")
+    assert frozen.exit_code == 0, frozen.stderr
+    assert json.loads(frozen.stdout)["parity"]["passed"] is True
+    checked = invoke("--project", project, "--json", "convert", "--check-only")
+    assert checked.exit_code == 0, checked.stderr
+    assert json.loads(checked.stdout)["precheck"]["ok"] is True
+
+
+def test_supervised_builds_no_unlabelled_stream():
+    from mpltool.data.pipeline import TrainInput
+    from mpltool.tfv1 import tf
+
+    with tf.Graph().as_default():
+        source = TrainInput(batch_size=4, uda_data=0, shuffle_buffer=8, seed=1)
+        assert source.batch.ori_images is None and source.batch.aug_images is None
+        ops = {op.type for op in tf.get_default_graph().get_operations()}
+    assert "ZipDataset" not in ops
+
+
+def test_the_recipes_overflow_mode_reaches_the_unlabelled_views(monkeypatch):
+    from mpltool.data import augment
+    from mpltool.data.pipeline import TrainInput
+    from mpltool.tfv1 import tf
+
+    seen = []
+    real = augment.unlabelled_views
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("overflow"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "unlabelled_views", recording)
+    with tf.Graph().as_default():
+        TrainInput(batch_size=2, uda_data=1, shuffle_buffer=4, seed=1, overflow="wrap")
+    assert seen == ["wrap"]
+    assert load_recipe("mpl-wrn28-2").augment_overflow == "wrap"
