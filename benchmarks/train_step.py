@@ -44,7 +44,7 @@ def mpl_step(batch=64, uda_data=7, model="wrn-28-2", repeat=3, feedback="referen
     from mpltool.models import build_model
     from mpltool.recipes import load_recipe
     from mpltool.tfv1 import tf
-    from mpltool.train.mpl import build_mpl_step
+    from mpltool.algorithms.mpl import build_mpl_step
 
     recipe = load_recipe("mpl-wrn28-2", ["model=" + model, "batch_size={}".format(batch),
                                          "uda_data={}".format(uda_data), "mpl_feedback=" + feedback])

@@ -18,7 +18,7 @@ from mpltool.models import build_model
 from mpltool.models.wrn import ModelOutput, is_batch_norm_variable
 from mpltool.recipes import load_recipe
 from mpltool.tfv1 import tf
-from mpltool.train import mpl
+from mpltool.algorithms import common, mpl
 
 B, UDA_DATA, CLASSES = 2, 2, 3
 U = B * UDA_DATA
@@ -127,8 +127,8 @@ class TinyGraph:
             self.global_step = tf.train.get_or_create_global_step()
             self.step = mpl.build_mpl_step(self.net, recipe, *self.inputs, global_step=self.global_step,
                                            loss_scale=loss_scale, optimizer_wrapper=optimizer_wrapper)
-            self.teacher = mpl._trainable(self.step.teacher_variables)
-            self.student = mpl._trainable(self.step.student_variables)
+            self.teacher = common.trainable(self.step.teacher_variables)
+            self.student = common.trainable(self.step.student_variables)
             self.slots = {name: [optimizer.get_slot(v, "momentum") for v in variables] for name, optimizer, variables
                           in (("teacher", self.step.teacher_optimizer, self.teacher),
                               ("student", self.step.student_optimizer, self.student))}
@@ -230,7 +230,7 @@ def evaluate(tensor):
 def test_smooth_labels_exact_values():
     with tf.Graph().as_default():
         onehot = tf.constant([[0.0, 1.0, 0.0, 0.0]], tf.float64)
-        smoothed, unchanged = evaluate([mpl.smooth_labels(onehot, 0.2), mpl.smooth_labels(onehot, 0.0)])
+        smoothed, unchanged = evaluate([common.smooth_labels(onehot, 0.2), common.smooth_labels(onehot, 0.0)])
     assert smoothed[0].tolist() == pytest.approx([0.05, 0.85, 0.05, 0.05], abs=1e-15)
     assert unchanged.tolist() == [[0.0, 1.0, 0.0, 0.0]]
 
@@ -240,7 +240,7 @@ def test_soft_cross_entropy_matches_numpy_and_does_not_train_its_targets():
     logits, targets = rng.randn(5, 4) * 3, np_softmax(rng.randn(5, 4))
     with tf.Graph().as_default():
         t = tf.constant(targets)
-        ce = mpl.soft_cross_entropy(t, tf.constant(logits))
+        ce = common.soft_cross_entropy(t, tf.constant(logits))
         assert tf.gradients(tf.reduce_sum(ce), t) == [None]
         assert evaluate(ce) == pytest.approx(np_ce(targets, logits), rel=1e-12)
 
@@ -252,7 +252,7 @@ def test_uda_loss_masks_unconfident_rows_and_divides_by_all_of_u():
     expected_mask = np.array([1.0, 0.0, 1.0, 0.0])
     assert ((q.max(axis=-1) >= 0.6) == expected_mask.astype(bool)).all()
     with tf.Graph().as_default():
-        loss, mask = evaluate(mpl.uda_loss(tf.constant(z_ori), tf.constant(z_aug), 0.7, 0.6))
+        loss, mask = evaluate(common.uda_loss(tf.constant(z_ori), tf.constant(z_aug), 0.7, 0.6))
     assert mask.tolist() == expected_mask.tolist()
     assert loss == pytest.approx((expected_mask * np_ce(q, z_aug)).sum() / 4, rel=1e-12)
 
@@ -265,7 +265,7 @@ def test_weight_decay_skips_batch_norm_and_hits_the_dense_bias():
         kernel = [v for v in variables if v.op.name.endswith("dense/kernel")][0]
         gamma = [v for v in variables if v.op.name.endswith("bn_1/gamma")][0]
         gradients = [None if v is gamma else tf.ones_like(v) for v in variables]  # a missing gradient too
-        decayed = mpl.add_weight_decay(variables, gradients, 0.1)
+        decayed = common.add_weight_decay(variables, gradients, 0.1)
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             session.run(tf.assign(bias, tf.fill(bias.shape, 2.0)))
@@ -287,7 +287,7 @@ def test_make_optimizer_is_nesterov_momentum_from_the_recipe():
     gradient = np.array([0.5, -1.0])
     with tf.Graph().as_default():
         variable = tf.Variable([1.0, 2.0], dtype=tf.float64)
-        update = mpl.make_optimizer(0.1, recipe).apply_gradients([(tf.constant(gradient), variable)])
+        update = common.make_optimizer(0.1, recipe).apply_gradients([(tf.constant(gradient), variable)])
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             got = [session.run([update, variable])[1] for _ in range(2)]
@@ -683,9 +683,9 @@ def trajectory(wrn):
     """Values around each of WRN_STEPS runs of train_op, starting fresh (init + ema_init_op)."""
     session, step = wrn.session, wrn.step
     with wrn.graph.as_default():
-        slots = [step.student_optimizer.get_slot(v, "momentum") for v in mpl._trainable(step.student_variables)]
+        slots = [step.student_optimizer.get_slot(v, "momentum") for v in common.trainable(step.student_variables)]
         teacher_slots = [step.teacher_optimizer.get_slot(v, "momentum")
-                         for v in mpl._trainable(step.teacher_variables)]
+                         for v in common.trainable(step.teacher_variables)]
     fetch = {"teacher": step.teacher_variables, "student": step.student_variables, "ema": step.ema_variables,
              "slots": slots, "teacher_slots": teacher_slots, "global_step": wrn.global_step, "m": step.h_baseline}
     initial = session.run(fetch)
@@ -723,7 +723,7 @@ def test_step_structure(wrn):
 
 
 def test_reference_mpl_term_has_exactly_zero_teacher_gradient(wrn):
-    teacher = mpl._trainable(wrn.step.teacher_variables)
+    teacher = common.trainable(wrn.step.teacher_variables)
     with wrn.graph.as_default():
         mpl_gradients = tf.gradients(wrn.step.mpl_term, teacher)
         loss_gradients = tf.gradients(wrn.step.metrics["teacher_loss"], teacher)
@@ -795,7 +795,7 @@ def test_reference_h_baseline_starts_at_the_seeded_glorot_draw_and_persists_acro
 def test_paper_mode_gives_the_teacher_a_nonzero_mpl_gradient():
     built = build_wrn("paper")
     try:
-        teacher = mpl._trainable(built.step.teacher_variables)
+        teacher = common.trainable(built.step.teacher_variables)
         with built.graph.as_default():
             gradients = tf.gradients(built.step.mpl_term, teacher)
         assert all(g is not None for g in gradients)

@@ -109,7 +109,7 @@ def test_cpu_config_has_no_npu_optimizer(stand_in):
 
 def test_npu_dropout_and_loss_scale_wrapper_are_used_by_the_mpl_step(stand_in):
     from mpltool.models import build_model
-    from mpltool.train.mpl import build_mpl_step
+    from mpltool.algorithms.mpl import build_mpl_step
 
     recipe = load_recipe("mpl-wrn28-2", ["model=wrn-10-1", "batch_size=2", "uda_data=1"])
     dropout = npu.dropout_fn("npu")

@@ -6,7 +6,7 @@ import pytest
 
 from mpltool.recipes import load_recipe
 from mpltool.tfv1 import tf
-from mpltool.train import schedules
+from mpltool.algorithms import schedules
 
 N, T_WARMUP, S_WAIT, S_WARMUP, BATCH, LR_T, LR_S = 1000, 100, 50, 80, 64, 0.2, 0.4
 

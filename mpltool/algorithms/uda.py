@@ -1,7 +1,7 @@
 """Unsupervised Data Augmentation: the MPL teacher's own loss alone, as the reference's UDA mode.
 
 L = CE_l + uda_weight·min(1, t/uda_steps)·CE_u over ONE training-mode pass on [l, u_ori, u_aug]
-(CE_u: sharpened, confidence-masked consistency of u_aug with u_ori; train/mpl.py step 2).
+(CE_u: sharpened, confidence-masked consistency of u_aug with u_ori; algorithms/mpl.py step 2).
 """
 
 from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
@@ -19,10 +19,9 @@ class Uda(SingleNetwork):
         return Streams(unlabelled=True)
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
-        from mpltool.algorithms.common import single_network_step
+        from mpltool.algorithms import schedules
+        from mpltool.algorithms.common import single_network_step, uda_loss
         from mpltool.tfv1 import tf
-        from mpltool.train import schedules
-        from mpltool.train.mpl import uda_loss
 
         def consistency(logits, step):
             z_ori, z_aug = tf.split(logits, 2, axis=0)
