@@ -38,7 +38,7 @@ PYTHON_HOME = $(eval PYTHON_HOME := $$(shell "$$(PYTHON)" $$(PY_HOME_CMD) 2>/dev
 FINGERPRINT = $(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)-$(EXTRAS)-$(PYTHON_HOME)/bin/python
 
 .DEFAULT_GOAL := venv
-.PHONY: venv test demo bench clean-demo which-python FORCE
+.PHONY: venv test test-fast demo bench clean-demo which-python FORCE
 FORCE:
 
 venv: $(STAMP)
@@ -65,6 +65,10 @@ which-python:
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
+
+# Everything but the end-to-end tests marked slow (training, subprocess pipelines, the wheel build).
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	@VPY="$(VPY)" DEMO="$(DEMO)" sh scripts/demo.sh

@@ -51,7 +51,7 @@ def test_the_registry_knows_three_algorithms_and_every_recipe_names_one():
 
 
 def test_an_unknown_algorithm_and_another_algorithms_key_are_usage_errors():
-    with pytest.raises(UsageError, match="algorithm='mlp' must be one of mpl, supervised, uda"):
+    with pytest.raises(UsageError, match=r"algorithm='mlp' is not a known algorithm \(did you mean mpl\?\)"):
         load_recipe("supervised-demo", ["algorithm=mlp"])
     with pytest.raises(UsageError, match="mpl_feedback is read by mpl only"):
         load_recipe("supervised-demo", ["mpl_feedback=paper"])
@@ -125,3 +125,42 @@ def test_the_recipes_overflow_mode_reaches_the_unlabelled_views(monkeypatch):
         TrainInput(batch_size=2, uda_data=1, shuffle_buffer=4, seed=1, overflow="wrap")
     assert seen == ["wrap"]
     assert load_recipe("mpl-wrn28-2").augment_overflow == "wrap"
+
+
+def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
+    """A toy algorithm registered here (labelled CE at half the teacher's rate, its own metric
+    names) runs train -> eval -> freeze -> convert --check-only with no line of eval/, freeze/ or convert/
+    knowing it: they read its networks and input spec from the train record."""
+    from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+    from mpltool.algorithms.common import single_network_step
+
+    @register_algorithm
+    class HalfRate(SingleNetwork):
+        name = "toy-half-rate"
+        metric_names = ("loss", "accuracy")
+        progress_metrics = ("loss",)
+
+        def streams(self, recipe):
+            return Streams(unlabelled=False)
+
+        def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+            recipe = dict(recipe, teacher_lr=recipe["teacher_lr"] / 2)
+            from mpltool.recipes import Recipe
+
+            return single_network_step(model, Recipe(recipe), batch, global_step, None, optimizer_wrapper)
+
+    recipe_file = tmp_path / "toy.yaml"
+    recipe_file.write_text("algorithm: toy-half-rate\nmodel: wrn-10-1\nnum_labelled: 20\nbatch_size: 4\n")
+    project = tmp_path / "p"
+    shutil.copytree(str(prepared), str(project))
+    trained = invoke("--project", project, "train", "--recipe", recipe_file, "--device", "cpu", *sets(TINY))
+    assert trained.exit_code == 0, trained.stderr
+    with open(str(project / "logs" / "metrics.csv")) as handle:
+        assert next(csv.reader(handle)) == ["step", "time", "steps_per_second", "loss", "accuracy", "model_top1",
+                                            "model_top5", "model_loss_eval", "ema_top1", "ema_top5",
+                                            "ema_loss_eval"]
+    assert invoke("--project", project, "eval", "--target", "model").exit_code == 0
+    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "4")
+    assert frozen.exit_code == 0, frozen.stderr
+    assert json.loads(frozen.stdout)["io"]["input_shape"] == [1, 32, 32, 3]
+    assert invoke("--project", project, "convert", "--check-only").exit_code == 0

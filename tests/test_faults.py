@@ -24,6 +24,8 @@ from mpltool.manifest import (LOCK_NAME, MANIFEST_NAME, STAGING_DIR, Project, re
 from mpltool.signals import terminate_as_interrupt
 from test_train import TINY
 
+pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
+
 TESTS_DIR = Path(__file__).resolve().parent
 
 

@@ -15,6 +15,8 @@ import yaml
 from cifar_fixtures import make_cifar_dir
 from mpltool.manifest import MANIFEST_NAME
 
+pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
+
 TINY = ["model=wrn-10-1", "batch_size=4", "uda_data=2", "eval_batch_size=16", "num_labelled=20",
         "teacher_lr_warmup_steps=2", "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4",
         "shuffle_buffer=64", "augment_magnitude=16"]

@@ -12,6 +12,8 @@ from mpltool.errors import NonFiniteError
 from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project
 from test_train import TINY, manifest, mpltool
 
+pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
+
 
 def one_error_line(result):
     err = result.stderr.decode()

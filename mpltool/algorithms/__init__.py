@@ -77,17 +77,18 @@ def register_algorithm(cls):
 
 
 def algorithm_names() -> Sequence[str]:
-    return list(_MODULES)
+    return list(_MODULES) + [name for name in _REGISTRY if name not in _MODULES]
 
 
 def get_algorithm(name: str) -> Algorithm:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     if name not in _MODULES:
-        close = difflib.get_close_matches(str(name), list(_MODULES), n=1)
+        close = difflib.get_close_matches(str(name), algorithm_names(), n=1)
         raise UsageError("unknown algorithm {!r}".format(name),
                          hint="did you mean {}?".format(close[0]) if close else "available: {}".format(
-                             ", ".join(_MODULES)))
-    if name not in _REGISTRY:
-        importlib.import_module(_MODULES[name])
+                             ", ".join(algorithm_names())))
+    importlib.import_module(_MODULES[name])
     return _REGISTRY[name]
 
 
@@ -95,7 +96,7 @@ def fields_of_other_algorithms(name: str) -> Dict[str, str]:
     """recipe key -> the algorithm that declares it, for keys `name` does not use."""
     mine = set(get_algorithm(name).fields)
     others = {}
-    for other in _MODULES:
+    for other in algorithm_names():
         for key in get_algorithm(other).fields:
             if key not in mine:
                 others.setdefault(key, other)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from mpltool.algorithms import algorithm_names, fields_of_other_algorithms
+from mpltool.algorithms import fields_of_other_algorithms, get_algorithm
 from mpltool.errors import InvalidInputError, UsageError
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -96,6 +96,14 @@ def _model_name(v):
     return None
 
 
+def _known_algorithm(v):
+    try:
+        get_algorithm(v)
+    except UsageError as exc:
+        return "is not a known algorithm ({})".format(exc.hint)
+    return None
+
+
 def _file_name(v):
     if not v.strip() or any(c in v for c in "\n\r\0"):
         return "must be a file name (one line, not empty)"
@@ -104,7 +112,7 @@ def _file_name(v):
 
 FIELDS = [
     Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda",
-          choices=tuple(algorithm_names())),
+          _known_algorithm),
     Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs)", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **_counts()),

@@ -37,9 +37,8 @@ class TrainingGraph:
 
     def __init__(self, recipe, device: str, image_shape=(32, 32, 3)):
         from mpltool.algorithms import get_algorithm
-        from mpltool.data.augment import normalize
         from mpltool.data.pipeline import TrainInput
-        from mpltool.models import build_model
+        from mpltool.models import build_model, normalize_input
 
         self.algorithm = get_algorithm(recipe.algorithm)
         self.targets = tuple(self.algorithm.eval_targets)
@@ -61,7 +60,7 @@ class TrainingGraph:
                 raise RuntimeError("the {} step lacks its declared metrics {}".format(self.algorithm.name, missing))
             # Evaluation towers: raw pixels in, normalised inside, training=False (moving BN statistics).
             self.eval_images = tf.placeholder(tf.float32, (None,) + tuple(image_shape), name="eval_images")
-            normalised = normalize(self.eval_images)
+            normalised = normalize_input(self.eval_images, self.model.input_spec)
             self.eval_logits = {target: self.model(normalised, False, target).logits for target in self.targets}
             self.eval_summary_values = {name: tf.placeholder(tf.float32, (), name="eval_" + name)
                                         for name in ["{}_{}".format(t, m) for t in self.targets
