@@ -12,6 +12,7 @@
 VENV ?= .venv
 EXTRAS ?= cpu,test
 DEMO ?= demo-project
+RECIPE ?= mpl-demo
 PYENV_FALLBACK ?= /root/.pyenv/versions/3.7.16/bin/python
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mpltool-installed
@@ -71,7 +72,7 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	@VPY="$(VPY)" DEMO="$(DEMO)" sh scripts/demo.sh
+	@VPY="$(VPY)" DEMO="$(DEMO)" RECIPE="$(RECIPE)" sh scripts/demo.sh
 
 bench: $(STAMP)
 	$(VPY) benchmarks/train_step.py

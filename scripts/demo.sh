@@ -1,15 +1,17 @@
 #!/bin/sh
 # The whole lifecycle on the embedded demo data, with the very commands a user would type.
-# Called by `make demo` (VPY = the venv's python, DEMO = the project directory).
+# Called by `make demo` (VPY = the venv's python, DEMO = the project directory, RECIPE = mpl-demo,
+# supervised-demo or uda-demo: `make demo RECIPE=uda-demo DEMO=demo-uda`).
 set -e
 VPY=${VPY:-.venv/bin/python}
 DEMO=${DEMO:-demo-project}
+RECIPE=${RECIPE:-mpl-demo}
 M="$VPY -m mpltool --project $DEMO"
 run() { echo "\$ mpltool --project $DEMO $*"; $M "$@"; }
 
 run data demo --out "$DEMO/demo-cifar"
-run data prepare --cifar "$DEMO/demo-cifar" --recipe mpl-demo
-run train --recipe mpl-demo
+run data prepare --cifar "$DEMO/demo-cifar" --recipe "$RECIPE"
+run train --recipe "$RECIPE"
 run eval
 run freeze ckpt
 if command -v atc >/dev/null 2>&1 || [ -n "${ASCEND_TOOLKIT_HOME:-}" ]; then

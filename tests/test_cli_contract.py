@@ -16,18 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from mpltool import __version__
-from mpltool.cli import main
+from helpers import invoke
 from mpltool.console import Output
 from mpltool.errors import PrerequisiteError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def invoke(*args):
-    return CliRunner(mix_stderr=False).invoke(main, list(args), catch_exceptions=False)
 
 
 def error_line(result, code):

@@ -22,7 +22,8 @@ from mpltool.data.cifar import TEST_FILE, TRAIN_FILES
 from mpltool.errors import PrerequisiteError
 from mpltool.manifest import (LOCK_NAME, MANIFEST_NAME, STAGING_DIR, Project, recorded_files, sha256_file)
 from mpltool.signals import terminate_as_interrupt
-from test_train import TINY
+from helpers import TINY, command
+from helpers import mpltool as run_mpltool
 
 pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
 
@@ -30,13 +31,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def command(project, *args):
-    return [sys.executable, "-m", "mpltool", "--project", str(project)] + [str(a) for a in args]
-
-
 def mpltool(project, *args, timeout=120):
-    return subprocess.run(command(project, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=timeout)
+    return run_mpltool(project, *args, timeout=timeout)
 
 
 def train_args(*pairs):

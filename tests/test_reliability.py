@@ -12,20 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from checkpoint_fixtures import make_trained_project
 from cifar_fixtures import make_cifar_dir
-from mpltool.cli import main
+from helpers import invoke
 from mpltool.errors import NonFiniteError, PrerequisiteError
 from mpltool.eval.metrics import metrics_from_logits
 from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, STAGING_DIR, Project, recorded_files, sha256_file
 from mpltool.train.trainer import MetricsCsv
 
 
-def invoke(*args):
-    runner = CliRunner(mix_stderr=False)
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def snapshot(project_dir):

@@ -6,9 +6,8 @@ source is an error naming both."""
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from mpltool.cli import main
+from helpers import invoke
 from mpltool.errors import InvalidInputError, UsageError
 from mpltool.recipes import ALIASES, FIELD_BY_NAME, load_recipe, recipe_from_record
 
@@ -28,7 +27,7 @@ TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def show(*args):
-    return CliRunner(mix_stderr=False).invoke(main, list(args), catch_exceptions=False)
+    return invoke(*args)
 
 
 def test_every_alias_is_tested_and_names_an_existing_key():

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,54 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from cifar_fixtures import make_cifar_dir
-from mpltool.manifest import MANIFEST_NAME
+from helpers import manifest, mpltool, sets
 
 pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
 
-TINY = ["model=wrn-10-1", "batch_size=4", "uda_data=2", "eval_batch_size=16", "num_labelled=20",
-        "teacher_lr_warmup_steps=2", "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4",
-        "shuffle_buffer=64", "augment_magnitude=16"]
 
 
-def mpltool(project, *args, timeout=600, **kwargs):
-    cmd = [sys.executable, "-m", "mpltool", "--project", str(project)] + [str(a) for a in args]
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, **kwargs)
-
-
-def sets(*pairs):
-    out = []
-    for pair in list(TINY) + list(pairs):
-        out += ["--set", pair]
-    return out
-
-
-def manifest(project):
-    return yaml.safe_load((Path(project) / MANIFEST_NAME).read_text())
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    src = make_cifar_dir(root / "src", train_records=(20, 20, 20, 20, 20), test_records=37, seed=4)
-    project = root / "template"
-    result = mpltool(project, "data", "prepare", "--cifar", src, "--labelled", "20")
-    assert result.returncode == 0, result.stderr
-    return project
-
-
-def copy_project(prepared, tmp_path):
-    import shutil
-
-    project = tmp_path / "proj"
-    shutil.copytree(str(prepared), str(project))
-    return project
-
-
-def test_train_records_checkpoints_logs_and_resumes(prepared, tmp_path):
-    project = copy_project(prepared, tmp_path)
+def test_train_records_checkpoints_logs_and_resumes(prepared_copy, tmp_path):
+    project = prepared_copy
     first = mpltool(project, "--json", "train", "--device", "cpu",
                     *sets("num_train_steps=6", "save_every=3", "eval_every=3", "log_every=2"))
     assert first.returncode == 0, first.stderr.decode()[-3000:]
@@ -126,7 +88,6 @@ def _steps_done(project):
 
 def test_kill_9_then_rerun_loses_at_most_save_every(prepared, tmp_path):
     project = tmp_path / "kill"
-    import shutil
     shutil.copytree(str(prepared), str(project))
     args = [sys.executable, "-m", "mpltool", "--project", str(project), "train", "--device", "cpu"] + sets(
         "num_train_steps=400", "save_every=4", "eval_every=1000", "log_every=1000")
@@ -152,8 +113,8 @@ def test_kill_9_then_rerun_loses_at_most_save_every(prepared, tmp_path):
     assert record["status"] == "done" and record["steps_done"] == saved + 2
 
 
-def test_ctrl_c_saves_and_exits_130(prepared, tmp_path):
-    project = copy_project(prepared, tmp_path)
+def test_ctrl_c_saves_and_exits_130(prepared_copy, tmp_path):
+    project = prepared_copy
     args = [sys.executable, "-m", "mpltool", "--project", str(project), "train", "--device", "cpu"] + sets(
         "num_train_steps=400", "save_every=1000", "eval_every=1000", "log_every=1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -10,7 +10,7 @@ import pytest
 from cifar_fixtures import make_cifar_dir
 from mpltool.errors import NonFiniteError
 from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project
-from test_train import TINY, manifest, mpltool
+from helpers import TINY, manifest, mpltool
 
 pytestmark = pytest.mark.slow  # trains or runs mpltool in subprocesses: `make test-fast` skips it
 

@@ -343,10 +343,10 @@ def _check_algorithm_keys(recipe: Recipe, given: Sequence[str], path) -> None:
     others = fields_of_other_algorithms(recipe["algorithm"])
     unused = sorted(key for key in set(given) if key in others)
     if unused:
-        raise UsageError("recipe {} (algorithm {}): {} {} read by {} only".format(
-            path, recipe["algorithm"], ", ".join(unused), "is" if len(unused) == 1 else "are",
-            ", ".join(sorted(set(others[k] for k in unused)))), hint="remove {}".format(
-                "it" if len(unused) == 1 else "them"))
+        raise UsageError("algorithm {} does not read {} ({} {})".format(
+            recipe["algorithm"], ", ".join(unused), ", ".join(sorted(set(others[k] for k in unused))),
+            "does" if len(set(others[k] for k in unused)) == 1 else "do"),
+            hint="remove {} from recipe {} or the --set options".format("it" if len(unused) == 1 else "them", path))
 
 
 def _with_meta(recipe: Recipe, name: str, path: str, description: str, applied: Dict[str, Any]) -> Recipe:

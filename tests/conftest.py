@@ -1,0 +1,28 @@
+"""Fixtures shared by the test files (helpers without pytest state are in helpers.py)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cifar_fixtures import make_cifar_dir
+from helpers import invoke
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A project whose data stage holds 5 x 20 training records (the first 20 labelled) and 37 test records;
+    copy it (`project_copy`) before writing to it."""
+    root = tmp_path_factory.mktemp("prepared")
+    src = make_cifar_dir(root / "src", train_records=(20, 20, 20, 20, 20), test_records=37, seed=4)
+    project = root / "template"
+    result = invoke("--project", project, "data", "prepare", "--cifar", src, "--labelled", "20")
+    assert result.exit_code == 0, result.stderr
+    return project
+
+
+@pytest.fixture
+def prepared_copy(prepared, tmp_path):
+    project = tmp_path / "proj"
+    shutil.copytree(str(prepared), str(project))
+    return Path(project)

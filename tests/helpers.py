@@ -1,0 +1,41 @@
+"""What many test files need: the CLI in-process, the CLI as a real process, the tiny training settings,
+and the manifest as data. Fixtures built on these are in conftest.py."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from mpltool.cli import main
+from mpltool.manifest import MANIFEST_NAME
+
+# A run small enough to train in seconds on 2 cores: WRN-10-1, 4 labelled images a step.
+TINY = ["model=wrn-10-1", "batch_size=4", "uda_data=2", "eval_batch_size=16", "num_labelled=20",
+        "teacher_lr_warmup_steps=2", "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4",
+        "shuffle_buffer=64", "augment_magnitude=16"]
+
+
+def invoke(*args):
+    """mpltool in this process (click's runner): stdout and stderr apart, exceptions as the CLI ends them."""
+    return CliRunner(mix_stderr=False).invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def command(project, *args):
+    return [sys.executable, "-m", "mpltool", "--project", str(project)] + [str(a) for a in args]
+
+
+def mpltool(project, *args, timeout=600, **kwargs):
+    """mpltool as a user runs it: its own process (signals, exit codes, TF start-up all real)."""
+    return subprocess.run(command(project, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                          **kwargs)
+
+
+def sets(*pairs, base=TINY):
+    """`--set k=v` arguments for `base` (TINY) plus `pairs`."""
+    return [token for pair in list(base) + list(pairs) for token in ("--set", pair)]
+
+
+def manifest(project):
+    return yaml.safe_load((Path(project) / MANIFEST_NAME).read_text())
