@@ -1,4 +1,4 @@
-"""Checkpoint eval vs frozen-.pb eval on the same images (design §9: .pb >= checkpoint).
+"""Checkpoint eval vs frozen-.pb eval on the same images (target: the .pb at least as fast as the checkpoint).
 
 Builds a WRN-28-2 EMA checkpoint (random weights, non-trivial BN statistics), freezes it exactly as
 `mpltool freeze` does, and times both through mpltool's eval code on the same images and batch size.

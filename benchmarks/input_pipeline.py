@@ -1,4 +1,4 @@
-"""Does the tf.data input keep up with training? (design §9: deliver >= 5x what a step consumes)
+"""Does the tf.data input keep up with training? (target: deliver >= 5x what a step consumes)
 
 Measures, in one run: (1) source images/s the MPL input pipeline delivers at the recipe's batch (64
 labelled + 448 unlabelled per step, each unlabelled image yielding an "ori" and a RandAugment "aug"

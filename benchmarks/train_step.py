@@ -1,4 +1,4 @@
-"""Training speed against this machine's own limit (design §9).
+"""Training speed against this machine's own limit (the targets are ratios measured in one run).
 
 (a) plain WRN-28-2 forward+backward images/s at batch 64 (one Nesterov step);
 (b) the MPL step at the recipe's batch (64, uda_data 7) and at a smaller one, inputs held in memory so the

@@ -142,3 +142,23 @@ def test_demo_then_prepare_in_a_subprocess_plain_output(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
     assert missing.returncode == 3
     assert missing.stderr.decode().count("\n") == 1 and b"Traceback" not in missing.stderr
+
+
+def test_the_data_record_names_its_source_and_readers_go_through_it(tmp_path, cifar_dir):
+    from mpltool.data.stage import load_prepared, read_split
+    from mpltool.manifest import Project
+
+    project = tmp_path / "proj"
+    assert invoke(project, "data", "prepare", "--cifar", str(cifar_dir), "--labelled", "40").exit_code == 0
+    record = yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["data"]
+    assert record["source"] == "cifar" and record["params"]["kind"] == "cifar"
+    images, labels = read_split(load_prepared(Project(project)), "train")
+    expected_images, expected_labels = cifar.read_images([cifar_dir / n for n in cifar.TRAIN_FILES])
+    assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
+
+    manifest = project / MANIFEST_NAME
+    manifest.write_text(manifest.read_text().replace("source: cifar", "source: folders"))
+    result = invoke(project, "eval")
+    assert result.exit_code == 3
+    assert result.stderr.strip() == ("error: the data record names an unknown source 'folders' (this mpltool "
+                                     "reads cifar)")

@@ -1,7 +1,7 @@
 """soc_version: validate the user's choice, or find it from the NPU on this host or the toolkit installed.
 
 ATC builds an .om for exactly one chip, and a wrong guess produces a model that will not load on the
-target, so every answer says which rule decided it (design §8, docs/atc.md §2).
+target, so every answer says which rule decided it (docs/atc.md §2).
 """
 
 import difflib

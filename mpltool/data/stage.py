@@ -7,22 +7,18 @@ later stages need (CI passes only that directory between jobs) and every file is
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mpltool.data import cifar
+from mpltool.data.sources import get_source
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.manifest import Project, apply_umask, atomic_write_bytes
 
 DATA_DIR = "data/cifar"
 DATA_COMMAND = "mpltool data prepare --cifar PATH"
 LABELLED_INDICES = "data/labelled_indices.txt"
-
-
-def file_key(name: str) -> str:
-    """Manifest output key of a CIFAR file: `data_batch_1`, ..., `test_batch`."""
-    return name[: -len(".bin")] if name.endswith(".bin") else name
 
 
 MAX_SEED = 2 ** 32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
@@ -35,7 +31,7 @@ def _checked_seed(seed) -> int:
 
 
 def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first", seed: int = 0,
-            force: bool = False) -> Dict[str, Any]:
+            force: bool = False, kind: str = "cifar") -> Dict[str, Any]:
     """Import, validate and split under the project lock; every file lands through the stage commit.
 
     The CIFAR files and the indices file are staged, checked there, and renamed into place together
@@ -48,23 +44,24 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
     _remove_legacy_staging(project)
     source = Path(str(source)).expanduser()
     params = {"source": str(source.absolute()), "num_labelled": num_labelled, "split": split, "seed": seed}
+    data_source = get_source(kind)
+    params["kind"] = kind
     with project.stage_run("data", params, force=force) as run:
         imported = project.staging_dir() / "import"
-        infos = cifar.import_cifar(source, imported)
+        infos = data_source.import_files(source, imported)
         final_dir = project.path(DATA_DIR)
-        names = [info["name"] for info in infos] + ([cifar.META_FILE] if (imported / cifar.META_FILE).is_file()
-                                                    else [])
+        names = [info["name"] for info in infos] + [n for n in data_source.extra_files if (imported / n).is_file()]
         staged = {}
         for name in names:
-            key = "batches_meta" if name == cifar.META_FILE else file_key(name)
-            staged[name] = run.stage_output(key, final_dir / name)
+            staged[name] = run.stage_output(data_source.file_key(name), final_dir / name)
             (imported / name).replace(staged[name])
-        _, labels = cifar.read_images([staged[name] for name in cifar.TRAIN_FILES])
+        _, labels = data_source.read([staged[name] for name in data_source.split_files("train")])
         indices = cifar.make_split(labels, num_labelled, method=split, seed=seed)
         indices_path = run.stage_output("labelled_indices", project.path(LABELLED_INDICES))
         atomic_write_bytes(indices_path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
-        train_infos = [i for i in infos if i["name"] in cifar.TRAIN_FILES]
-        test_info = next(i for i in infos if i["name"] == cifar.TEST_FILE)
+        train_infos = [i for i in infos if i["name"] in data_source.split_files("train")]
+        test_infos = [i for i in infos if i["name"] in data_source.split_files("test")]
+        run.record["source"] = kind
         run.record["files"] = [{"name": i["name"], "records": i["records"], "label_counts": i["label_counts"]}
                                for i in infos]
         run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
@@ -72,7 +69,7 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
         run.record["labels"] = {"highest": _highest_label(infos)}
         run.metrics.update({
             "train_records": sum(i["records"] for i in train_infos),
-            "test_records": test_info["records"],
+            "test_records": sum(i["records"] for i in test_infos),
             "labelled_records": int(len(indices)),
             "unlabelled_records": sum(i["records"] for i in train_infos),
         })
@@ -99,30 +96,38 @@ def _remove_legacy_staging(project: Project) -> None:
             shutil.rmtree(str(folder), ignore_errors=True)
 
 
-def load_prepared(project: Project, command_hint: str = "mpltool data prepare --cifar PATH") -> Dict[str, Any]:
-    """The data record with every file re-verified: what train and eval read instead of trusting paths."""
+def load_prepared(project: Project, splits: Sequence[str] = ("train", "test"),
+                  command_hint: str = DATA_COMMAND) -> Dict[str, Any]:
+    """The data record with the files of `splits` (and, with train, the labelled indices) re-verified:
+    what train and eval read instead of trusting paths. `read(prepared, split)` reads a split."""
     record = project.require_stage("data", command_hint)
+    source = get_source(record.get("source") or "cifar")  # records from before sources were named: CIFAR
     outputs = record.get("outputs") or {}
-    needed = [file_key(n) for n in cifar.TRAIN_FILES] + [file_key(cifar.TEST_FILE), "labelled_indices"]
+    needed = [source.file_key(n) for split in splits for n in source.split_files(split)]
+    if "train" in splits:
+        needed.append("labelled_indices")
     missing = [key for key in needed if key not in outputs]
     if missing:
         raise PrerequisiteError("the data record lacks {}".format(", ".join(missing)), hint="re-run `{}`".format(
             command_hint))
     paths = {key: project.verify_file(outputs[key], "data file") for key in needed}
-    return {"record": record, "paths": paths}
+    return {"record": record, "paths": paths, "source": source,
+            "inputs": {key: outputs[key] for key in needed}}
+
+
+def read_split(prepared: Dict[str, Any], split: str):
+    """(images uint8 HWC, labels int64) of one split, through the source that imported it."""
+    source = prepared["source"]
+    return source.read([prepared["paths"][source.file_key(n)] for n in source.split_files(split)])
 
 
 def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Test images (raw uint8 HWC), labels and the file record, from the data stage's hash-checked copy."""
-    record = project.require_stage("data", DATA_COMMAND)
-    test = (record.get("outputs") or {}).get("test_batch")
-    if not test:
-        raise PrerequisiteError("the data record names no test_batch file", hint="re-run `{}`".format(DATA_COMMAND))
-    path = project.verify_file(test, "test data file")
-    images, labels = cifar.read_images([path])
+    """Test images (raw uint8 HWC), labels, and the records of their files (for a stage's inputs)."""
+    prepared = load_prepared(project, splits=("test",))
+    images, labels = read_split(prepared, "test")
     if images.shape[0] == 0:
-        raise InvalidInputError("test data file {} holds no images".format(path))
-    return images, labels, test
+        raise InvalidInputError("the prepared test set holds no images")
+    return images, labels, prepared["inputs"]
 
 
 def read_labelled_indices(path) -> np.ndarray:

@@ -41,7 +41,7 @@ def evaluate(project_dir, target: Optional[str] = None, model=None, batch_size: 
     target = resolve_target(project, target)
     if batch_size is not None and int(batch_size) < 1:
         raise UsageError("batch size must be >= 1, got {}".format(batch_size))
-    images, labels, test_record = load_test_set(project)
+    images, labels, test_files = load_test_set(project)
     if model is None:
         source = recorded_checkpoint(project, target)
         source["variables"] = checkpoint_variables(source["prefix"])
@@ -56,7 +56,7 @@ def evaluate(project_dir, target: Optional[str] = None, model=None, batch_size: 
               "label_smoothing": recipe.label_smoothing}
 
     with project.stage_run("eval", params) as run:
-        run.inputs["test_batch"] = test_record
+        run.inputs.update(test_files)
         if "pb" in source:
             run.inputs["pb"] = project.file_record(source["pb"])
             described = {"kind": "pb", "path": run.inputs["pb"]["path"], "sha256": run.inputs["pb"]["sha256"]}

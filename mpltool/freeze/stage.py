@@ -91,7 +91,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(tolerance))
     if batch > MAX_BATCH:
         raise UsageError("--batch {} is above the limit of {}".format(batch, MAX_BATCH))
-    images, _, test_record = load_test_set(project)
+    images, _, test_files = load_test_set(project)
     count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
     if batch > count:
         # The parity check runs the graph as written, at its static batch: a batch larger than the images
@@ -121,7 +121,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
     with project.stage_run("freeze", params, force=force) as run:
         run.inputs["checkpoint"] = source.get("record") or checkpoint_record(
             project, prefix, -1 if step is None else step)
-        run.inputs["test_batch"] = test_record
+        run.inputs.update(test_files)
         run.record["source"] = {"prefix": project.relative(prefix), "step": step, "target": target,
                                 "model": model_name, "chosen": source["chosen"]}
         staged = run.stage_output("pb", output)

@@ -1,6 +1,6 @@
 """Recipes: one flat, typed configuration that every stage receives.
 
-Precedence (design §4): schema defaults < recipe file < `--set key=value`. Every key is declared once in
+Precedence: schema defaults < recipe file < `--set key=value`. Every key is declared once in
 `FIELDS` with its type and its range, so a typo is an error that names the closest key, a value of the
 wrong type or out of range (inf and nan included) is refused wherever it comes from -- recipe file,
 `--set`, or the params a manifest recorded -- and the resolved config (and its hash) is what the

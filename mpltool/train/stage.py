@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mpltool import npu
-from mpltool.data import cifar
-from mpltool.data.stage import file_key, load_prepared, read_labelled_indices
+from mpltool.data.stage import load_prepared, read_labelled_indices, read_split
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
@@ -137,11 +136,11 @@ def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> N
 
 
 def _load_data(prepared: Dict[str, Any]) -> Dict[str, Any]:
-    paths = prepared["paths"]
-    train_images, train_labels = cifar.read_images([paths[file_key(n)] for n in cifar.TRAIN_FILES])
-    test_images, test_labels = cifar.read_images([paths[file_key(cifar.TEST_FILE)]])
+    train_images, train_labels = read_split(prepared, "train")
+    test_images, test_labels = read_split(prepared, "test")
     return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
-            "test_labels": test_labels, "labelled_indices": read_labelled_indices(paths["labelled_indices"])}
+            "test_labels": test_labels,
+            "labelled_indices": read_labelled_indices(prepared["paths"]["labelled_indices"])}
 
 
 def _stderr_warning(message: str) -> None:
