@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mpltool.models import build_model
-from mpltool.models.wrn import ModelOutput, is_batch_norm_variable
+from mpltool.models import is_batch_norm_variable
+from mpltool.models.wrn import ModelOutput
 from mpltool.recipes import load_recipe
 from mpltool.tfv1 import tf
 from mpltool.algorithms import common, mpl

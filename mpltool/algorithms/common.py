@@ -4,7 +4,7 @@ the whole step of a single-network algorithm (supervised, UDA)."""
 import collections
 
 from mpltool.algorithms import Step, schedules
-from mpltool.models.wrn import is_batch_norm_variable
+from mpltool.models import is_batch_norm_variable
 from mpltool.tfv1 import tf
 
 def smooth_labels(onehot, label_smoothing):

@@ -61,6 +61,12 @@ def build_model(name, num_classes=10, dropout_rate=0.2, dropout_fn=None):
     return model
 
 
+def is_batch_norm_variable(variable):
+    """Weight decay skips these. Every registered network names its batch-norm scopes `bn...`, as the
+    reference does (it skips names containing 'batch_norm' or 'bn')."""
+    return any(part.startswith("bn") for part in variable.op.name.split("/"))
+
+
 def spec_record(spec: InputSpec):
     """The spec as the manifest stores it (plain lists and numbers)."""
     return {"shape": list(spec.shape), "value_range": list(spec.value_range), "mean": list(spec.mean),

@@ -117,8 +117,3 @@ def _batch_norm(x, training, updates, name):
         updates.append(tf.assign_sub(moving_mean, (1.0 - BN_MOMENTUM) * (moving_mean - mean)))
         updates.append(tf.assign_sub(moving_variance, (1.0 - BN_MOMENTUM) * (moving_variance - variance)))
         return y
-
-
-def is_batch_norm_variable(variable):
-    """Weight decay skips these (reference: names containing 'batch_norm' or 'bn')."""
-    return any(part.startswith("bn") for part in variable.op.name.split("/"))
