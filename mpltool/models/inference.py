@@ -111,7 +111,7 @@ class _OwnsSession:
 class CheckpointModel(_OwnsSession):
     """The inference graph of one network (`scope`: ema/student/teacher) restored from a checkpoint.
 
-    `variables` is the checkpoint's name -> shape map (train.checkpoints.checkpoint_variables, which
+    `variables` is the checkpoint's name -> shape map (mpltool.checkpoints.checkpoint_variables, which
     already turned an unreadable checkpoint into exit 3).
     """
 

@@ -123,28 +123,43 @@ def _all_finite(session, graph) -> bool:
     return bool(session.run(graph.weights_finite))
 
 
-def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
-                 on_checkpoint: Callable[[str, int, Dict[str, Any]], None], log: Callable[[str], None],
-                 progress=None) -> Dict[str, Any]:
-    """Train from `restore_from` (or from scratch) to recipe.num_train_steps.
+class TrainingSession:
+    """One session of training: restore or initialise, then steps, periodic evaluation and checkpoints.
 
-    `on_checkpoint(kind, step, info)` is called after every checkpoint is complete on disk
-    (kind: "latest" or "best-<target>"), so the caller can record it in the manifest.
+    `on_checkpoint(kind, step, info)` is called after every checkpoint is complete on disk (kind: "latest"
+    or "best-<target>"), so the caller can record it in the manifest. The algorithm only supplied the
+    graph (TrainingGraph); nothing here depends on which one it is.
     """
-    from mpltool.eval.metrics import evaluate_logits_fn
 
-    graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:])
-    ckpt_dir = workdir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_saver_leftovers(ckpt_dir)
-    csv_log = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(graph.algorithm),
-                         resume_step=step_of(restore_from) if restore_from else 0)
-    best = {target: -1.0 for target in graph.targets}
-    best.update(data.get("best") or {})
-    summary_writer = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
-    session = tf.Session(graph=graph.graph, config=npu.session_config(device, recipe))
-    last_eval = {}  # type: Dict[str, Any]
-    try:
+    def __init__(self, recipe, device: str, data: Dict[str, np.ndarray], workdir: Path,
+                 restore_from: Optional[str], on_checkpoint: Callable[[str, int, Dict[str, Any]], None],
+                 log: Callable[[str], None], progress=None):
+        self.recipe, self.data, self.log, self.progress = recipe, data, log, progress
+        self.on_checkpoint = on_checkpoint
+        self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:])
+        self.ckpt_dir = workdir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_saver_leftovers(self.ckpt_dir)
+        self.best = {target: -1.0 for target in self.graph.targets}
+        self.best.update(data.get("best") or {})
+        self.last_eval = {}  # type: Dict[str, Any]
+        self.csv = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(self.graph.algorithm),
+                              resume_step=step_of(restore_from) if restore_from else 0)
+        self.summaries = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
+        self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
+        try:
+            self._start(restore_from)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.summaries.close()
+        self.csv.close()
+        self.session.close()
+
+    def _start(self, restore_from: Optional[str]) -> None:
+        graph, session = self.graph, self.session
         if restore_from:
             try:
                 graph.saver.restore(session, restore_from)
@@ -152,107 +167,125 @@ def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path
                 raise InvalidInputError("cannot resume from {}: {}".format(restore_from, first_line(exc)),
                                         hint="restore the checkpoint files, or start over with `mpltool train "
                                              "--force` (deletes this project's checkpoints)")
-            _recover_saver_history(graph.saver, ckpt_dir)
+            _recover_saver_history(graph.saver, self.ckpt_dir)
         else:
             session.run(graph.init)
             if graph.step.init_ops:
                 session.run(graph.step.init_ops)
-        graph.input.initialize(session, data["train_images"], data["train_labels"], data["labelled_indices"])
-        step = int(session.run(graph.global_step))
-        start_step = step
-        total = recipe.num_train_steps
-        fetches = {"train": graph.step.train_op, "metrics": graph.step.metrics}
+        graph.input.initialize(session, self.data["train_images"], self.data["train_labels"],
+                               self.data["labelled_indices"])
+        self.step = self.start_step = int(session.run(graph.global_step))
 
-        def predictor(target):
-            logits = graph.eval_logits[target]
-            return lambda batch: session.run(logits, feed_dict={graph.eval_images: batch})
-
-        def evaluate(at_step):
-            results = {}
-            for target in graph.targets:
-                results[target] = evaluate_logits_fn(predictor(target), data["test_images"], data["test_labels"],
-                                                     recipe.eval_batch_size, recipe.label_smoothing)
-            log("Eval end in global step:{}, ".format(at_step) + ", ".join(
-                "{t}_top1={top1:.6f}, {t}_top5={top5:.6f}, {t}_loss={loss:.6f}".format(t=t, **results[t])
-                for t in graph.targets))
-            feed = {graph.eval_summary_values["{}_{}".format(t, m)]: results[t][m]
-                    for t in graph.targets for m in EVAL_METRICS}
-            summary_writer.add_summary(session.run(graph.eval_summaries, feed_dict=feed), at_step)
-            return results
-
-        def save_latest(at_step):
-            if not _all_finite(session, graph):
-                raise NonFiniteError("training diverged: the weights hold NaN or inf after step {}".format(at_step),
-                                     hint=DIVERGED_HINT)
-            prefix = graph.saver.save(session, str(ckpt_dir / "model.ckpt"), global_step=at_step,
-                                      write_meta_graph=False)
-            on_checkpoint("latest", at_step, {"prefix": prefix})
-
-        def save_best(results, at_step):
-            if not _all_finite(session, graph):
-                return  # save_latest refuses the same step with the error
-            for target in graph.targets:
-                top1 = results[target]["top1"]
-                if top1 > best[target]:
-                    best[target] = top1
-                    target_dir = ckpt_dir / "best-{}".format(target)
-                    target_dir.mkdir(parents=True, exist_ok=True)
-                    prefix = graph.best_saver.save(session, str(target_dir / "model.ckpt"), global_step=at_step,
-                                                   write_meta_graph=False)
-                    for old in target_dir.glob("model.ckpt-*"):  # the new best is complete: drop the old
-                        if not old.name.startswith(Path(prefix).name + "."):
-                            old.unlink()
-                    on_checkpoint("best-" + target, at_step, {"prefix": prefix, "top1": top1,
-                                                              "top5": results[target]["top5"]})
-
-        window_start, window_step = time.time(), step
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        """Train to recipe.num_train_steps; Ctrl-C/SIGTERM saves the step reached, then re-raises."""
+        recipe, total = self.recipe, self.recipe.num_train_steps
+        fetches = {"train": self.graph.step.train_op, "metrics": self.graph.step.metrics}
+        self._window = (time.time(), self.step)
+        if self.progress is not None:
+            self.progress.start_at(self.step)
         try:
-            if progress is not None:
-                progress.start_at(step)
-            while step < total:
+            while self.step < total:
                 check_interrupted()
-                out = session.run(fetches)
-                step += 1
-                metrics = {k: float(v) for k, v in out["metrics"].items()}
-                bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
-                if bad:
-                    # Nothing of this step or later is saved: the last checkpoint is the last finite one.
-                    raise NonFiniteError("training diverged at step {}: {} became {}".format(
-                        step, ", ".join(bad), metrics[bad[0]]), hint=DIVERGED_HINT)
-                if step % recipe.log_every == 0 or step == total:
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    rate = (step - window_step) / elapsed
-                    window_start, window_step = time.time(), step
-                    for name, value in metrics.items():
-                        summary_writer.add_summary(_scalar_summary(name, value), step)
-                    csv_log.write(dict(metrics, step=step, time=time.time(), steps_per_second=rate))
-                    if progress is None:
-                        log("step {}/{}: {:.2f} steps/s {}".format(step, total, rate, " ".join(
-                            "{}={:.5g}".format(k, metrics[k]) for k in graph.algorithm.progress_metrics)))
-                if progress is not None:
-                    progress.advance(1, note=" ".join("{} {:.3f}".format(k, metrics[k])
-                                                      for k in graph.algorithm.progress_metrics[:2]))
-                if step % recipe.eval_every == 0 or step == total:
-                    last_eval = evaluate(step)
-                    row = {"step": step, "time": time.time()}
-                    for target, values in last_eval.items():
-                        row.update({"{}_top1".format(target): values["top1"],
-                                    "{}_top5".format(target): values["top5"],
-                                    "{}_loss_eval".format(target): values["loss"]})
-                    csv_log.write(row)
-                    save_best(last_eval, step)
-                if step % recipe.save_every == 0 or step == total:
-                    save_latest(step)
+                metrics = {k: float(v) for k, v in self.session.run(fetches)["metrics"].items()}
+                self.step += 1
+                self._check_finite(metrics)
+                self._report(metrics, self.step % recipe.log_every == 0 or self.step == total)
+                if self.step % recipe.eval_every == 0 or self.step == total:
+                    self.last_eval = self.evaluate()
+                    self.save_best(self.last_eval)
+                if self.step % recipe.save_every == 0 or self.step == total:
+                    self.save_latest()
         except KeyboardInterrupt:
-            # Ctrl-C / SIGTERM: keep the work done so far, then let the caller exit 130.
-            if step > start_step:
-                save_latest(step)
+            if self.step > self.start_step:  # keep the work done so far; the caller exits 130
+                self.save_latest()
             raise
-        summary_writer.flush()
-        return {"steps_done": step, "start_step": start_step, "last_eval": last_eval, "best": best}
+        self.summaries.flush()
+        return {"steps_done": self.step, "start_step": self.start_step, "last_eval": self.last_eval,
+                "best": self.best}
+
+    def _check_finite(self, metrics: Dict[str, float]) -> None:
+        bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if bad:  # nothing of this step or later is saved: the last checkpoint is the last finite one
+            raise NonFiniteError("training diverged at step {}: {} became {}".format(
+                self.step, ", ".join(bad), metrics[bad[0]]), hint=DIVERGED_HINT)
+
+    def _report(self, metrics: Dict[str, float], log_now: bool) -> None:
+        """Progress bar every step; CSV, TensorBoard and (off a terminal) a log line every log_every."""
+        shown = self.graph.algorithm.progress_metrics
+        if log_now:
+            started, first = self._window
+            rate = (self.step - first) / max(time.time() - started, 1e-9)
+            self._window = (time.time(), self.step)
+            for name, value in metrics.items():
+                self.summaries.add_summary(_scalar_summary(name, value), self.step)
+            self.csv.write(dict(metrics, step=self.step, time=time.time(), steps_per_second=rate))
+            if self.progress is None:
+                self.log("step {}/{}: {:.2f} steps/s {}".format(self.step, self.recipe.num_train_steps, rate,
+                                                                 " ".join("{}={:.5g}".format(k, metrics[k])
+                                                                          for k in shown)))
+        if self.progress is not None:
+            self.progress.advance(1, note=" ".join("{} {:.3f}".format(k, metrics[k]) for k in shown[:2]))
+
+    # -- evaluation and checkpoints --------------------------------------------------------------------
+    def evaluate(self) -> Dict[str, Dict[str, Any]]:
+        """Every evaluated network over every test image once: log line, TensorBoard, CSV row."""
+        from mpltool.eval.metrics import evaluate_logits_fn
+
+        graph, session = self.graph, self.session
+        results = {}
+        for target in graph.targets:
+            logits = graph.eval_logits[target]
+            results[target] = evaluate_logits_fn(
+                lambda batch: session.run(logits, feed_dict={graph.eval_images: batch}), self.data["test_images"],
+                self.data["test_labels"], self.recipe.eval_batch_size, self.recipe.label_smoothing)
+        self.log("Eval end in global step:{}, ".format(self.step) + ", ".join(
+            "{t}_top1={top1:.6f}, {t}_top5={top5:.6f}, {t}_loss={loss:.6f}".format(t=t, **results[t])
+            for t in graph.targets))
+        feed = {graph.eval_summary_values["{}_{}".format(t, m)]: results[t][m]
+                for t in graph.targets for m in EVAL_METRICS}
+        self.summaries.add_summary(session.run(graph.eval_summaries, feed_dict=feed), self.step)
+        row = {"step": self.step, "time": time.time()}
+        for target, values in results.items():
+            row.update({"{}_{}".format(target, "loss_eval" if m == "loss" else m): values[m] for m in EVAL_METRICS})
+        self.csv.write(row)
+        return results
+
+    def save_latest(self) -> None:
+        if not _all_finite(self.session, self.graph):
+            raise NonFiniteError("training diverged: the weights hold NaN or inf after step {}".format(self.step),
+                                 hint=DIVERGED_HINT)
+        prefix = self.graph.saver.save(self.session, str(self.ckpt_dir / "model.ckpt"), global_step=self.step,
+                                       write_meta_graph=False)
+        self.on_checkpoint("latest", self.step, {"prefix": prefix})
+
+    def save_best(self, results: Dict[str, Dict[str, Any]]) -> None:
+        if not _all_finite(self.session, self.graph):
+            return  # save_latest refuses the same step with the error
+        for target in self.graph.targets:
+            top1 = results[target]["top1"]
+            if top1 <= self.best[target]:
+                continue
+            self.best[target] = top1
+            target_dir = self.ckpt_dir / "best-{}".format(target)
+            target_dir.mkdir(parents=True, exist_ok=True)
+            prefix = self.graph.best_saver.save(self.session, str(target_dir / "model.ckpt"), global_step=self.step,
+                                                write_meta_graph=False)
+            for old in target_dir.glob("model.ckpt-*"):  # the new best is complete: drop the old
+                if not old.name.startswith(Path(prefix).name + "."):
+                    old.unlink()
+            self.on_checkpoint("best-" + target, self.step, {"prefix": prefix, "top1": top1,
+                                                             "top5": results[target]["top5"]})
+
+
+def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
+                 on_checkpoint: Callable[[str, int, Dict[str, Any]], None], log: Callable[[str], None],
+                 progress=None) -> Dict[str, Any]:
+    """Train from `restore_from` (or from scratch) to recipe.num_train_steps (see TrainingSession)."""
+    session = TrainingSession(recipe, device, data, workdir, restore_from, on_checkpoint, log, progress)
+    try:
+        return session.run()
     finally:
-        summary_writer.close()
-        csv_log.close()
         session.close()
 
 
