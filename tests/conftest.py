@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cifar_fixtures import make_cifar_dir
-from helpers import invoke
+from helpers import graph_runner, invoke
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +26,12 @@ def prepared_copy(prepared, tmp_path):
     project = tmp_path / "proj"
     shutil.copytree(str(prepared), str(project))
     return Path(project)
+
+
+@pytest.fixture(scope="module")
+def run(request):
+    """One graph and session per test module (seeded by the module's GRAPH_SEED): run(build) builds
+    tensors in it and evaluates them."""
+    runner, close = graph_runner(getattr(request.module, "GRAPH_SEED", 0))
+    yield runner
+    close()

@@ -39,3 +39,29 @@ def sets(*pairs, base=TINY):
 
 def manifest(project):
     return yaml.safe_load((Path(project) / MANIFEST_NAME).read_text())
+
+
+def graph_runner(graph_seed):
+    """(run, close): run(build) builds tensors in one shared graph (seeded) and evaluates them in its session."""
+    from mpltool.tfv1 import tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(graph_seed)
+    session = tf.Session(graph=graph, config=tf.ConfigProto(intra_op_parallelism_threads=2,
+                                                            inter_op_parallelism_threads=2))
+
+    def run(build):
+        with graph.as_default():
+            fetches = build()
+        return session.run(fetches)
+
+    return run, session.close
+
+
+def dataset_samples(fn, image, count):
+    """`count` independent results of fn(image), produced by Dataset.map as in the input pipeline."""
+    from mpltool.tfv1 import tf
+
+    dataset = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(count).map(fn).batch(count)
+    return tf.data.make_one_shot_iterator(dataset).get_next()

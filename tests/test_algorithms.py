@@ -145,3 +145,28 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
     assert frozen.exit_code == 0, frozen.stderr
     assert json.loads(frozen.stdout)["io"]["input_shape"] == [1, 32, 32, 3]
     assert invoke("--project", project, "convert", "--check-only").exit_code == 0
+
+
+@pytest.mark.parametrize("policy, expected", [("randaugment", "aug_view"), ("autoaugment", "autoaugment_view"),
+                                              ("none", "labelled_view")])
+def test_the_augment_key_picks_the_strong_view(monkeypatch, policy, expected):
+    from mpltool.data import augment
+    from mpltool.data.pipeline import strong_view
+
+    called = []
+    for name in ("aug_view", "autoaugment_view", "labelled_view"):
+        monkeypatch.setattr(augment, name, lambda image, _name=name, **kwargs: called.append(_name) or image)
+    assert strong_view("image", policy, 16, 2, seed=3, overflow="wrap") == "image"
+    assert called == [expected]
+
+
+def test_supervised_with_the_autoaugment_policy_runs_end_to_end(prepared, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(str(prepared), str(project))
+    trained = invoke("--project", project, "--json", "train", "--recipe", "supervised-wrn28-2", "--device", "cpu",
+                     "--set", "augment=autoaugment", *sets(base=RUN))
+    assert trained.exit_code == 0, trained.stderr
+    assert yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["train"]["params"]["augment"] == \
+        "autoaugment"
+    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "4")
+    assert frozen.exit_code == 0, frozen.stderr

@@ -7,6 +7,7 @@ import pytest
 
 from mpltool.data import augment as A
 from mpltool.errors import UsageError
+from helpers import dataset_samples
 from mpltool.tfv1 import tf
 
 H = W = 32
@@ -30,28 +31,8 @@ COORDS = np.stack(np.mgrid[1:H + 1, 1:W + 1].tolist() + [np.full((H, W), 7)], -1
 pytestmark = pytest.mark.filterwarnings("ignore:Seed .* from outer graph:UserWarning")
 
 
-@pytest.fixture(scope="module")
-def run():
-    """One graph and session for the module; run(build) builds tensors in it and evaluates them."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.set_random_seed(20240601)
-    config = tf.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=2)
-    sess = tf.Session(graph=graph, config=config)
-
-    def _run(build):
-        with graph.as_default():
-            fetches = build()
-        return sess.run(fetches)
-
-    yield _run
-    sess.close()
-
-
-def _samples(fn, image, count):
-    """`count` independent results of fn(image), produced by Dataset.map as in the pipeline."""
-    dataset = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(count).map(fn).batch(count)
-    return tf.data.make_one_shot_iterator(dataset).get_next()
+GRAPH_SEED = 20240601  # of the `run` fixture's graph (conftest.py)
+_samples = dataset_samples
 
 
 # ------------------------------------------------------------------------------------ numpy references

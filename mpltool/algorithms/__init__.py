@@ -33,8 +33,10 @@ Step = collections.namedtuple("Step", [
 ])
 
 Streams = collections.namedtuple("Streams", [
-    "unlabelled",  # False: the labelled stream alone; True: also U = uda_data·B unlabelled images, 2 views
+    "unlabelled",       # False: the labelled stream alone; True: also U = uda_data·B unlabelled images, 2 views
+    "labelled_strong",  # the labelled images get the recipe's strong view (`augment`) instead of flip/crop
 ])
+Streams.__new__.__defaults__ = (False,)
 
 
 class Algorithm:

@@ -15,13 +15,31 @@ from mpltool.tfv1 import tf
 Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images"])
 
 
+POLICIES = ("randaugment", "autoaugment", "none")
+
+
+def strong_view(image, policy, magnitude, num_layers, seed, overflow):
+    """The strong view of one uint8 image under the recipe's `augment` policy:
+    randaugment (RandAugment, cutout, flip/crop: the reference's aug view), autoaugment (the CIFAR-10
+    policy, crop, flip, cutout 16: tensorflow/models' order), or none (flip/pad/crop only)."""
+    if policy == "randaugment":
+        return augment.aug_view(image, magnitude=magnitude, num_layers=num_layers, seed=seed, overflow=overflow)
+    if policy == "autoaugment":
+        return augment.autoaugment_view(image, seed=seed, overflow=overflow)
+    if policy == "none":
+        return augment.labelled_view(image, seed=seed)
+    raise ValueError("augment must be one of {}, got {!r}".format(", ".join(POLICIES), policy))
+
+
 class TrainInput:
-    """Per step: B labelled (flip/pad/crop), and with uda_data > 0 also U = uda_data·B unlabelled images as
-    ori (flip/pad/crop) + aug (RandAugment, cutout, flip/crop); uda_data = 0 builds no unlabelled stream
-    (its ori/aug are None), so a supervised run pays nothing for RandAugment."""
+    """Per step: B labelled images and, with uda_data > 0, U = uda_data·B unlabelled images as ori
+    (flip/pad/crop) + aug (the strong view of `policy`). The labelled view is flip/pad/crop, or the strong
+    view when the algorithm asks for it (`labelled_strong`: supervised training with a policy).
+    uda_data = 0 builds no unlabelled stream (its ori/aug are None)."""
 
     def __init__(self, batch_size, uda_data, magnitude=16, num_layers=2, shuffle_buffer=1024,
-                 seed=None, image_shape=(32, 32, 3), overflow="clip"):
+                 seed=None, image_shape=(32, 32, 3), overflow="clip", policy="randaugment",
+                 labelled_strong=False):
         self.batch_size = batch_size
         self.unlabelled_batch_size = batch_size * uda_data
         self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
@@ -35,11 +53,20 @@ class TrainInput:
         unlabelled_seed = None if seed is None else seed + 202
 
         def labelled_map(image, label):
-            return augment.normalize(augment.labelled_view(image, seed=labelled_seed)), label
+            if labelled_strong:
+                view = strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
+            else:
+                view = augment.labelled_view(image, seed=labelled_seed)
+            return augment.normalize(view), label
 
         def unlabelled_map(image):
-            ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
-                                                seed=unlabelled_seed, overflow=overflow)
+            if policy == "randaugment":  # the reference's pair: aug starts from this very ori image
+                ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
+                                                    seed=unlabelled_seed, overflow=overflow)
+            else:
+                ori = augment.ori_view(image, seed=unlabelled_seed)
+                aug = strong_view(ori, policy, magnitude, num_layers,
+                                  None if unlabelled_seed is None else unlabelled_seed + 7, overflow)
             return augment.normalize(ori), augment.normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.

@@ -146,6 +146,9 @@ FIELDS = [
     Field("ema_decay", "float", 0.995, "EMA decay of the student (capped by (t+1)/(t+10))", **UNIT),
     Field("dropout_rate", "float", 0.2, "dropout before the classifier", **UNIT_OPEN,
           why="at 1 it drops every activation (TF refuses it)"),
+    Field("augment", "str", "randaugment", "strong-view policy: randaugment (the reference's), autoaugment (the "
+          "CIFAR-10 policy of tensorflow/models), none (flip/pad/crop only)",
+          choices=("randaugment", "autoaugment", "none")),
     Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", low=0, high=30),
     Field("augment_layers", "int", 2, "RandAugment ops per image", low=0, high=30),
     Field("augment_overflow", "str", "clip", "colour ops (Color, Contrast, Brightness, Sharpness) past 255: wrap "

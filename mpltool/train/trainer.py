@@ -50,7 +50,8 @@ class TrainingGraph:
             self.input = TrainInput(recipe.batch_size, recipe.uda_data if streams.unlabelled else 0,
                                     magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape,
-                                    overflow=recipe.augment_overflow)
+                                    overflow=recipe.augment_overflow, policy=recipe.augment,
+                                    labelled_strong=streams.labelled_strong)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device))
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
