@@ -195,7 +195,7 @@ def git_state(directory: Path) -> Optional[Dict[str, Any]]:
     return {"commit": commit, "dirty": bool(status.stdout.strip())}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -408,7 +408,7 @@ class Project:
                         os.unlink(str(self.lock_path))
                     continue
                 if (other.get("host") == holder["host"] and isinstance(other.get("pid"), int)
-                        and not _pid_alive(other["pid"])):
+                        and not pid_alive(other["pid"])):
                     with contextlib.suppress(OSError):
                         os.unlink(str(self.lock_path))
                     continue

@@ -12,7 +12,7 @@ import socket
 import stat
 from typing import Any, Dict, List, Optional, Tuple
 
-from mpltool.manifest import Project, _pid_alive, sha256_file
+from mpltool.manifest import Project, pid_alive, sha256_file
 
 STAGE_ORDER = ("data", "train", "eval", "freeze", "convert-check", "convert")
 HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
@@ -134,7 +134,7 @@ def _run_state(record: Dict[str, Any]) -> Tuple[str, Optional[str]]:
     if status == "running":
         pid, host = record.get("pid"), record.get("host")
         if isinstance(pid, int) and not isinstance(pid, bool) and host == socket.gethostname() \
-                and not _pid_alive(pid):
+                and not pid_alive(pid):
             shown = "running (process {} gone)".format(pid)
             return shown, shown
         return "running", None

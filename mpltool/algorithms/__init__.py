@@ -11,6 +11,7 @@ Adding one: a module here with a class decorated by `@register_algorithm`, an en
 recipe files. Nothing in train/, eval/, freeze/ or convert/ changes.
 """
 
+import abc
 import collections
 import difflib
 import importlib
@@ -39,8 +40,9 @@ Streams = collections.namedtuple("Streams", [
 Streams.__new__.__defaults__ = (False,)
 
 
-class Algorithm:
-    """The declaration of one algorithm; subclasses fill in the class attributes and `build_step`."""
+class Algorithm(abc.ABC):
+    """The declaration of one algorithm; subclasses fill in the class attributes, `streams` and `build_step`
+    (registering a class that lacks either fails at import, naming it)."""
 
     name = ""
     description = ""
@@ -51,12 +53,13 @@ class Algorithm:
     metric_names = ()      # type: Tuple[str, ...]  the step's metrics, in CSV column order
     progress_metrics = ()  # type: Tuple[str, ...]  the two or three shown on a progress line
 
+    @abc.abstractmethod
     def streams(self, recipe) -> Streams:
-        raise NotImplementedError
+        """The input streams this recipe needs."""
 
+    @abc.abstractmethod
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None) -> Step:
         """`batch`: labelled_images, labels (+ ori_images, aug_images when streams().unlabelled)."""
-        raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
         """What the train record keeps, so later stages need no knowledge of the algorithm."""

@@ -66,7 +66,6 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
                                for i in infos]
         run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
                                "label_counts": np.bincount(labels[indices], minlength=cifar.NUM_CLASSES)}
-        run.record["labels"] = {"highest": _highest_label(infos)}
         run.metrics.update({
             "train_records": sum(i["records"] for i in train_infos),
             "test_records": sum(i["records"] for i in test_infos),
@@ -77,16 +76,6 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
               "split": run.record["split"], "labelled_indices": run.outputs["labelled_indices"]}
     result.update(run.metrics)
     return result
-
-
-def _highest_label(infos) -> int:
-    """The highest label of any imported file, from the per-file label counts."""
-    highest = 0
-    for info in infos:
-        present = [label for label, count in enumerate(info["label_counts"]) if count]
-        if present:
-            highest = max(highest, present[-1])
-    return highest
 
 
 def _remove_legacy_staging(project: Project) -> None:

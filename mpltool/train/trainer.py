@@ -120,8 +120,6 @@ def _csv_cell(value: str) -> str:
     return '"{}"'.format(value.replace('"', '""')) if any(c in value for c in ',"\r\n') else value
 
 
-def _all_finite(session, graph) -> bool:
-    return bool(session.run(graph.weights_finite))
 
 
 class TrainingSession:
@@ -144,6 +142,7 @@ class TrainingSession:
         self.best = {target: -1.0 for target in self.graph.targets}
         self.best.update(data.get("best") or {})
         self.last_eval = {}  # type: Dict[str, Any]
+        self._finite_at = (-1, True)  # (step, weights finite at it)
         self.csv = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(self.graph.algorithm),
                               resume_step=step_of(restore_from) if restore_from else 0)
         self.summaries = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
@@ -252,8 +251,14 @@ class TrainingSession:
         self.csv.write(row)
         return results
 
+    def _weights_finite(self) -> bool:
+        """Checked once per step that saves (best and latest checkpoints at one step share the answer)."""
+        if self._finite_at[0] != self.step:
+            self._finite_at = (self.step, bool(self.session.run(self.graph.weights_finite)))
+        return self._finite_at[1]
+
     def save_latest(self) -> None:
-        if not _all_finite(self.session, self.graph):
+        if not self._weights_finite():
             raise NonFiniteError("training diverged: the weights hold NaN or inf after step {}".format(self.step),
                                  hint=DIVERGED_HINT)
         prefix = self.graph.saver.save(self.session, str(self.ckpt_dir / "model.ckpt"), global_step=self.step,
@@ -261,7 +266,7 @@ class TrainingSession:
         self.on_checkpoint("latest", self.step, {"prefix": prefix})
 
     def save_best(self, results: Dict[str, Dict[str, Any]]) -> None:
-        if not _all_finite(self.session, self.graph):
+        if not self._weights_finite():
             return  # save_latest refuses the same step with the error
         for target in self.graph.targets:
             top1 = results[target]["top1"]
