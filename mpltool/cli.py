@@ -178,26 +178,28 @@ def data():
               help="Directory of CIFAR-10 binary files, or cifar-10-binary.tar.gz itself.")
 @click.option("--recipe", default="mpl-wrn28-2", show_default=True, help="Recipe whose split settings are the defaults.")
 @click.option("--labelled", "num_labelled", type=int, default=None, help="Labelled records [recipe: num_labelled].")
-@click.option("--split", type=click.Choice(["first", "balanced"]), default=None,
-              help="first N records (reference) or N/10 per class [recipe: split].")
-@click.option("--seed", type=int, default=None, help="Seed of the balanced split [recipe: split_seed].")
+@click.option("--split", default=None, metavar="SPLIT",
+              help="first (N records, MPL reference), balanced (N/10 per class), round-robin (MixMatch's), or a "
+                   "MixMatch split name such as cifar10.3@250-5000 [recipe: split].")
+@click.option("--seed", type=int, default=None, help="Seed of a balanced or round-robin split [recipe: split_seed].")
+@click.option("--valid", "num_valid", type=int, default=None,
+              help="Validation records from the unlabelled stream, round-robin only [recipe: num_valid].")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_prepare(ctx, source, recipe, num_labelled, split, seed, force):
+def data_prepare(ctx, source, recipe, num_labelled, split, seed, num_valid, force):
     """Validate CIFAR files, copy them into the project, record hashes, counts and the labelled split."""
+    from mpltool.data.splits import resolve
     from mpltool.data.stage import prepare
     from mpltool.recipes import load_recipe
 
-    defaults = load_recipe(recipe)
-    result = prepare(ctx.project, source,
-                     num_labelled=defaults.num_labelled if num_labelled is None else num_labelled,
-                     split=defaults.split if split is None else split,
-                     seed=defaults.split_seed if seed is None else seed, force=force)
+    settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
+    result = prepare(ctx.project, source, force=force, **settings)
     ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
                   [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]])
-    ctx.out.info("labelled: {} records ({} split, seed {}); unlabelled: {}; test: {}".format(
-        result["labelled_records"], result["split"]["method"], result["split"]["seed"],
-        result["unlabelled_records"], result["test_records"]))
+    ctx.out.info("labelled: {} records ({} split{}, seed {}); unlabelled: {}; validation: {}; test: {}".format(
+        result["labelled_records"], result["split"]["method"],
+        " " + result["split"]["name"] if "name" in result["split"] else "", result["split"]["seed"],
+        result["unlabelled_records"], result.get("valid_records", 0), result["test_records"]))
     ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe))
     ctx.out.result(result)
 
@@ -297,6 +299,8 @@ def train(ctx, recipe, overrides, device, extend_steps, force):
     shown = {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"])}
     shown.update(("{} {}".format(key[:-len("_top1")].replace("_", " "), "top-1"), value)
                  for key, value in metrics.items() if key.endswith("_top1"))  # every network training built
+    shown.update(("{} top-1, median of last 20 evals".format(key[:-len("_top1_median20")]), value)
+                 for key, value in metrics.items() if key.endswith("_top1_median20"))
     shown["latest checkpoint"] = (result.get("checkpoints") or {}).get("latest", {}).get("prefix")
     ctx.out.fields("train", shown)
     ctx.out.info("next: " + ctx.next_command("eval"))
@@ -322,6 +326,11 @@ def eval_command(ctx, target, model, batch_size):
     ctx.out.fields("eval", {"model": described, "top-1": result["top1"], "top-5": result["top5"],
                             "loss": result["loss"], "images": result["images"],
                             "images/s": round(result["images_per_second"] or 0.0, 1)})
+    medians = result.get("training_medians") or {}
+    if medians:
+        ctx.out.info("during training, median test top-1 of the last N evaluations: " + ", ".join(
+            "N={} {:.4f}".format(key[len("last"):], value)
+            for key, value in sorted(medians.items(), key=lambda kv: int(kv[0][len("last"):]))))
     ctx.out.info("next: " + ctx.next_command("freeze"))
     ctx.out.result(result)
 

@@ -82,6 +82,11 @@ def session_config(device: str, recipe: Any):
     custom_op.parameter_map["precision_mode"].s = tf.compat.as_bytes(recipe.precision_mode)
     custom_op.parameter_map["modify_mixlist"].s = tf.compat.as_bytes(str(_recipe_file(recipe.modify_mixlist)))
     custom_op.parameter_map["fusion_switch_file"].s = tf.compat.as_bytes(str(_recipe_file(recipe.fusion_switch_file)))
+    if recipe.npu_dynamic_input:  # the MixMatch seed's shape-changing inputs
+        custom_op.parameter_map["dynamic_input"].b = True
+    if recipe.npu_dynamic_graph_execute_mode != "off":
+        custom_op.parameter_map["dynamic_graph_execute_mode"].s = tf.compat.as_bytes(
+            recipe.npu_dynamic_graph_execute_mode)
     # Both must be explicitly off on Ascend (the adapter rejects graphs rewritten by them).
     config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
     config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
@@ -107,10 +112,17 @@ def dropout_fn(device: str) -> Optional[Callable]:
     return npu_dropout
 
 
-def optimizer_wrapper(device: str, recipe: Any) -> Optional[Callable]:
-    """On NPU, wrap each optimizer in NPULossScaleOptimizer(FixedLossScaleManager(recipe.loss_scale)).
+# The MixMatch seed's dynamic loss scale (its --loss_scale=0): start high, halve after 2 overflowing
+# steps, double after 1000 finite ones.
+EXPONENTIAL_LOSS_SCALE = {"init_loss_scale": 2 ** 32, "incr_every_n_steps": 1000, "decr_every_n_nan_or_inf": 2,
+                          "decr_ratio": 0.5}
 
-    The MPL step computes gradients through `optimizer.compute_gradients`, so the wrapper really
+
+def optimizer_wrapper(device: str, recipe: Any) -> Optional[Callable]:
+    """On NPU, wrap each optimizer in NPULossScaleOptimizer with FixedLossScaleManager(recipe.loss_scale),
+    or with the ExponentialUpdateLossScaleManager above when loss_scale is 0.
+
+    The steps compute gradients through `optimizer.compute_gradients`, so the wrapper really
     scales the loss and unscales the gradients (the seed's tf.gradients path bypassed it).
     """
     if device != "npu":
@@ -118,8 +130,11 @@ def optimizer_wrapper(device: str, recipe: Any) -> Optional[Callable]:
     module = npu_bridge()
 
     def wrap(optimizer):
-        manager = module.FixedLossScaleManager(loss_scale=recipe.loss_scale,
-                                               enable_overflow_check=recipe.loss_scale_overflow_check)
+        if recipe.loss_scale == 0:
+            manager = module.ExponentialUpdateLossScaleManager(**EXPONENTIAL_LOSS_SCALE)
+        else:
+            manager = module.FixedLossScaleManager(loss_scale=recipe.loss_scale,
+                                                   enable_overflow_check=recipe.loss_scale_overflow_check)
         return module.NPULossScaleOptimizer(optimizer, manager)
 
     return wrap

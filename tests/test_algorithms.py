@@ -21,14 +21,15 @@ RUN = [p for p in TINY if p.split("=")[0] not in ("num_labelled", "student_lr_wa
        ] + ["num_train_steps=4", "save_every=2", "eval_every=2", "log_every=2"]
 
 
-def test_the_registry_knows_three_algorithms_and_every_recipe_names_one():
-    assert list(algorithm_names()) == ["mpl", "supervised", "uda"]
+def test_the_registry_knows_four_algorithms_and_every_recipe_names_one():
+    assert list(algorithm_names()) == ["mpl", "supervised", "uda", "mixmatch"]
     named = {name: load_recipe(name).algorithm for name in available_recipes()}
     for algorithm in ("mpl", "supervised", "uda"):
         assert {"{}-demo".format(algorithm), "{}-wrn28-2".format(algorithm)} <= {
             n for n, a in named.items() if a == algorithm}
+    assert {n for n, a in named.items() if a == "mixmatch"} == {"mixmatch-demo", "mixmatch-cifar10-250"}
     listed = json.loads(invoke("--json", "recipes").stdout)["recipes"]
-    assert {"supervised-demo", "uda-demo", "mpl-demo"} <= {r["name"] for r in listed}
+    assert {"supervised-demo", "uda-demo", "mpl-demo", "mixmatch-demo"} <= {r["name"] for r in listed}
 
 
 def test_an_unknown_algorithm_and_another_algorithms_key_are_usage_errors():
@@ -83,7 +84,7 @@ def test_supervised_builds_no_unlabelled_stream():
     from mpltool.tfv1 import tf
 
     with tf.Graph().as_default():
-        source = TrainInput(batch_size=4, uda_data=0, shuffle_buffer=8, seed=1)
+        source = TrainInput(batch_size=4, unlabelled_ratio=0, shuffle_buffer=8, seed=1)
         assert source.batch.ori_images is None and source.batch.aug_images is None
         ops = {op.type for op in tf.get_default_graph().get_operations()}
     assert "ZipDataset" not in ops
@@ -103,7 +104,7 @@ def test_the_recipes_overflow_mode_reaches_the_unlabelled_views(monkeypatch):
 
     monkeypatch.setattr(augment, "unlabelled_views", recording)
     with tf.Graph().as_default():
-        TrainInput(batch_size=2, uda_data=1, shuffle_buffer=4, seed=1, overflow="wrap")
+        TrainInput(batch_size=2, unlabelled_ratio=1, shuffle_buffer=4, seed=1, overflow="wrap")
     assert seen == ["wrap"]
     assert load_recipe("mpl-wrn28-2").augment_overflow == "wrap"
 
@@ -139,7 +140,7 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
     with open(str(project / "logs" / "metrics.csv")) as handle:
         assert next(csv.reader(handle)) == ["step", "time", "steps_per_second", "loss", "accuracy", "model_top1",
                                             "model_top5", "model_loss_eval", "ema_top1", "ema_top5",
-                                            "ema_loss_eval"]
+                                            "ema_loss_eval", "model_valid_top1", "ema_valid_top1"]
     assert invoke("--project", project, "eval", "--target", "model").exit_code == 0
     frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "4")
     assert frozen.exit_code == 0, frozen.stderr

@@ -50,7 +50,7 @@ def test_prepare_records_hashes_counts_and_first_split(tmp_path, cifar_dir):
     _, labels = cifar.read_images([cifar_dir / n for n in cifar.TRAIN_FILES])
     assert record["split"]["label_counts"] == np.bincount(labels[:40], minlength=10).tolist()
     assert record["metrics"] == {"train_records": 150, "test_records": 25, "labelled_records": 40,
-                                 "unlabelled_records": 150}
+                                 "unlabelled_records": 150, "valid_records": 0}
 
 
 def test_prepare_from_archive_balanced_split(tmp_path):

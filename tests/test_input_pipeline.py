@@ -20,7 +20,7 @@ def batches():
     labels = np.arange(count) % 10
     labelled = np.array([3, 5, 7, 11], dtype=np.int64)
     with tf.Graph().as_default():
-        source = TrainInput(batch_size=4, uda_data=3, magnitude=16, num_layers=2, shuffle_buffer=16, seed=1)
+        source = TrainInput(batch_size=4, unlabelled_ratio=3, magnitude=16, num_layers=2, shuffle_buffer=16, seed=1)
         with tf.Session() as session:
             source.initialize(session, images, labels, labelled)
             out = [session.run(source.batch) for _ in range(5)]

@@ -39,6 +39,15 @@ class FixedLossScaleManager(object):
         self.enable_overflow_check = enable_overflow_check
 
 
+class ExponentialUpdateLossScaleManager(object):
+    def __init__(self, init_loss_scale, incr_every_n_steps, decr_every_n_nan_or_inf=2, incr_ratio=2,
+                 decr_ratio=0.8):
+        calls.append(("ExponentialUpdateLossScaleManager", init_loss_scale, incr_every_n_steps,
+                      decr_every_n_nan_or_inf, decr_ratio))
+        self.loss_scale = init_loss_scale
+        self.enable_overflow_check = True  # the dynamic manager always watches for overflow
+
+
 class NPULossScaleOptimizer(tf.train.Optimizer):
     def __init__(self, opt, loss_scale_manager, is_distributed=False):
         super(NPULossScaleOptimizer, self).__init__(False, "NPULossScaleOptimizer")
@@ -149,3 +158,72 @@ def test_a_broken_npu_bridge_means_no_npu_not_a_crash(tmp_path, monkeypatch):
         npu.reset_probe()
         for name in [n for n in sys.modules if n.startswith("npu_bridge")]:
             del sys.modules[name]
+
+
+def _wrap_one(recipe):
+    """The NPU wrapper applied to one plain optimizer; its gradients of a tiny loss (scale undone)."""
+    wrapper = npu.optimizer_wrapper("npu", recipe)
+    with tf.Graph().as_default():
+        x = tf.Variable(3.0)
+        wrapped = wrapper(tf.train.GradientDescentOptimizer(0.1))
+        grads = wrapped.compute_gradients(x * x, var_list=[x])
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            value = session.run(grads[0][0])
+    return wrapped, value
+
+
+def test_loss_scale_0_builds_the_seeds_exponential_manager(stand_in):
+    """loss_scale 0 is the MixMatch seed's dynamic scaling: ExponentialUpdateLossScaleManager(2^32, 1000, 2,
+    0.5). A fixed scale there would overflow fp16 gradients or underflow them."""
+    wrapped, grad = _wrap_one(load_recipe("mixmatch-cifar10-250", ["loss_scale=0"]))
+    calls = sys.modules["npu_bridge.npu_init"].calls
+    assert ("ExponentialUpdateLossScaleManager", 2 ** 32, 1000, 2, 0.5) in calls
+    assert ("wrap", 2 ** 32, True) in calls and ("compute_gradients", float(2 ** 32)) in calls
+    assert type(wrapped).__name__ == "NPULossScaleOptimizer"
+    assert grad == pytest.approx(6.0)  # d(x^2)/dx at 3, scaled by 2^32 and back
+
+
+def test_a_fixed_loss_scale_builds_the_fixed_manager(stand_in):
+    """The recipe's 999 (the MixMatch port's) reaches FixedLossScaleManager unchanged, no dynamic manager."""
+    wrapped, grad = _wrap_one(load_recipe("mixmatch-cifar10-250"))
+    calls = sys.modules["npu_bridge.npu_init"].calls
+    assert not [c for c in calls if c[0] == "ExponentialUpdateLossScaleManager"]
+    assert ("wrap", 999.0, False) in calls and ("compute_gradients", 999.0) in calls
+    assert type(wrapped._manager).__name__ == "FixedLossScaleManager" and wrapped._manager.loss_scale == 999.0
+    assert grad == pytest.approx(6.0)
+    assert npu.optimizer_wrapper("cpu", load_recipe("mixmatch-cifar10-250", ["loss_scale=0"])) is None
+
+
+def test_a_loss_scale_between_0_and_1_is_refused():
+    """0 < scale < 1 would shrink the losses the scaling exists to enlarge: refused when the recipe loads."""
+    from mpltool.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        load_recipe("mpl-wrn28-2", ["loss_scale=0.5"])
+    assert "loss_scale" in str(info.value) and "0 (dynamic)" in str(info.value)
+    assert load_recipe("mpl-wrn28-2", ["loss_scale=1"]).loss_scale == 1.0
+
+
+def _npu_params(recipe):
+    config = npu.session_config("npu", recipe)
+    optimizers = [o for o in config.graph_options.rewrite_options.custom_optimizers if o.name == "NpuOptimizer"]
+    assert len(optimizers) == 1
+    return optimizers[0].parameter_map
+
+
+def test_mixmatch_recipe_sets_dynamic_input_and_lazy_recompile(stand_in):
+    """The MixMatch step feeds inputs whose shape changes between runs; without dynamic_input and
+    lazy_recompile the NPU graph would be compiled for one shape and fail on the next."""
+    params = _npu_params(load_recipe("mixmatch-cifar10-250"))
+    assert params["dynamic_input"].b is True
+    assert params["dynamic_graph_execute_mode"].s == b"lazy_recompile"
+    assert params["precision_mode"].s == b"force_fp32"
+    assert params["use_off_line"].b is True
+
+
+def test_mpl_recipe_sets_no_dynamic_keys(stand_in):
+    """Static-shape recipes must not pay for dynamic compilation (nor ask an adapter that lacks the keys)."""
+    params = _npu_params(load_recipe("mpl-wrn28-2"))
+    assert "dynamic_input" not in params and "dynamic_graph_execute_mode" not in params
+    assert params["precision_mode"].s == b"allow_mix_precision"

@@ -48,8 +48,8 @@ def show(*args):
                      "is 0)"),
     ("grad_bound=-inf", "--set: grad_bound=-inf must be a finite number"),
     ("uda_weight=nan", "--set: uda_weight=nan must be a finite number"),
-    ("loss_scale=0.5", "--set: loss_scale=0.5 must be >= 1 (between 1 and 16777216)"),
-    ("loss_scale=16777217", "--set: loss_scale=16777217.0 must be <= 16777216 (between 1 and 16777216)"),
+    ("loss_scale=0.5", "--set: loss_scale=0.5 must be 0 (dynamic) or >= 1 (fixed)"),
+    ("loss_scale=16777217", "--set: loss_scale=16777217.0 must be <= 16777216 (between 0 and 16777216)"),
     ("num_train_steps=2147483648", "--set: num_train_steps=2147483648 must be <= 2147483647 (between 1 and "
                                    "2147483647)"),
     ("num_train_steps=1e23", "--set: num_train_steps='1e23' is not a valid int"),

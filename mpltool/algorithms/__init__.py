@@ -24,6 +24,7 @@ _MODULES = collections.OrderedDict([
     ("mpl", "mpltool.algorithms.mpl"),
     ("supervised", "mpltool.algorithms.supervised"),
     ("uda", "mpltool.algorithms.uda"),
+    ("mixmatch", "mpltool.algorithms.mixmatch"),
 ])
 _REGISTRY = {}  # type: Dict[str, Algorithm]
 
@@ -34,10 +35,11 @@ Step = collections.namedtuple("Step", [
 ])
 
 Streams = collections.namedtuple("Streams", [
-    "unlabelled",       # False: the labelled stream alone; True: also U = uda_data·B unlabelled images, 2 views
+    "unlabelled",       # unlabelled images per labelled one (U = unlabelled·B); 0: the labelled stream alone
     "labelled_strong",  # the labelled images get the recipe's strong view (`augment`) instead of flip/crop
+    "weak_views",       # 0: each unlabelled image as the (ori, aug) pair; K > 0: K weak views (flip, reflect crop)
 ])
-Streams.__new__.__defaults__ = (False,)
+Streams.__new__.__defaults__ = (False, 0)
 
 
 class Algorithm(abc.ABC):
@@ -47,6 +49,7 @@ class Algorithm(abc.ABC):
     name = ""
     description = ""
     fields = ()            # type: Tuple[str, ...]  recipe keys only this algorithm (or a few) reads
+    ignored_fields = ()    # type: Tuple[str, ...]  shared recipe keys this algorithm does not read
     networks = ()          # type: Tuple[str, ...]  variable scopes the step builds
     eval_targets = ()      # type: Tuple[str, ...]  networks evaluated during training and exportable
     default_target = ""    # the network eval and freeze take when none is named
@@ -59,7 +62,7 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None) -> Step:
-        """`batch`: labelled_images, labels (+ ori_images, aug_images when streams().unlabelled)."""
+        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views)."""
 
     def describe(self) -> Dict[str, Any]:
         """What the train record keeps, so later stages need no knowledge of the algorithm."""
@@ -98,9 +101,14 @@ def get_algorithm(name: str) -> Algorithm:
 
 
 def fields_of_other_algorithms(name: str) -> Dict[str, str]:
-    """recipe key -> the algorithm that declares it, for keys `name` does not use."""
-    mine = set(get_algorithm(name).fields)
+    """recipe key -> the algorithm that reads it, for keys `name` does not read (its own ignored_fields
+    included: those map to the algorithms that declare none of them as ignored)."""
+    algorithm = get_algorithm(name)
+    mine = set(algorithm.fields)
     others = {}
+    for key in algorithm.ignored_fields:
+        readers = [a for a in algorithm_names() if a != name and key not in get_algorithm(a).ignored_fields]
+        others[key] = readers[0] if readers else "no algorithm"
     for other in algorithm_names():
         for key in get_algorithm(other).fields:
             if key not in mine:

@@ -227,7 +227,7 @@ class MetaPseudoLabels(Algorithm):
     progress_metrics = ("teacher_loss", "student_loss", "uda_mask_rate", "teacher_lr", "student_lr")
 
     def streams(self, recipe):
-        return Streams(unlabelled=True)
+        return Streams(unlabelled=recipe.uda_data)
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
         step = build_mpl_step(model, recipe, batch.labelled_images, batch.labels, batch.ori_images,

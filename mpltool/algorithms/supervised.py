@@ -13,7 +13,7 @@ class Supervised(SingleNetwork):
     def streams(self, recipe):
         # With a policy (`augment: autoaugment`, as the AutoAugment paper trains), the labelled images get
         # it; `augment: none` (the supervised recipes) keeps flip/pad/crop.
-        return Streams(unlabelled=False, labelled_strong=recipe.augment != "none")
+        return Streams(unlabelled=0, labelled_strong=recipe.augment != "none")
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
         from mpltool.algorithms.common import single_network_step

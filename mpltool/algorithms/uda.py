@@ -16,7 +16,7 @@ class Uda(SingleNetwork):
     progress_metrics = ("loss", "uda_mask_rate", "learning_rate")
 
     def streams(self, recipe):
-        return Streams(unlabelled=True)
+        return Streams(unlabelled=recipe.uda_data)
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
         from mpltool.algorithms import schedules

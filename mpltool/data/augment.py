@@ -364,8 +364,9 @@ def random_cutout(img, size=16, fill=FILL, seed=None):
 
 
 @_no_autograph
-def flip_pad_crop(img, pad=4, fill=FILL, seed=None):
-    """Random horizontal flip, pad `pad` px of `fill` on every side, random crop back to the input size."""
+def flip_pad_crop(img, pad=4, fill=FILL, seed=None, reflect=False):
+    """Random horizontal flip, pad `pad` px on every side (of `fill`, or mirrored as tf.pad's REFLECT,
+    the edge not repeated), random crop back to the input size."""
     img = _image(img)
     seeds = _seeds(seed)
     height, width, _ = _hwc(img)
@@ -377,6 +378,9 @@ def flip_pad_crop(img, pad=4, fill=FILL, seed=None):
     shift = tf.random.uniform([2], 0, 2 * pad + 1, tf.int32, seed=next(seeds)) - pad
     src_y = rows + shift[0]
     flipped_x = cols + shift[1]
+    if reflect:  # REFLECT: index -i for i < 0, 2(n - 1) - i for i >= n (pad < n, so one fold suffices)
+        src_y = (height - 1) - tf.abs((height - 1) - tf.abs(src_y))
+        flipped_x = (width - 1) - tf.abs((width - 1) - tf.abs(flipped_x))
     src_x = tf.where(flip, (width - 1) - flipped_x, flipped_x)
     # Outside rows/columns get a large negative offset so that every sum involving them stays < 0.
     outside = -2 * height * width
@@ -533,6 +537,14 @@ def _derived(seed, offset):
 @_no_autograph
 def labelled_view(img, seed=None):
     return _jitter(img, seed)
+
+
+@_no_autograph
+def weak_view(img, seed=None):
+    """MixMatch's weak augmentation (libml/data.py augment_cifar10): random flip, then REFLECT-pad by
+    image_size // 8 (4 px for CIFAR) and random crop."""
+    img = _image(img)
+    return flip_pad_crop(img, pad=min(_hwc(img)[:2]) // 8, seed=seed, reflect=True)
 
 
 @_no_autograph

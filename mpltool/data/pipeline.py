@@ -6,13 +6,15 @@ checkpoint's meta graph) stays small however large the data set is.
 """
 
 import collections
+from typing import Optional
 
 import numpy as np
 
 from mpltool.data import augment
 from mpltool.tfv1 import tf
 
-Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images"])
+Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images", "unlabelled_views"])
+Batch.__new__.__defaults__ = (None,)
 
 
 POLICIES = ("randaugment", "autoaugment", "none")
@@ -32,16 +34,20 @@ def strong_view(image, policy, magnitude, num_layers, seed, overflow):
 
 
 class TrainInput:
-    """Per step: B labelled images and, with uda_data > 0, U = uda_data·B unlabelled images as ori
-    (flip/pad/crop) + aug (the strong view of `policy`). The labelled view is flip/pad/crop, or the strong
-    view when the algorithm asks for it (`labelled_strong`: supervised training with a policy).
-    uda_data = 0 builds no unlabelled stream (its ori/aug are None)."""
+    """Per step: B labelled images and, with unlabelled_ratio > 0, U = unlabelled_ratio·B unlabelled images,
+    either as ori (flip/pad/crop) + aug (the strong view of `policy`) or, with weak_views = K > 0, as K
+    weak views (flip, reflect-pad crop: MixMatch's). The labelled view is flip/pad/crop (the weak view
+    with weak_views), or the strong view when the algorithm asks for it (`labelled_strong`: supervised
+    training with a policy). unlabelled_ratio = 0 builds no unlabelled stream (its fields are None).
 
-    def __init__(self, batch_size, uda_data, magnitude=16, num_layers=2, shuffle_buffer=1024,
+    `normalize` maps uint8 views to the network's input (its input spec), so every model sees in training
+    exactly what its exported graph computes from raw pixels."""
+
+    def __init__(self, batch_size, unlabelled_ratio, magnitude=16, num_layers=2, shuffle_buffer=1024,
                  seed=None, image_shape=(32, 32, 3), overflow="clip", policy="randaugment",
-                 labelled_strong=False):
+                 labelled_strong=False, weak_views=0, normalize=augment.normalize):
         self.batch_size = batch_size
-        self.unlabelled_batch_size = batch_size * uda_data
+        self.unlabelled_batch_size = batch_size * unlabelled_ratio
         self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
         self.labelled_labels = tf.placeholder(tf.int64, (None,), name="labelled_labels")
         self.unlabelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="unlabelled_images")
@@ -55,11 +61,16 @@ class TrainInput:
         def labelled_map(image, label):
             if labelled_strong:
                 view = strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
+            elif weak_views:
+                view = augment.weak_view(image, seed=labelled_seed)
             else:
                 view = augment.labelled_view(image, seed=labelled_seed)
-            return augment.normalize(view), label
+            return normalize(view), label
 
         def unlabelled_map(image):
+            if weak_views:
+                return tuple(normalize(augment.weak_view(image, seed=None if unlabelled_seed is None
+                                                          else unlabelled_seed + 11 * k)) for k in range(weak_views))
             if policy == "randaugment":  # the reference's pair: aug starts from this very ori image
                 ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
                                                     seed=unlabelled_seed, overflow=overflow)
@@ -67,7 +78,7 @@ class TrainInput:
                 ori = augment.ori_view(image, seed=unlabelled_seed)
                 aug = strong_view(ori, policy, magnitude, num_layers,
                                   None if unlabelled_seed is None else unlabelled_seed + 7, overflow)
-            return augment.normalize(ori), augment.normalize(aug)
+            return normalize(ori), normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.
         labelled = (tf.data.Dataset.from_tensor_slices((self.labelled_images, self.labelled_labels))
@@ -81,16 +92,22 @@ class TrainInput:
                           .batch(self.unlabelled_batch_size, drop_remainder=True))
             dataset = tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2)
             self.iterator = tf.data.make_initializable_iterator(dataset)
-            (l_images, l_labels), (ori, aug) = self.iterator.get_next()
+            (l_images, l_labels), unlabelled_views = self.iterator.get_next()
+            if weak_views:
+                self.batch = Batch(l_images, l_labels, None, None, tuple(unlabelled_views))
+            else:
+                self.batch = Batch(l_images, l_labels, unlabelled_views[0], unlabelled_views[1])
         else:
             self.iterator = tf.data.make_initializable_iterator(labelled.prefetch(2))
-            (l_images, l_labels), ori, aug = self.iterator.get_next(), None, None
-        self.batch = Batch(l_images, l_labels, ori, aug)
+            l_images, l_labels = self.iterator.get_next()
+            self.batch = Batch(l_images, l_labels, None, None)
 
-    def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray) -> None:
-        """Labelled = the recorded split; unlabelled = every training image (so it includes the labelled)."""
+    def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray,
+                   unlabelled_indices: Optional[np.ndarray] = None) -> None:
+        """Labelled = the recorded split; unlabelled = the split's unlabelled records (None: every training
+        image, so it includes the labelled, as the MPL reference)."""
         feed = {self.labelled_images: images[labelled_indices],
                 self.labelled_labels: labels[labelled_indices].astype(np.int64)}
         if self.unlabelled_batch_size:
-            feed[self.unlabelled_images] = images
+            feed[self.unlabelled_images] = images if unlabelled_indices is None else images[unlabelled_indices]
         session.run(self.iterator.initializer, feed_dict=feed)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mpltool.data import cifar
+from mpltool.data import cifar, splits
 from mpltool.data.sources import get_source
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.manifest import Project, apply_umask, atomic_write_bytes
@@ -19,6 +19,10 @@ from mpltool.manifest import Project, apply_umask, atomic_write_bytes
 DATA_DIR = "data/cifar"
 DATA_COMMAND = "mpltool data prepare --cifar PATH"
 LABELLED_INDICES = "data/labelled_indices.txt"
+# The unlabelled stream in order, the validation records first (only round-robin splits have them and
+# leave the labelled records out; first and balanced list every training record). Projects prepared
+# before this file existed have no such output: their unlabelled stream is every training record.
+UNLABELLED_INDICES = "data/unlabelled_indices.txt"
 
 
 MAX_SEED = 2 ** 32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
@@ -31,7 +35,7 @@ def _checked_seed(seed) -> int:
 
 
 def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first", seed: int = 0,
-            force: bool = False, kind: str = "cifar") -> Dict[str, Any]:
+            force: bool = False, kind: str = "cifar", num_valid: int = 0) -> Dict[str, Any]:
     """Import, validate and split under the project lock; every file lands through the stage commit.
 
     The CIFAR files and the indices file are staged, checked there, and renamed into place together
@@ -44,6 +48,8 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
     _remove_legacy_staging(project)
     source = Path(str(source)).expanduser()
     params = {"source": str(source.absolute()), "num_labelled": num_labelled, "split": split, "seed": seed}
+    if num_valid:
+        params["num_valid"] = num_valid
     data_source = get_source(kind)
     params["kind"] = kind
     with project.stage_run("data", params, force=force) as run:
@@ -56,9 +62,11 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
             staged[name] = run.stage_output(data_source.file_key(name), final_dir / name)
             (imported / name).replace(staged[name])
         _, labels = data_source.read([staged[name] for name in data_source.split_files("train")])
-        indices = cifar.make_split(labels, num_labelled, method=split, seed=seed)
-        indices_path = run.stage_output("labelled_indices", project.path(LABELLED_INDICES))
-        atomic_write_bytes(indices_path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
+        plan = splits.make(labels, split, num_labelled, num_valid=num_valid, seed=seed)
+        indices = plan.labelled
+        _write_indices(run.stage_output("labelled_indices", project.path(LABELLED_INDICES)), indices)
+        _write_indices(run.stage_output("unlabelled_indices", project.path(UNLABELLED_INDICES)),
+                       np.concatenate([plan.valid, plan.unlabelled]))
         train_infos = [i for i in infos if i["name"] in data_source.split_files("train")]
         test_infos = [i for i in infos if i["name"] in data_source.split_files("test")]
         run.record["source"] = kind
@@ -66,16 +74,25 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
                                for i in infos]
         run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
                                "label_counts": np.bincount(labels[indices], minlength=cifar.NUM_CLASSES)}
+        if split == "round-robin":
+            run.record["split"].update({
+                "name": splits.split_name(int(len(indices)), num_valid, seed), "num_valid": num_valid,
+                "valid_label_counts": np.bincount(labels[plan.valid], minlength=cifar.NUM_CLASSES)})
         run.metrics.update({
             "train_records": sum(i["records"] for i in train_infos),
             "test_records": sum(i["records"] for i in test_infos),
             "labelled_records": int(len(indices)),
-            "unlabelled_records": sum(i["records"] for i in train_infos),
+            "unlabelled_records": int(len(plan.unlabelled)),
+            "valid_records": int(len(plan.valid)),
         })
     result = {"project": str(project.dir), "data_dir": str(project.path(DATA_DIR)), "files": infos,
               "split": run.record["split"], "labelled_indices": run.outputs["labelled_indices"]}
     result.update(run.metrics)
     return result
+
+
+def _write_indices(path, indices) -> None:
+    atomic_write_bytes(path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
 
 
 def _remove_legacy_staging(project: Project) -> None:
@@ -95,6 +112,8 @@ def load_prepared(project: Project, splits: Sequence[str] = ("train", "test"),
     needed = [source.file_key(n) for split in splits for n in source.split_files(split)]
     if "train" in splits:
         needed.append("labelled_indices")
+        if "unlabelled_indices" in outputs:
+            needed.append("unlabelled_indices")
     missing = [key for key in needed if key not in outputs]
     if missing:
         raise PrerequisiteError("the data record lacks {}".format(", ".join(missing)), hint="re-run `{}`".format(
@@ -117,6 +136,22 @@ def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, A
     if images.shape[0] == 0:
         raise InvalidInputError("the prepared test set holds no images")
     return images, labels, prepared["inputs"]
+
+
+def training_indices(prepared: Dict[str, Any], num_train: int) -> Dict[str, np.ndarray]:
+    """labelled, unlabelled (in stream order) and valid record indices of a prepared split."""
+    paths = prepared["paths"]
+    labelled = read_labelled_indices(paths["labelled_indices"])
+    if "unlabelled_indices" not in paths:
+        return {"labelled": labelled, "unlabelled": np.arange(num_train, dtype=np.int64),
+                "valid": np.zeros((0,), np.int64)}
+    stream = read_labelled_indices(paths["unlabelled_indices"])
+    num_valid = int((prepared["record"].get("split") or {}).get("num_valid") or 0)
+    if stream.size and (stream.min() < 0 or stream.max() >= num_train) or labelled.size and (
+            labelled.min() < 0 or labelled.max() >= num_train) or num_valid > stream.size:
+        raise InvalidInputError("the prepared split names records outside the {} training records".format(num_train),
+                                hint="re-run `{}`".format(DATA_COMMAND))
+    return {"labelled": labelled, "unlabelled": stream[num_valid:], "valid": stream[:num_valid]}
 
 
 def read_labelled_indices(path) -> np.ndarray:

@@ -76,4 +76,15 @@ def evaluate(project_dir, target: Optional[str] = None, model=None, batch_size: 
         run.metrics.update(result)
         run.record["source"] = described
     result = dict(result, source=described, batch_size=batch_size, project=str(project.dir))
+    if model is None:
+        result["training_medians"] = training_medians(project, target)
     return result
+
+
+def training_medians(project: Project, target: str) -> Dict[str, float]:
+    """{"last1": ..., "last20": ...}: the median test top-1 of the target's last N evaluations during
+    training (the MixMatch reference's reported accuracy), as the train record holds them."""
+    metrics = (project.stage("train") or {}).get("metrics") or {}
+    prefix = "{}_top1_median".format(target)
+    return {"last" + key[len(prefix):]: value for key, value in sorted(metrics.items(), key=lambda kv: kv[0])
+            if key.startswith(prefix) and key[len(prefix):].isdigit()}

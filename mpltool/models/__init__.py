@@ -54,10 +54,14 @@ def classifier_bias(name) -> str:
     return _entry(name)[0].classifier_bias
 
 
-def build_model(name, num_classes=10, dropout_rate=0.2, dropout_fn=None):
+def build_model(name, num_classes=10, dropout_rate=0.2, dropout_fn=None, bn_momentum=0.0):
+    """`bn_momentum` > 0 replaces the network's own batch-norm momentum (it only changes how the moving
+    statistics follow training, never the inference graph)."""
     entry, kwargs = _entry(name)
     model = entry.build(num_classes=num_classes, dropout_rate=dropout_rate, dropout_fn=dropout_fn, **kwargs)
     model.input_spec = entry.input_spec
+    if bn_momentum:
+        model.bn_momentum = bn_momentum
     return model
 
 
@@ -115,3 +119,33 @@ def _cifar_spec():
 
 register_model(r"^wrn-(\d+)-(\d+)$", "wrn-DEPTH-WIDTH, e.g. wrn-28-2 or wrn-10-1", _wrn_parse, _wrn_build,
                _cifar_spec(), "head/dense/bias")
+
+
+_MIXMATCH_RESNET_LIMITS = (("filters", 1024), ("scales", 8), ("repeat", 100))
+
+
+def _mixmatch_resnet_parse(match):
+    sizes = {"filters": int(match.group(1)), "scales": int(match.group(2)), "repeat": int(match.group(3))}
+    bad = ["{} must be between 1 and {} (got {})".format(key, high, sizes[key])
+           for key, high in _MIXMATCH_RESNET_LIMITS if not 1 <= sizes[key] <= high]
+    if bad:
+        raise UsageError("invalid model 'mixmatch-resnet-{}-{}-{}': {}".format(
+            sizes["filters"], sizes["scales"], sizes["repeat"], "; ".join(bad)))
+    return sizes
+
+
+def _mixmatch_resnet_build(num_classes, dropout_rate, dropout_fn, filters, scales, repeat):
+    from mpltool.models.mixmatch_resnet import MixMatchResNet
+
+    return MixMatchResNet(filters, scales, repeat, num_classes=num_classes, dropout_rate=dropout_rate,
+                          dropout_fn=dropout_fn)
+
+
+def _minus_one_to_one_spec():
+    # The reference feeds x·2/255 − 1: (x − 255·0.5) / (255·0.5) in normalize_input's terms.
+    return InputSpec((32, 32, 3), (0, 255), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB", "NHWC")
+
+
+register_model(r"^mixmatch-resnet-(\d+)-(\d+)-(\d+)$",
+               "mixmatch-resnet-FILTERS-SCALES-REPEAT, e.g. mixmatch-resnet-32-3-4", _mixmatch_resnet_parse,
+               _mixmatch_resnet_build, _minus_one_to_one_spec(), "head/dense/bias")

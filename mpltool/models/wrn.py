@@ -9,12 +9,13 @@ its BN update ops instead of hiding them in the UPDATE_OPS collection.
 import collections
 import math
 
+from mpltool.models import layers
 from mpltool.tfv1 import tf
 
 ModelOutput = collections.namedtuple("ModelOutput", ["logits", "bn_updates"])
 
 BN_MOMENTUM = 0.99
-BN_EPSILON = 1e-3
+BN_EPSILON = layers.BN_EPSILON
 LEAKY_SLOPE = 0.2
 
 
@@ -30,6 +31,7 @@ class WideResNet:
         self.width = width
         self.name = "wrn-{}-{}".format(depth, width)
         self.num_classes = num_classes
+        self.bn_momentum = BN_MOMENTUM  # build_model sets a recipe's bn_momentum here
         self.dropout_rate = dropout_rate
         self.blocks_per_group = (depth - 4) // 6
         self.widths = (16 * width, 32 * width, 64 * width)
@@ -51,7 +53,7 @@ class WideResNet:
                     with tf.variable_scope("block_{}".format(index)):
                         x = self._block(x, width, stride, training, updates)
             with tf.variable_scope("head"):
-                x = _lrelu(_batch_norm(x, training, updates, "bn"))
+                x = _lrelu(_batch_norm(x, training, updates, "bn", self.bn_momentum))
                 x = tf.reduce_mean(x, axis=[1, 2], name="global_avg_pool")
                 if training and self.dropout_rate > 0:
                     x = self.dropout_fn(x, self.dropout_rate)
@@ -61,7 +63,7 @@ class WideResNet:
     def _block(self, x, width, stride, training, updates):
         in_width = int(x.shape[-1])
         with tf.variable_scope("residual"):
-            activated = _lrelu(_batch_norm(x, training, updates, "bn_1"))
+            activated = _lrelu(_batch_norm(x, training, updates, "bn_1", self.bn_momentum))
             if stride != 1 or in_width != width:
                 with tf.variable_scope("shortcut"):
                     shortcut = _conv(activated, 1, width, stride)
@@ -69,51 +71,26 @@ class WideResNet:
                 shortcut = x
             with tf.variable_scope("conv_1"):
                 y = _conv(activated, 3, width, stride)
-            y = _lrelu(_batch_norm(y, training, updates, "bn_2"))
+            y = _lrelu(_batch_norm(y, training, updates, "bn_2", self.bn_momentum))
             with tf.variable_scope("conv_2"):
                 y = _conv(y, 3, width, 1)
             return tf.add(y, shortcut, name="add")
 
 
 def _lrelu(x):
-    return tf.nn.leaky_relu(x, alpha=LEAKY_SLOPE)
+    return layers.leaky_relu(x, LEAKY_SLOPE)
 
 
 def _conv(x, kernel_size, filters, stride):
-    in_channels = int(x.shape[-1])
-    # He fan-out init as the reference: N(0, sqrt(2 / (k*k*c_out))).
-    stddev = math.sqrt(2.0 / (kernel_size * kernel_size * filters))
-    kernel = tf.get_variable("kernel", [kernel_size, kernel_size, in_channels, filters], tf.float32,
-                             initializer=tf.random_normal_initializer(stddev=stddev))
-    return tf.nn.conv2d(x, kernel, strides=[1, stride, stride, 1], padding="SAME")
+    # He fan-out init as the reference: N(0, sqrt(2 / (k*k*c_out))), no bias (BN follows).
+    return layers.conv2d(x, kernel_size, filters, stride, use_bias=False)
 
 
 def _dense(x, units):
-    in_units = int(x.shape[-1])
+    # U(-1/sqrt(units), 1/sqrt(units)), as the reference's dense kernel.
     bound = 1.0 / math.sqrt(units)
-    with tf.variable_scope("dense"):
-        kernel = tf.get_variable("kernel", [in_units, units], tf.float32,
-                                 initializer=tf.random_uniform_initializer(-bound, bound))
-        bias = tf.get_variable("bias", [units], tf.float32, initializer=tf.zeros_initializer())
-        return tf.nn.bias_add(tf.matmul(x, kernel), bias)
+    return layers.dense(x, units, tf.random_uniform_initializer(-bound, bound))
 
 
-def _batch_norm(x, training, updates, name):
-    channels = int(x.shape[-1])
-    with tf.variable_scope(name):
-        gamma = tf.get_variable("gamma", [channels], tf.float32, initializer=tf.ones_initializer())
-        beta = tf.get_variable("beta", [channels], tf.float32, initializer=tf.zeros_initializer())
-        moving_mean = tf.get_variable("moving_mean", [channels], tf.float32, trainable=False,
-                                      initializer=tf.zeros_initializer())
-        moving_variance = tf.get_variable("moving_variance", [channels], tf.float32, trainable=False,
-                                          initializer=tf.ones_initializer())
-        if not training:
-            y, _, _ = tf.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean, variance=moving_variance,
-                                             epsilon=BN_EPSILON, is_training=False)
-            return y
-        # Normalise with the biased batch variance (as the reference); the moving variance takes the
-        # unbiased estimate fused_batch_norm returns (as the Ascend port's tf.layers BN does).
-        y, mean, variance = tf.nn.fused_batch_norm(x, gamma, beta, epsilon=BN_EPSILON, is_training=True)
-        updates.append(tf.assign_sub(moving_mean, (1.0 - BN_MOMENTUM) * (moving_mean - mean)))
-        updates.append(tf.assign_sub(moving_variance, (1.0 - BN_MOMENTUM) * (moving_variance - variance)))
-        return y
+def _batch_norm(x, training, updates, name, momentum):
+    return layers.batch_norm(x, training, updates, name, momentum=momentum, epsilon=BN_EPSILON)

@@ -104,6 +104,12 @@ def _known_algorithm(v):
     return None
 
 
+def _loss_scale(v):
+    if 0.0 < v < 1.0:
+        return "must be 0 (dynamic) or >= 1 (fixed)"
+    return None
+
+
 def _file_name(v):
     if not v.strip() or any(c in v for c in "\n\r\0"):
         return "must be a file name (one line, not empty)"
@@ -111,14 +117,17 @@ def _file_name(v):
 
 
 FIELDS = [
-    Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda",
+    Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda, mixmatch",
           _known_algorithm),
-    Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs)", _model_name),
+    Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs) or "
+          "mixmatch-resnet-FILTERS-SCALES-REPEAT (mixmatch-resnet-32-3-4)", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **_counts()),
-    Field("split", "str", "first", "labelled split: first N records (reference) or class-balanced",
-          choices=("first", "balanced")),
-    Field("split_seed", "int", 0, "seed of the balanced split", **SEED),
+    Field("split", "str", "first", "labelled split: first N records (MPL reference), class-balanced, or "
+          "round-robin (MixMatch's create_split.py: cifar10.SEED@N-VALID)", choices=("first", "balanced", "round-robin")),
+    Field("split_seed", "int", 0, "seed of the balanced or round-robin split (round-robin 0: no shuffle)", **SEED),
+    Field("num_valid", "int", 0, "validation records from the head of the unlabelled stream (round-robin only)",
+          **_counts(low=0)),
     Field("batch_size", "int", 64, "labelled images per step and replica (B)", **_counts(high=MAX_IMAGES_PER_STEP)),
     Field("uda_data", "int", 7, "unlabelled images per labelled one (U = uda_data * B)",
           **_counts(high=MAX_IMAGES_PER_STEP - 1)),
@@ -137,13 +146,31 @@ FIELDS = [
     Field("weight_decay", "float", 5e-4, "L2 added to the gradients of non-BN variables", **NON_NEGATIVE),
     Field("grad_bound", "float", 1e9, "global-norm gradient clip (1e9: none in practice)", low=0.0, low_open=True,
           why="a clip norm of 0 zeroes every gradient (NaN when the norm is 0)"),
-    Field("label_smoothing", "float", 0.15, "smoothing of labelled CE and the student's targets", **UNIT_OPEN,
+    Field("label_smoothing", "float", 0.15, "smoothing of labelled CE and the student's targets (MixMatch: of the "
+          "evaluation loss only)", **UNIT_OPEN,
           why="at 1 the targets no longer depend on the labels"),
     Field("uda_temp", "float", 0.7, "temperature of the teacher's sharpened distribution", low=0.0, low_open=True),
     Field("uda_threshold", "float", 0.6, "confidence mask threshold of the UDA loss", **UNIT),
     Field("uda_weight", "float", 8.0, "final weight of the UDA loss", **NON_NEGATIVE),
     Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", **_counts()),
-    Field("ema_decay", "float", 0.995, "EMA decay of the student (capped by (t+1)/(t+10))", **UNIT),
+    Field("ema_decay", "float", 0.995, "EMA decay of the trained network (capped by (t+1)/(t+10) except in MixMatch)",
+          **UNIT),
+    Field("mixmatch_views", "int", 2, "MixMatch: weak views per unlabelled image whose predictions are averaged (K)",
+          low=1, high=16),
+    Field("mixmatch_temperature", "float", 0.5, "MixMatch: sharpening temperature of the guessed labels (T)",
+          low=0.0, high=10.0, low_open=True),
+    Field("mixup_beta", "float", 0.5, "MixMatch: MixUp coefficients λ ~ Beta(α, α) (α)", low=0.0, high=100.0,
+          low_open=True),
+    Field("mixmatch_weight", "float", 100.0, "MixMatch: final weight of the unlabelled L2 loss (w_match)",
+          low=0.0, high=1e6),
+    Field("mixmatch_rampup_kimg", "int", 1024, "MixMatch: thousands of labelled images (x1024) over which the "
+          "L2 weight ramps up linearly", **_counts(low=0, high=2 ** 20)),
+    Field("mixmatch_lr", "float", 0.002, "MixMatch: Adam's constant learning rate", **LEARNING_RATE),
+    Field("decoupled_weight_decay", "float", 0.02, "MixMatch: kernels shrink by (1 - wd * mixmatch_lr) after each "
+          "step", **NON_NEGATIVE),
+    Field("bn_momentum", "float", 0.0, "batch-norm momentum of the moving statistics; 0: the network's own "
+          "(wrn 0.99, mixmatch-resnet 0.999). Short runs need less: at 0.999 they still hold 45% of their "
+          "initial values after 800 steps", **UNIT_OPEN),
     Field("dropout_rate", "float", 0.2, "dropout before the classifier", **UNIT_OPEN,
           why="at 1 it drops every activation (TF refuses it)"),
     Field("augment", "str", "randaugment", "strong-view policy: randaugment (the reference's), autoaugment (the "
@@ -169,12 +196,16 @@ FIELDS = [
     Field("precision_mode", "str", "allow_mix_precision", "NPU precision mode (NpuOptimizer)",
           choices=("allow_mix_precision", "force_fp32", "force_fp16", "must_keep_origin_dtype",
                    "allow_fp32_to_fp16")),
-    Field("loss_scale", "float", 10.0, "fixed loss scale on NPU (losses scaled, gradients unscaled)",
-          low=1.0, high=float(2 ** 24)),
+    Field("loss_scale", "float", 10.0, "NPU loss scale: >= 1 fixed (losses scaled, gradients unscaled), 0 dynamic "
+          "(the seed's exponential manager: 2^32, halved after 2 overflows, doubled after 1000 finite steps)",
+          _loss_scale, low=0.0, high=float(2 ** 24)),
     Field("loss_scale_overflow_check", "bool", False, "skip the update of a step whose gradients overflow"),
     Field("modify_mixlist", "str", "ops_info.json", "NPU mixed-precision list file (recipe dir relative)", _file_name),
     Field("fusion_switch_file", "str", "fusion_switch.cfg", "NPU fusion switch file (recipe dir relative)",
           _file_name),
+    Field("npu_dynamic_input", "bool", False, "NPU: allow inputs whose shape changes between runs (dynamic_input)"),
+    Field("npu_dynamic_graph_execute_mode", "str", "off", "NPU: dynamic_graph_execute_mode with dynamic inputs "
+          "(lazy_recompile: compile each new shape once)", choices=("off", "lazy_recompile", "dynamic_execute")),
 ]
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
 
@@ -371,6 +402,12 @@ def _check_consistency(recipe: Recipe, error=UsageError, source: str = "") -> No
     if recipe["split"] == "balanced" and recipe["num_labelled"] % recipe["num_classes"]:
         raise error("{}num_labelled={} is not divisible by num_classes={} (split=balanced)".format(
             prefix, recipe["num_labelled"], recipe["num_classes"]))
+    if recipe["num_valid"] and recipe["split"] != "round-robin":
+        raise error("{}num_valid={} needs split=round-robin (validation comes from its unlabelled stream)".format(
+            prefix, recipe["num_valid"]))
+    if recipe["decoupled_weight_decay"] * recipe["mixmatch_lr"] >= 1.0:
+        raise error("{}decoupled_weight_decay * mixmatch_lr = {} must be < 1 (kernels shrink by that fraction "
+                    "each step)".format(prefix, recipe["decoupled_weight_decay"] * recipe["mixmatch_lr"]))
     images = recipe["batch_size"] * (1 + recipe["uda_data"])
     if images > MAX_IMAGES_PER_STEP:
         raise error("{}batch_size={} with uda_data={} is {} images per step; batch_size * (1 + uda_data) must be "

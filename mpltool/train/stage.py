@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mpltool import npu
-from mpltool.data.stage import load_prepared, read_labelled_indices, read_split
+from mpltool.data.stage import load_prepared, read_split, training_indices
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
@@ -21,7 +21,8 @@ from mpltool.checkpoints import CHECKPOINT_DIR, checkpoint_record, step_of
 
 # Keys that may change between sessions of one run without making the checkpoints meaningless.
 MAX_EXTEND_STEPS = 2 ** 31 - 1
-SPLIT_KEYS = {"num_labelled": "num_labelled", "method": "split", "seed": "split_seed"}
+SPLIT_KEYS = {"num_labelled": "num_labelled", "method": "split", "seed": "split_seed", "num_valid": "num_valid"}
+SEEDED_SPLITS = ("balanced", "round-robin")
 RESUMABLE_CHANGES = frozenset(["num_train_steps", "save_every", "eval_every", "log_every", "keep_checkpoints",
                                "eval_batch_size"])
 
@@ -86,8 +87,8 @@ def _adopt_data(recipe, data_record: Dict[str, Any], log: Callable[[str], None])
     explicit = set(getattr(recipe, "overrides", {}) or {})
     adopted, conflicts = [], []
     for recorded_key, recipe_key in SPLIT_KEYS.items():
-        have = split.get(recorded_key)
-        if have is None or (recipe_key == "split_seed" and split.get("method") != "balanced"):
+        have = split.get(recorded_key, 0 if recorded_key == "num_valid" and split else None)
+        if have is None or (recipe_key == "split_seed" and split.get("method") not in SEEDED_SPLITS):
             continue
         if recipe[recipe_key] == have:
             continue
@@ -100,9 +101,10 @@ def _adopt_data(recipe, data_record: Dict[str, Any], log: Callable[[str], None])
         raise PrerequisiteError(
             "the labelled split you set differs from the prepared one: {}".format(", ".join(conflicts)),
             hint="drop those --set options to use the prepared split, or re-run `mpltool data prepare --cifar "
-                 "PATH --labelled {} --split {}{}`".format(
+                 "PATH --labelled {} --split {}{}{}`".format(
                      recipe.num_labelled, recipe.split,
-                     " --seed {}".format(recipe.split_seed) if recipe.split == "balanced" else ""))
+                     " --seed {}".format(recipe.split_seed) if recipe.split in SEEDED_SPLITS else "",
+                     " --valid {}".format(recipe.num_valid) if recipe.num_valid else ""))
     if adopted:
         log("using the labelled split recorded by `data prepare`: {}".format(", ".join(adopted)))
     highest = highest_label(data_record)
@@ -138,9 +140,11 @@ def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> N
 def _load_data(prepared: Dict[str, Any]) -> Dict[str, Any]:
     train_images, train_labels = read_split(prepared, "train")
     test_images, test_labels = read_split(prepared, "test")
+    indices = training_indices(prepared, len(train_labels))
     return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
-            "test_labels": test_labels,
-            "labelled_indices": read_labelled_indices(prepared["paths"]["labelled_indices"])}
+            "test_labels": test_labels, "labelled_indices": indices["labelled"],
+            "unlabelled_indices": indices["unlabelled"], "valid_images": train_images[indices["valid"]],
+            "valid_labels": train_labels[indices["valid"]]}
 
 
 def _stderr_warning(message: str) -> None:
@@ -223,7 +227,11 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
         for target in algorithm.eval_targets:
             if target in last:
                 run.metrics.update({"{}_{}".format(target, m): last[target][m] for m in ("top1", "top5", "loss")})
+        for target in algorithm.eval_targets:
+            if "valid_top1" in last.get(target, {}):
+                run.metrics["{}_valid_top1".format(target)] = last[target]["valid_top1"]
         run.metrics.update({"best_{}_top1".format(t): v for t, v in outcome["best"].items() if v >= 0})
+        run.metrics.update(outcome["medians"])
         run.metrics["steps_done"] = outcome["steps_done"]
         run.metrics["top1"] = last.get(algorithm.default_target, {}).get("top1")
         result = {"status": "done", "steps_done": outcome["steps_done"], "num_train_steps": resolved.num_train_steps,

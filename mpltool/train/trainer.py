@@ -25,11 +25,35 @@ DIVERGED_HINT = ("the last finite checkpoint is kept; lower the learning rates (
                  "--set student_lr=...) and start over with `mpltool train --force`")
 
 
+MEDIAN_WINDOWS = (1, 10, 20, 50)  # the reference's report (scripts/extract_accuracy.py): median of the last N
+
+
 def csv_columns(algorithm):
-    """The metrics CSV's columns: fixed per algorithm, so parsers never break across versions."""
+    """The metrics CSV's columns: fixed per algorithm, so parsers never break across versions (a
+    `<target>_valid_top1` cell is empty when the split has no validation records)."""
     return (("step", "time", "steps_per_second") + tuple(algorithm.metric_names)
             + tuple("{}_{}".format(t, "loss_eval" if m == "loss" else m)
-                    for t in algorithm.eval_targets for m in EVAL_METRICS))
+                    for t in algorithm.eval_targets for m in EVAL_METRICS)
+            + tuple("{}_valid_top1".format(t) for t in algorithm.eval_targets))
+
+
+def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
+    """`<target>_top1_median<N>`: the median test top-1 of the last N evaluations (fewer when the run
+    evaluated fewer times), as the MixMatch reference reports its accuracy; read from the metrics CSV,
+    so a resumed run counts the evaluations of its earlier sessions."""
+    history = {t: [] for t in targets}
+    if csv_path.is_file():
+        with open(str(csv_path), newline="") as handle:
+            for row in csv.DictReader(handle):
+                for target in targets:
+                    value = row.get("{}_top1".format(target))
+                    if value not in (None, ""):
+                        history[target].append(float(value))
+    medians = {}
+    for target, values in history.items():
+        for window in MEDIAN_WINDOWS if values else ():
+            medians["{}_top1_median{}".format(target, window)] = float(np.median(values[-window:]))
+    return medians
 
 
 class TrainingGraph:
@@ -38,7 +62,7 @@ class TrainingGraph:
     def __init__(self, recipe, device: str, image_shape=(32, 32, 3)):
         from mpltool.algorithms import get_algorithm
         from mpltool.data.pipeline import TrainInput
-        from mpltool.models import build_model, normalize_input
+        from mpltool.models import build_model, input_spec, normalize_input
 
         self.algorithm = get_algorithm(recipe.algorithm)
         self.targets = tuple(self.algorithm.eval_targets)
@@ -47,13 +71,15 @@ class TrainingGraph:
             tf.set_random_seed(recipe.seed)
             self.global_step = tf.train.get_or_create_global_step()
             streams = self.algorithm.streams(recipe)
-            self.input = TrainInput(recipe.batch_size, recipe.uda_data if streams.unlabelled else 0,
+            spec = input_spec(recipe.model)
+            self.input = TrainInput(recipe.batch_size, int(streams.unlabelled),
                                     magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape,
                                     overflow=recipe.augment_overflow, policy=recipe.augment,
-                                    labelled_strong=streams.labelled_strong)
+                                    labelled_strong=streams.labelled_strong, weak_views=streams.weak_views,
+                                    normalize=lambda images: normalize_input(images, spec))
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
-                                     dropout_fn=npu.dropout_fn(device))
+                                     dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
                                                   optimizer_wrapper=npu.optimizer_wrapper(device, recipe))
             missing = [name for name in self.algorithm.metric_names if name not in self.step.metrics]
@@ -90,6 +116,8 @@ class MetricsCsv:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.is_file():
             _drop_rows_after(path, resume_step)
+        if path.is_file():
+            _adopt_columns(path, list(columns))
         new = not path.exists() or path.stat().st_size == 0
         self.handle = open(str(path), "a", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=list(columns), extrasaction="ignore")
@@ -114,6 +142,19 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if len(kept) != len(rows):
         text = "".join(",".join(_csv_cell(c) for c in row) + "\r\n" for row in kept)
         atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _adopt_columns(path: Path, columns) -> None:
+    """A CSV written by an earlier mpltool with other columns is rewritten under today's header (cells
+    kept by column name), so a resumed run never appends rows that do not match the header."""
+    with open(str(path), newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] == columns:
+        return
+    header = rows[0]
+    kept = [columns] + [[dict(zip(header, row)).get(c, "") for c in columns] for row in rows[1:]]
+    text = "".join(",".join(_csv_cell(c) for c in row) + "\r\n" for row in kept)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _csv_cell(value: str) -> str:
@@ -173,7 +214,7 @@ class TrainingSession:
             if graph.step.init_ops:
                 session.run(graph.step.init_ops)
         graph.input.initialize(session, self.data["train_images"], self.data["train_labels"],
-                               self.data["labelled_indices"])
+                               self.data["labelled_indices"], self.data.get("unlabelled_indices"))
         self.step = self.start_step = int(session.run(graph.global_step))
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -202,7 +243,7 @@ class TrainingSession:
             raise
         self.summaries.flush()
         return {"steps_done": self.step, "start_step": self.start_step, "last_eval": self.last_eval,
-                "best": self.best}
+                "best": self.best, "medians": accuracy_medians(self.csv.path, self.graph.targets)}
 
     def _check_finite(self, metrics: Dict[str, float]) -> None:
         bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
@@ -233,22 +274,31 @@ class TrainingSession:
         from mpltool.eval.metrics import evaluate_logits_fn
 
         graph, session = self.graph, self.session
-        results = {}
+        results, valid = {}, {}
+        has_valid = len(self.data.get("valid_labels", ())) > 0
         for target in graph.targets:
             logits = graph.eval_logits[target]
-            results[target] = evaluate_logits_fn(
-                lambda batch: session.run(logits, feed_dict={graph.eval_images: batch}), self.data["test_images"],
-                self.data["test_labels"], self.recipe.eval_batch_size, self.recipe.label_smoothing)
+
+            def over(images, labels):
+                return evaluate_logits_fn(lambda batch: session.run(logits, feed_dict={graph.eval_images: batch}),
+                                          images, labels, self.recipe.eval_batch_size, self.recipe.label_smoothing)
+
+            results[target] = over(self.data["test_images"], self.data["test_labels"])
+            if has_valid:
+                valid[target] = over(self.data["valid_images"], self.data["valid_labels"])["top1"]
         self.log("Eval end in global step:{}, ".format(self.step) + ", ".join(
             "{t}_top1={top1:.6f}, {t}_top5={top5:.6f}, {t}_loss={loss:.6f}".format(t=t, **results[t])
-            for t in graph.targets))
+            for t in graph.targets) + "".join(", {}_valid_top1={:.6f}".format(t, v) for t, v in valid.items()))
         feed = {graph.eval_summary_values["{}_{}".format(t, m)]: results[t][m]
                 for t in graph.targets for m in EVAL_METRICS}
         self.summaries.add_summary(session.run(graph.eval_summaries, feed_dict=feed), self.step)
         row = {"step": self.step, "time": time.time()}
         for target, values in results.items():
             row.update({"{}_{}".format(target, "loss_eval" if m == "loss" else m): values[m] for m in EVAL_METRICS})
+        row.update({"{}_valid_top1".format(t): v for t, v in valid.items()})
         self.csv.write(row)
+        for target, value in valid.items():
+            results[target]["valid_top1"] = value
         return results
 
     def _weights_finite(self) -> bool:
