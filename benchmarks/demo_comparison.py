@@ -1,4 +1,5 @@
-"""Supervised vs UDA vs MPL (reference and paper feedback) on the embedded demo data: EMA top-1 over seeds.
+"""Supervised vs UDA vs MPL (reference and paper feedback) vs MixMatch on the embedded demo data: EMA top-1
+over seeds.
 
 Every run uses the same prepared project (the demo set, mpl-demo's 1,000 labels), the same network,
 batch and number of steps; only the algorithm (and MPL's feedback mode) differs. Each run is the real
@@ -7,6 +8,7 @@ the 1,000 demo test images, min and max over the seeds, and minutes per run.
 
     .venv/bin/python benchmarks/demo_comparison.py            # 3 seeds, about 30 minutes on 2 cores
     .venv/bin/python benchmarks/demo_comparison.py --seeds 1  # one seed each
+    .venv/bin/python benchmarks/demo_comparison.py --only mixmatch  # configurations whose name starts so
 """
 
 import argparse
@@ -24,6 +26,7 @@ CONFIGURATIONS = [
     ("uda", ["--recipe", "uda-demo"]),
     ("mpl (reference)", ["--recipe", "mpl-demo"]),
     ("mpl (paper)", ["--recipe", "mpl-demo", "--set", "mpl_feedback=paper"]),
+    ("mixmatch", ["--recipe", "mixmatch-demo"]),
 ]
 
 
@@ -38,6 +41,7 @@ def mpltool(project, *args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run the configurations whose name starts with this")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="mpltool-compare-")
     try:
@@ -45,7 +49,7 @@ def main():
         mpltool(template, "data", "demo", "--out", os.path.join(root, "demo-cifar"))
         mpltool(template, "data", "prepare", "--cifar", os.path.join(root, "demo-cifar"), "--recipe", "mpl-demo")
         print("{:<18} {:>9} {:>7} {:>7} {:>9}".format("configuration", "EMA top-1", "min", "max", "min/run"))
-        for name, options in CONFIGURATIONS:
+        for name, options in [c for c in CONFIGURATIONS if c[0].startswith(args.only)]:
             scores, minutes = [], []
             for seed in range(args.seeds):
                 project = os.path.join(root, "{}-{}".format(name.split()[0], seed))

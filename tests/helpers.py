@@ -65,3 +65,15 @@ def dataset_samples(fn, image, count):
 
     dataset = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(count).map(fn).batch(count)
     return tf.data.make_one_shot_iterator(dataset).get_next()
+
+
+def freeze_and_check_conversion(project, parity_images=8):
+    """The end of every algorithm's lifecycle: freeze the default target with parity, then convert --check-only."""
+    import json
+
+    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", parity_images)
+    assert frozen.exit_code == 0, frozen.stderr
+    assert json.loads(frozen.stdout)["parity"]["passed"] is True
+    checked = invoke("--project", project, "--json", "convert", "--check-only")
+    assert checked.exit_code == 0, checked.stderr
+    assert json.loads(checked.stdout)["precheck"]["ok"] is True

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY, invoke, sets
+from helpers import TINY, freeze_and_check_conversion, invoke, sets
 from mpltool.algorithms import algorithm_names, get_algorithm
 from mpltool.checkpoints import checkpoint_variables
 from mpltool.errors import UsageError
@@ -71,12 +71,7 @@ def test_each_algorithm_runs_the_whole_lifecycle(prepared, tmp_path, algorithm):
     assert wrong.exit_code == 2
     assert wrong.stderr.strip() == "error: unknown target 'student': this project's training built model, ema"
 
-    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "8")
-    assert frozen.exit_code == 0, frozen.stderr
-    assert json.loads(frozen.stdout)["parity"]["passed"] is True
-    checked = invoke("--project", project, "--json", "convert", "--check-only")
-    assert checked.exit_code == 0, checked.stderr
-    assert json.loads(checked.stdout)["precheck"]["ok"] is True
+    freeze_and_check_conversion(project)
 
 
 def test_supervised_builds_no_unlabelled_stream():

@@ -23,7 +23,8 @@ def batches():
         source = TrainInput(batch_size=4, unlabelled_ratio=3, magnitude=16, num_layers=2, shuffle_buffer=16, seed=1)
         with tf.Session() as session:
             source.initialize(session, images, labels, labelled)
-            out = [session.run(source.batch) for _ in range(5)]
+            # The ori/aug pair: no weak views in this batch (its unlabelled_views is None, not a fetch).
+            out = [session.run(source.batch._replace(unlabelled_views=())) for _ in range(5)]
     return out, labelled
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cifar_fixtures import make_cifar_dir
-from helpers import invoke, manifest, sets
+from helpers import freeze_and_check_conversion, invoke, manifest, sets
 from mpltool.algorithms import get_algorithm
 from mpltool.data.splits import round_robin
 from mpltool.data.stage import read_labelled_indices
@@ -84,12 +84,7 @@ def test_mixmatch_demo_trains_resumes_evaluates_freezes_and_converts(round_robin
     plain = invoke("--project", project, "eval")
     assert "median test top-1 of the last N evaluations" in plain.stdout
 
-    frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "8")
-    assert frozen.exit_code == 0, frozen.stderr
-    assert json.loads(frozen.stdout)["parity"]["passed"] is True
-    checked = invoke("--project", project, "--json", "convert", "--check-only")
-    assert checked.exit_code == 0, checked.stderr
-    assert json.loads(checked.stdout)["precheck"]["ok"] is True
+    freeze_and_check_conversion(project)
 
 
 def test_the_seed_recipe_runs_and_resumes_on_a_cifar_directory(tmp_path):

@@ -47,7 +47,9 @@ def test_train_records_checkpoints_logs_and_resumes(prepared_copy, tmp_path):
         "step", "time", "steps_per_second", "teacher_loss", "labelled_ce", "uda_loss", "uda_mask_rate", "uda_weight",
         "student_loss", "student_ce_old", "student_ce_new", "h", "h_baseline", "teacher_lr", "student_lr",
         "teacher_top1", "teacher_top5", "teacher_loss_eval", "student_top1", "student_top5", "student_loss_eval",
-        "ema_top1", "ema_top5", "ema_loss_eval")  # MPL's columns, unchanged since they were first written
+        "ema_top1", "ema_top5", "ema_loss_eval", "teacher_valid_top1", "student_valid_top1", "ema_valid_top1")
+    # MPL's columns as first written, extended only at the end (validation accuracy, empty without a split
+    # that has validation records), so positional parsers of the old columns keep working.
     assert [int(r["step"]) for r in rows if r["teacher_loss"]] == [2, 4, 6]
     assert [int(r["step"]) for r in rows if r["ema_top1"]] == [3, 6]
     assert list((project / "logs/tensorboard").glob("events.out.tfevents.*"))
