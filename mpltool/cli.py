@@ -284,19 +284,41 @@ def recipes_show(ctx, name, overrides):
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "npu"]), default="auto", show_default=True)
 @click.option("--extend-steps", type=int, default=None, help="Train a finished run N steps further.")
 @click.option("--force", is_flag=True, help="Start over: delete this project's checkpoints and training logs.")
+@click.option("--nproc", type=int, default=None, help="Data-parallel processes on this host, through Horovod (gloo).")
+@click.option("--oversubscribe", is_flag=True, help="Allow --nproc above this host's core count.")
+@click.option("--devices", default=None, metavar="IDS", help="Ascend: one process per device of this server "
+              "(0-7, 0,1,2,3 ...), gradients all-reduced over HCCL.")
+@click.option("--rank-table", type=click.Path(dir_okay=False), default=None,
+              help="Ascend: the HCCL rank table [default: written from /etc/hccn.conf for --devices].")
 @command
-def train(ctx, recipe, overrides, device, extend_steps, force):
-    """Train teacher and student with Meta Pseudo Labels; resumes from the latest checkpoint."""
+def train(ctx, recipe, overrides, device, extend_steps, force, nproc, oversubscribe, devices, rank_table):
+    """Train the recipe's algorithm; resumes from the latest checkpoint. --nproc/--devices: data-parallel."""
     from mpltool.train.stage import train as train_stage
 
     def progress_factory(total):
         return ctx.out.progress("train", total)  # off a terminal the trainer logs plain lines instead
 
-    result = train_stage(ctx.project, recipe=recipe, overrides=overrides, device=device, extend_steps=extend_steps,
-                         force=force, log=ctx.out.info, warn=ctx.out.warn,
-                         progress_factory=progress_factory if ctx.out.interactive else None)
+    if nproc is not None or devices is not None or rank_table is not None:
+        from mpltool.train.launch import launch_training
+
+        if rank_table is not None and devices is None:
+            raise errors.UsageError("--rank-table needs --devices (the devices of this server)")
+        result = launch_training(ctx.project, recipe=recipe, overrides=overrides, device=device,
+                                 extend_steps=extend_steps, force=force, nproc=nproc, oversubscribe=oversubscribe,
+                                 devices=devices, rank_table=rank_table, echo=ctx.out.info)
+    else:
+        result = train_stage(ctx.project, recipe=recipe, overrides=overrides, device=device,
+                             extend_steps=extend_steps, force=force, log=ctx.out.info, warn=ctx.out.warn,
+                             progress_factory=progress_factory if ctx.out.interactive else None)
+    if "rank" in result:  # one process of a data-parallel job: the launcher reports
+        ctx.out.info("rank {} of {} finished at step {}".format(result["rank"], result["replicas"],
+                                                                 result["steps_done"]))
+        return
     metrics = result.get("metrics") or {}
     shown = {"steps": "{}/{}".format(result["steps_done"], result["num_train_steps"])}
+    if result.get("replicas", 1) > 1:
+        shown["replicas"] = "{} ({}), global batch {}".format(result["replicas"], result["backend"],
+                                                              result["global_batch_size"])
     shown.update(("{} {}".format(key[:-len("_top1")].replace("_", " "), "top-1"), value)
                  for key, value in metrics.items() if key.endswith("_top1"))  # every network training built
     shown.update(("{} top-1, median of last 20 evals".format(key[:-len("_top1_median20")]), value)

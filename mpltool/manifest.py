@@ -599,6 +599,23 @@ class Project:
                 if Path(str(item["from"])).is_file():
                     os.unlink(str(item["from"]))
 
+    def fail_abandoned_stage(self, name: str, error: str, started_after: Optional[str] = None) -> bool:
+        """Record why a multi-process job failed on the record its rank 0 left: `running` with its process
+        gone (killed while blocked in an all-reduce), or `interrupted` by the job's stop signal in a run
+        started after `started_after` (UTC time). True when it did; any other record is left alone."""
+        with self.lock(name):
+            record = self.stage(name)
+            if not record:
+                return False
+            abandoned = record.get("status") == "running" and not (
+                record.get("host") == socket.gethostname() and pid_alive(int(record.get("pid") or 0)))
+            stopped = (record.get("status") == "interrupted" and started_after is not None
+                       and str(record.get("started") or "") >= started_after)
+            if not (abandoned or stopped):
+                return False
+            self._put_stage(name, dict(record, status="failed", ended=record.get("ended") or utc_now(), error=error))
+            return True
+
     def _drop_stage(self, name: str) -> None:
         data = self.load()
         data["stages"].pop(name, None)

@@ -118,7 +118,7 @@ EXPONENTIAL_LOSS_SCALE = {"init_loss_scale": 2 ** 32, "incr_every_n_steps": 1000
                           "decr_ratio": 0.5}
 
 
-def optimizer_wrapper(device: str, recipe: Any) -> Optional[Callable]:
+def optimizer_wrapper(device: str, recipe: Any, distributed: bool = False) -> Optional[Callable]:
     """On NPU, wrap each optimizer in NPULossScaleOptimizer with FixedLossScaleManager(recipe.loss_scale),
     or with the ExponentialUpdateLossScaleManager above when loss_scale is 0.
 
@@ -135,6 +135,6 @@ def optimizer_wrapper(device: str, recipe: Any) -> Optional[Callable]:
         else:
             manager = module.FixedLossScaleManager(loss_scale=recipe.loss_scale,
                                                    enable_overflow_check=recipe.loss_scale_overflow_check)
-        return module.NPULossScaleOptimizer(optimizer, manager)
+        return module.NPULossScaleOptimizer(optimizer, manager, is_distributed=distributed)
 
     return wrap

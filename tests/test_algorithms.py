@@ -120,7 +120,7 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
         def streams(self, recipe):
             return Streams(unlabelled=False)
 
-        def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+        def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
             recipe = dict(recipe, teacher_lr=recipe["teacher_lr"] / 2)
             from mpltool.recipes import Recipe
 

@@ -135,7 +135,7 @@ def test_sigterm_in_a_real_process_exits_130(tmp_path):
 # -- 2. click's usage errors are one line, exit 2 -------------------------------------------------------
 @pytest.mark.parametrize("args, line", [
     (["train", "--bogus"], "error: no such option: --bogus (see `mpltool train --help`)"),
-    (["train", "--forc"], "error: no such option: --forc; did you mean --force? (see `mpltool train --help`)"),
+    (["train", "--forc"], "error: no such option: --forc; did you mean --force or --nproc? (see `mpltool train --help`)"),
     (["data", "prepare"], "error: missing option '--cifar' (see `mpltool data prepare --help`)"),
     (["eval", "--target", "best"], "error: unknown target 'best': this project's training built ema, student, "
                                    "teacher"),

@@ -61,8 +61,10 @@ class Algorithm(abc.ABC):
         """The input streams this recipe needs."""
 
     @abc.abstractmethod
-    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None) -> Step:
-        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views)."""
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None) -> Step:
+        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views).
+        `optimizer_wrapper` wraps every optimizer (NPU loss scale, the data-parallel all-reduce);
+        `replicas` (mpltool.parallel) all-reduces what the step needs identical on every replica."""
 
     def describe(self) -> Dict[str, Any]:
         """What the train record keeps, so later stages need no knowledge of the algorithm."""

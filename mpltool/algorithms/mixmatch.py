@@ -136,7 +136,7 @@ class MixMatch(SingleNetwork):
     def streams(self, recipe):
         return Streams(unlabelled=1, weak_views=recipe.mixmatch_views)
 
-    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import (MODEL_SCOPE, build_ema, network_variables, soft_cross_entropy,
                                                trainable, wrapped)
         from mpltool.tfv1 import tf
@@ -172,7 +172,10 @@ class MixMatch(SingleNetwork):
         variables = network_variables(MODEL_SCOPE)
         weights = trainable(variables)
         ema_variables, ema_init = build_ema(model, batch.labelled_images, variables)
-        learning_rate = tf.constant(float(recipe.mixmatch_lr), name="learning_rate")
+        from mpltool.algorithms.schedules import replica_scale
+
+        rate = float(recipe.mixmatch_lr) * replica_scale(recipe)
+        learning_rate = tf.constant(rate, name="learning_rate")
         optimizer = wrapped(tf.train.AdamOptimizer(learning_rate), optimizer_wrapper)
         gradients = [g for g, _ in optimizer.compute_gradients(loss, var_list=weights)]
         gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, weights)]
@@ -185,8 +188,7 @@ class MixMatch(SingleNetwork):
         # The reference runs the EMA and the decay in parallel after Adam, so its EMA reads either value;
         # here the EMA reads the weights before the decay, always.
         with tf.control_dependencies([ema_update]):
-            decay = decoupled_decay([v for v in weights if is_kernel(v)],
-                                    recipe.decoupled_weight_decay * recipe.mixmatch_lr)
+            decay = decoupled_decay([v for v in weights if is_kernel(v)], recipe.decoupled_weight_decay * rate)
         with tf.control_dependencies([decay]):
             train_op = tf.group(tf.assign_add(global_step, 1), name="train_op")
         metrics = collections.OrderedDict([

@@ -86,7 +86,7 @@ MplStep = collections.namedtuple("MplStep", [
 
 
 def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_images, global_step,
-                   loss_scale=1.0, optimizer_wrapper=None):
+                   loss_scale=1.0, optimizer_wrapper=None, replicas=None):
     """The MPL step of the module docstring; `model(images, training, scope)` is called 4 times.
 
     `optimizer_wrapper(optimizer) -> optimizer` wraps both optimizers (NPU loss scale, distributed
@@ -162,6 +162,10 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
 
     # 8. Feedback and its baseline (updated before use).
     h = student_ce_old - student_ce_new if paper else student_ce_new - student_ce_old
+    if replicas is not None:
+        # Data-parallel: each replica's CE is a mean over its equal share of the labelled batch, so the mean
+        # over replicas of their h is the h of the global batch, and every replica uses that one value.
+        h = replicas.mean(h)
     baseline = tf.identity(tf.assign_sub(
         h_baseline, recipe.mpl_baseline_decay * (h_baseline - tf.cast(h, tf.float32))), name="h_baseline")
     h_prime = tf.stop_gradient(h - tf.cast(baseline, dtype))
@@ -229,7 +233,8 @@ class MetaPseudoLabels(Algorithm):
     def streams(self, recipe):
         return Streams(unlabelled=recipe.uda_data)
 
-    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         step = build_mpl_step(model, recipe, batch.labelled_images, batch.labels, batch.ori_images,
-                              batch.aug_images, global_step, optimizer_wrapper=optimizer_wrapper)
+                              batch.aug_images, global_step, optimizer_wrapper=optimizer_wrapper,
+                              replicas=replicas)
         return Step(train_op=step.train_op, metrics=step.metrics, init_ops=[step.ema_init_op])

@@ -15,10 +15,16 @@ import math
 from mpltool.tfv1 import tf
 
 
+def replica_scale(recipe) -> float:
+    """`lr_scaling: linear` multiplies every base rate by the number of data-parallel replicas."""
+    return float(recipe.replicas) if recipe.lr_scaling == "linear" else 1.0
+
+
 def base_learning_rate(learning_rate, recipe):
-    """The recipe's rate, times B/256 when the recipe asks for the reference's batch scaling."""
+    """The recipe's rate, times B/256 when the recipe asks for the reference's batch scaling, times the
+    replicas under linear scaling."""
     scale = recipe.batch_size / 256.0 if recipe.lr_scale_by_batch else 1.0
-    return float(learning_rate) * scale
+    return float(learning_rate) * scale * replica_scale(recipe)
 
 
 def warmup_then_decay(step, base, warmup_steps, decay_steps, decay):

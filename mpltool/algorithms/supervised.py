@@ -15,7 +15,7 @@ class Supervised(SingleNetwork):
         # it; `augment: none` (the supervised recipes) keeps flip/pad/crop.
         return Streams(unlabelled=0, labelled_strong=recipe.augment != "none")
 
-    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import single_network_step
 
         return single_network_step(model, recipe, batch, global_step, None, optimizer_wrapper)

@@ -18,7 +18,7 @@ class Uda(SingleNetwork):
     def streams(self, recipe):
         return Streams(unlabelled=recipe.uda_data)
 
-    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None):
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms import schedules
         from mpltool.algorithms.common import single_network_step, uda_loss
         from mpltool.tfv1 import tf

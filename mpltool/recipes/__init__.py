@@ -187,6 +187,10 @@ FIELDS = [
     Field("student_second_pass_bn_update", "bool", False, "also update the student's BN moving statistics from its "
           "second (labelled-only, after-update) pass, after the EMA: true as the seed (Ascend run), false as "
           "google-research"),
+    Field("replicas", "int", 1, "data-parallel replicas (set by `train --nproc N` or `--devices`, not by --set): "
+          "the global batch is batch_size * replicas", **_counts(high=4096)),
+    Field("lr_scaling", "str", "none", "learning rates under data parallelism: none (as the recipe says) or linear "
+          "(times replicas, for the larger global batch)", choices=("none", "linear")),
     Field("save_every", "int", 100, "steps between checkpoints", **_counts()),
     Field("eval_every", "int", 100, "steps between evaluations of teacher, student and EMA", **_counts()),
     Field("log_every", "int", 50, "steps between log lines", **_counts()),

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from mpltool import npu
+from mpltool import npu, parallel
 from mpltool.data.stage import load_prepared, read_split, training_indices
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
@@ -32,10 +32,15 @@ def _changed_keys(old: Dict[str, Any], new: Dict[str, Any]):
 
 
 def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str], extend_steps: Optional[int],
-                force: bool, data_record: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print):
+                force: bool, data_record: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+                replicas: int = 1):
     """(recipe, previous record or None) for this invocation, enforcing the resume rules.
 
-    With `data_record`, the recipe is first fitted to the prepared data (`_adopt_data`)."""
+    With `data_record`, the recipe is first fitted to the prepared data (`_adopt_data`). `replicas` is
+    how many data-parallel processes train (a resumed run must keep its count: the global batch)."""
+    if any(o.split("=", 1)[0].strip().lstrip("-") == "replicas" for o in overrides):
+        raise UsageError("replicas is set by `mpltool train --nproc N` (or --devices), not by --set",
+                         hint="use --nproc {}".format(replicas if replicas > 1 else "N"))
     previous = None if force else project.stage("train")
     if previous is not None and not previous.get("checkpoints", {}).get("latest"):
         previous = None  # it never saved a checkpoint: nothing to resume
@@ -44,6 +49,7 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
             raise UsageError("--extend-steps needs an earlier training run in this project",
                              hint="run `mpltool train --recipe NAME` first")
         resolved = load_recipe(recipe or "mpl-wrn28-2", overrides)
+        resolved["replicas"] = replicas
         if data_record is not None:
             _adopt_data(resolved, data_record, log)
         return resolved, None
@@ -52,6 +58,7 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
     object.__setattr__(recorded, "overrides", previous.get("overrides") or {})
     # --set alone applies on top of the recorded run; --recipe names a whole new configuration.
     resolved = load_recipe(recipe, overrides) if recipe is not None else with_overrides(recorded, overrides)
+    resolved["replicas"] = replicas
     if data_record is not None:
         _adopt_data(resolved, data_record, log)
     changed = _changed_keys(recorded.values, resolved.values)
@@ -154,11 +161,21 @@ def _stderr_warning(message: str) -> None:
 def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = (), device: str = "auto",
           extend_steps: Optional[int] = None, force: bool = False, log: Callable[[str], None] = print,
           progress_factory: Optional[Callable] = None,
-          warn: Callable[[str], None] = _stderr_warning) -> Dict[str, Any]:
+          warn: Callable[[str], None] = _stderr_warning, replicas=None) -> Dict[str, Any]:
+    """Train (or resume) in this project. In a data-parallel job this runs in every process: rank 0
+    records and writes as a single process does, the other ranks only train (`_train_replica`)."""
     project = Project(project_dir)
     project.load()
+    if replicas is None and (parallel.launched_by_horovod() or parallel.launched_by_rank_table()):
+        replicas = parallel.detect(npu.resolve_device(device))
+    replicas = replicas or parallel.Replicas()
+    if not replicas.is_chief:
+        return _train_replica(project, npu.resolve_device(device), replicas)
     prepared = load_prepared(project)
-    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log)
+    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log,
+                                     replicas=replicas.size)
+    if replicas.size > 1:
+        _check_launch_file(project, resolved)
     if previous is not None:
         _check_same_data(previous, prepared["record"])
     device = npu.resolve_device(device)
@@ -198,6 +215,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                            "model": resolved.model, "algorithm": algorithm.describe(),
                            "network": {"model": resolved.model, "num_classes": resolved.num_classes,
                                        "input_spec": spec_record(input_spec(resolved.model))},
+                           "replicas": replicas.size, "global_batch_size": resolved.batch_size * replicas.size,
+                           "parallel": replicas.describe(),
                            "num_train_steps": resolved.num_train_steps,
                            "steps_done": step_of(restore_from) if restore_from else 0, "checkpoints": checkpoints})
         run.save_progress()
@@ -218,7 +237,7 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
         try:
             with progress if progress is not None else contextlib.nullcontext():
                 outcome = run_training(resolved, device, data, project.dir, restore_from, on_checkpoint, log,
-                                       progress=progress)
+                                       progress=progress, replicas=replicas)
         except KeyboardInterrupt:
             latest = checkpoints.get("latest") or {}
             raise Interrupted("interrupted at step {}; checkpoint {} saved".format(
@@ -237,7 +256,46 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
         result = {"status": "done", "steps_done": outcome["steps_done"], "num_train_steps": resolved.num_train_steps,
                   "device": device, "checkpoints": checkpoints, "metrics": dict(run.metrics),
                   "project": str(project.dir)}
+        if replicas.size > 1:  # rank 0 of a data-parallel job: the launcher reports
+            result.update(rank=0, replicas=replicas.size)
     return result
+
+
+def _check_launch_file(project: Project, resolved) -> None:
+    """Rank 0 trains what the launcher told the other ranks (the manifest cannot have changed between)."""
+    from mpltool.train.launch import read_launch_file
+
+    try:
+        launched = read_launch_file(project)["params"]
+    except (OSError, ValueError, KeyError):
+        raise PrerequisiteError("this data-parallel process has no readable logs/launch.json",
+                                hint="start data-parallel training with `mpltool train --nproc N` or --devices")
+    if launched != dict(resolved.values):
+        changed = sorted(k for k in resolved.values if launched.get(k) != resolved[k])
+        raise PrerequisiteError("rank 0 resolved other settings than the launcher ({})".format(", ".join(changed)),
+                                hint="re-run the same `mpltool train` command")
+
+
+def _train_replica(project: Project, device: str, replicas) -> Dict[str, Any]:
+    """Rank > 0: train the launcher's recipe on this rank's shard; write nothing but logs/rank-K.log."""
+    from mpltool.train.launch import read_launch_file
+    from mpltool.train.trainer import run_training
+
+    try:
+        recipe = recipe_from_record(read_launch_file(project)["params"])
+    except (OSError, ValueError, KeyError):
+        raise PrerequisiteError("rank {} found no readable logs/launch.json".format(replicas.rank),
+                                hint="start data-parallel training with `mpltool train --nproc N` or --devices")
+    data = _load_data(load_prepared(project))
+    log_path = project.path("logs/rank-{}.log".format(replicas.rank))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(log_path), "a") as handle:
+        def log(line):
+            handle.write(line + "\n")
+            handle.flush()
+
+        outcome = run_training(recipe, device, data, project.dir, None, lambda *args: None, log, replicas=replicas)
+    return {"status": "done", "rank": replicas.rank, "replicas": replicas.size, "steps_done": outcome["steps_done"]}
 
 
 def _start_over(project: Project) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from mpltool import npu
 from mpltool.errors import InvalidInputError, NonFiniteError, first_line
+from mpltool.parallel import Replicas
 from mpltool.manifest import atomic_write_bytes
 from mpltool.signals import check_interrupted
 from mpltool.tfv1 import tf
@@ -59,29 +60,35 @@ def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
 class TrainingGraph:
     """Everything one training session needs, built once in its own tf.Graph."""
 
-    def __init__(self, recipe, device: str, image_shape=(32, 32, 3)):
+    def __init__(self, recipe, device: str, image_shape=(32, 32, 3), replicas=None):
         from mpltool.algorithms import get_algorithm
         from mpltool.data.pipeline import TrainInput
         from mpltool.models import build_model, input_spec, normalize_input
 
         self.algorithm = get_algorithm(recipe.algorithm)
         self.targets = tuple(self.algorithm.eval_targets)
+        self.replicas = replicas or Replicas()
+        rank = self.replicas.rank
         self.graph = tf.Graph()
         with self.graph.as_default():
-            tf.set_random_seed(recipe.seed)
+            # Each replica draws its own dropout masks, augmentations and MixUp coefficients; the weights
+            # start equal all the same (rank 0's are broadcast before the first step).
+            tf.set_random_seed(recipe.seed + rank)
             self.global_step = tf.train.get_or_create_global_step()
             streams = self.algorithm.streams(recipe)
             spec = input_spec(recipe.model)
             self.input = TrainInput(recipe.batch_size, int(streams.unlabelled),
                                     magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
-                                    shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed, image_shape=image_shape,
+                                    shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed + 7919 * rank,
+                                    image_shape=image_shape,
                                     overflow=recipe.augment_overflow, policy=recipe.augment,
                                     labelled_strong=streams.labelled_strong, weak_views=streams.weak_views,
                                     normalize=lambda images: normalize_input(images, spec))
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
-                                                  optimizer_wrapper=npu.optimizer_wrapper(device, recipe))
+                                                  optimizer_wrapper=self._optimizer_wrapper(device, recipe),
+                                                  replicas=self.replicas)
             missing = [name for name in self.algorithm.metric_names if name not in self.step.metrics]
             if missing:
                 raise RuntimeError("the {} step lacks its declared metrics {}".format(self.algorithm.name, missing))
@@ -94,6 +101,7 @@ class TrainingGraph:
                                                      for m in EVAL_METRICS]}
             self.eval_summaries = tf.summary.merge([tf.summary.scalar("eval/" + n, p)
                                                     for n, p in self.eval_summary_values.items()])
+            self.broadcast = self.replicas.broadcast_op()  # every variable exists by now (optimizer slots too)
             self.saver = tf.train.Saver(max_to_keep=recipe.keep_checkpoints, save_relative_paths=True)
             # Best-by-accuracy checkpoints live in their own folders; old ones are removed explicitly.
             self.best_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
@@ -102,6 +110,18 @@ class TrainingGraph:
             self.weights_finite = tf.reduce_all([tf.reduce_all(tf.is_finite(v)) for v in tf.global_variables()
                                                  if v.dtype.base_dtype.is_floating])
         self.graph.finalize()
+
+    def _optimizer_wrapper(self, device, recipe):
+        """The data-parallel all-reduce inside, the NPU loss scale outside (it scales the loss, unscales the
+        reduced gradients)."""
+        loss_scale = npu.optimizer_wrapper(device, recipe, distributed=self.replicas.size > 1)
+        distribute = self.replicas.wrap_optimizer
+
+        def wrap(optimizer):
+            optimizer = distribute(optimizer)
+            return loss_scale(optimizer) if loss_scale else optimizer
+
+        return wrap
 
 
 class MetricsCsv:
@@ -173,10 +193,11 @@ class TrainingSession:
 
     def __init__(self, recipe, device: str, data: Dict[str, np.ndarray], workdir: Path,
                  restore_from: Optional[str], on_checkpoint: Callable[[str, int, Dict[str, Any]], None],
-                 log: Callable[[str], None], progress=None):
+                 log: Callable[[str], None], progress=None, replicas=None):
         self.recipe, self.data, self.log, self.progress = recipe, data, log, progress
         self.on_checkpoint = on_checkpoint
-        self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:])
+        self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:], replicas=replicas)
+        self.chief = self.graph.replicas.is_chief  # only rank 0 evaluates and writes
         self.ckpt_dir = workdir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         _sweep_saver_leftovers(self.ckpt_dir)
@@ -184,9 +205,11 @@ class TrainingSession:
         self.best.update(data.get("best") or {})
         self.last_eval = {}  # type: Dict[str, Any]
         self._finite_at = (-1, True)  # (step, weights finite at it)
-        self.csv = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(self.graph.algorithm),
-                              resume_step=step_of(restore_from) if restore_from else 0)
-        self.summaries = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
+        self.csv = self.summaries = None
+        if self.chief:
+            self.csv = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(self.graph.algorithm),
+                                  resume_step=step_of(restore_from) if restore_from else 0)
+            self.summaries = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
         self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
         try:
             self._start(restore_from)
@@ -195,13 +218,14 @@ class TrainingSession:
             raise
 
     def close(self) -> None:
-        self.summaries.close()
-        self.csv.close()
+        for writer in (self.summaries, self.csv):
+            if writer is not None:
+                writer.close()
         self.session.close()
 
     def _start(self, restore_from: Optional[str]) -> None:
         graph, session = self.graph, self.session
-        if restore_from:
+        if restore_from and self.chief:
             try:
                 graph.saver.restore(session, restore_from)
             except Exception as exc:  # a failed restore is an error, never a silent restart
@@ -213,9 +237,25 @@ class TrainingSession:
             session.run(graph.init)
             if graph.step.init_ops:
                 session.run(graph.step.init_ops)
-        graph.input.initialize(session, self.data["train_images"], self.data["train_labels"],
-                               self.data["labelled_indices"], self.data.get("unlabelled_indices"))
+        if graph.broadcast is not None:
+            session.run(graph.broadcast)
+        labelled, unlabelled = self._shard()
+        graph.input.initialize(session, self.data["train_images"], self.data["train_labels"], labelled, unlabelled)
         self.step = self.start_step = int(session.run(graph.global_step))
+
+    def _shard(self):
+        """This replica's share of the labelled and unlabelled records, taken before any shuffling."""
+        rank, size = self.graph.replicas.rank, self.graph.replicas.size
+        labelled = self.data["labelled_indices"]
+        unlabelled = self.data.get("unlabelled_indices")
+        if size == 1:
+            return labelled, unlabelled
+        if unlabelled is None:
+            unlabelled = np.arange(len(self.data["train_labels"]), dtype=np.int64)
+        if len(labelled) < size:
+            raise InvalidInputError("{} labelled records cannot be shared by {} replicas".format(len(labelled), size),
+                                    hint="use fewer processes or more labelled records")
+        return labelled[rank::size], unlabelled[rank::size]
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -232,18 +272,21 @@ class TrainingSession:
                 self.step += 1
                 self._check_finite(metrics)
                 self._report(metrics, self.step % recipe.log_every == 0 or self.step == total)
-                if self.step % recipe.eval_every == 0 or self.step == total:
+                if self.chief and (self.step % recipe.eval_every == 0 or self.step == total):
                     self.last_eval = self.evaluate()
                     self.save_best(self.last_eval)
-                if self.step % recipe.save_every == 0 or self.step == total:
+                if self.chief and (self.step % recipe.save_every == 0 or self.step == total):
                     self.save_latest()
         except KeyboardInterrupt:
-            if self.step > self.start_step:  # keep the work done so far; the caller exits 130
+            if self.chief and self.step > self.start_step:  # keep the work done so far; the caller exits 130
                 self.save_latest()
             raise
-        self.summaries.flush()
+        medians = {}
+        if self.chief:
+            self.summaries.flush()
+            medians = accuracy_medians(self.csv.path, self.graph.targets)
         return {"steps_done": self.step, "start_step": self.start_step, "last_eval": self.last_eval,
-                "best": self.best, "medians": accuracy_medians(self.csv.path, self.graph.targets)}
+                "best": self.best, "medians": medians}
 
     def _check_finite(self, metrics: Dict[str, float]) -> None:
         bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
@@ -258,9 +301,10 @@ class TrainingSession:
             started, first = self._window
             rate = (self.step - first) / max(time.time() - started, 1e-9)
             self._window = (time.time(), self.step)
-            for name, value in metrics.items():
-                self.summaries.add_summary(_scalar_summary(name, value), self.step)
-            self.csv.write(dict(metrics, step=self.step, time=time.time(), steps_per_second=rate))
+            if self.chief:
+                for name, value in metrics.items():
+                    self.summaries.add_summary(_scalar_summary(name, value), self.step)
+                self.csv.write(dict(metrics, step=self.step, time=time.time(), steps_per_second=rate))
             if self.progress is None:
                 self.log("step {}/{}: {:.2f} steps/s {}".format(self.step, self.recipe.num_train_steps, rate,
                                                                  " ".join("{}={:.5g}".format(k, metrics[k])
@@ -336,9 +380,10 @@ class TrainingSession:
 
 def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
                  on_checkpoint: Callable[[str, int, Dict[str, Any]], None], log: Callable[[str], None],
-                 progress=None) -> Dict[str, Any]:
+                 progress=None, replicas=None) -> Dict[str, Any]:
     """Train from `restore_from` (or from scratch) to recipe.num_train_steps (see TrainingSession)."""
-    session = TrainingSession(recipe, device, data, workdir, restore_from, on_checkpoint, log, progress)
+    session = TrainingSession(recipe, device, data, workdir, restore_from, on_checkpoint, log, progress,
+                              replicas=replicas)
     try:
         return session.run()
     finally:
