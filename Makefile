@@ -10,7 +10,13 @@
 # `EXTRAS=cpu-plain,test` (tensorflow-cpu) or `EXTRAS=test` (a TF 1.15 already installed).
 
 VENV ?= .venv
-EXTRAS ?= cpu,test
+EXTRAS ?= cpu,test,dist
+# Horovod (extra `dist`) compiles against the TensorFlow already in the venv: installed second, without
+# pip's build isolation, with gloo and without MPI, PyTorch and MXNet.
+HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
+	HOROVOD_WITHOUT_MXNET=1 HOROVOD_GPU_OPERATIONS=
+BASE_EXTRAS = $(subst $(eval) ,$(comma),$(filter-out dist,$(subst $(comma), ,$(EXTRAS))))
+comma := ,
 DEMO ?= demo-project
 RECIPE ?= mpl-demo
 PYENV_FALLBACK ?= /root/.pyenv/versions/3.7.16/bin/python
@@ -56,8 +62,11 @@ $(STAMP): FORCE
 	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(FINGERPRINT)" ] && $(VPY) -c 'import mpltool' 2>/dev/null; then touch $(STAMP); exit 0; fi; \
 	if [ ! -x "$(VPY)" ] || [ "$$($(VPY) $(PY_HOME_CMD) 2>/dev/null)" != "$(PYTHON_HOME)" ]; then \
 		echo "creating $(VENV) from $(PYTHON)"; rm -rf "$(VENV)"; "$(PYTHON)" -m venv "$(VENV)" || exit 1; fi; \
-	echo "installing mpltool[$(EXTRAS)] into $(VENV)"; \
-	$(VPY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" || exit 1; \
+	echo "installing mpltool[$(BASE_EXTRAS)] into $(VENV)"; \
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e ".[$(BASE_EXTRAS)]" || exit 1; \
+	case ",$(EXTRAS)," in *,dist,*) echo "installing horovod==0.28.1 (builds once against TF 1.15, about 2 minutes)"; \
+		$(HOROVOD_ENV) $(VPY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+		horovod==0.28.1 || exit 1;; esac; \
 	echo "$(FINGERPRINT)" > $(STAMP)
 
 which-python:

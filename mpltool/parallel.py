@@ -8,13 +8,22 @@ npu_bridge; any other is a single replica. Training asks the replicas for:
   DistributedOptimizer, npu_bridge's NPUDistributedOptimizer), so every replica applies the same update;
 - `mean(tensor)`: an all-reduced mean of a scalar the step needs identical everywhere (MPL's h-term);
 - `broadcast_op()`: rank 0's variables copied to every replica (after initialisation or restore);
-- `rank`, `size`: the shard a replica reads, and whether it is rank 0 (the only one that writes).
+- `rank`, `size`: the shard a replica reads, and whether it is rank 0 (the only one that writes);
+- `share_params(params)`: rank 0's resolved recipe, handed to every other rank before any graph is built,
+  so all train the same configuration however the processes were started.
 """
 
+import json
 import os
-from typing import Optional
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
 
-from mpltool.errors import ToolMissingError
+from mpltool.signals import check_interrupted
+
+from mpltool.errors import PrerequisiteError, ToolMissingError
+
+SHARE_TIMEOUT_SECONDS = 600
 
 HOROVOD_INSTALL = ('HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 '
                    'HOROVOD_WITHOUT_MXNET=1 .venv/bin/pip install --no-build-isolation horovod==0.28.1 '
@@ -44,6 +53,10 @@ class Replicas:
     def describe(self):
         return {"backend": self.backend, "replicas": self.size}
 
+    def share_params(self, params: Optional[Dict[str, Any]], project_dir=None) -> Dict[str, Any]:
+        """Rank 0 passes its resolved recipe values, the other ranks None; every rank gets rank 0's."""
+        return params
+
 
 class HorovodReplicas(Replicas):
     backend = "horovod"
@@ -63,6 +76,13 @@ class HorovodReplicas(Replicas):
     def broadcast_op(self):
         return self.hvd.broadcast_global_variables(0)
 
+    def share_params(self, params, project_dir=None):
+        from horovod.tensorflow.functions import broadcast_object
+        from mpltool.tfv1 import tf
+
+        with tf.Graph().as_default(), tf.Session() as session:  # the same name on every rank, whatever it sends
+            return broadcast_object(params, root_rank=0, session=session, name="mpltool_recipe")
+
 
 class HcclReplicas(Replicas):
     """Ascend: the rank and size come from the rank-table environment mpltool's launcher (or the cluster's)
@@ -80,6 +100,25 @@ class HcclReplicas(Replicas):
 
     def mean(self, tensor):
         return self.npu.hccl_ops.allreduce(tensor, "sum") / float(self.size)
+
+    def share_params(self, params, project_dir=None):
+        """Through `logs/launch-<JOB_ID>.json` in the (shared) project directory: rank 0 writes it, the others
+        wait for it. JOB_ID is unique per job (mpltool's launcher and Ascend's cluster launchers set it)."""
+        from mpltool.manifest import atomic_write_bytes
+
+        path = Path(str(project_dir)) / "logs" / "launch-{}.json".format(os.environ.get("JOB_ID") or "job")
+        if self.is_chief:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, json.dumps(params, sort_keys=True).encode("utf-8"))
+            return params
+        deadline = time.time() + SHARE_TIMEOUT_SECONDS
+        while time.time() < deadline:
+            check_interrupted()
+            if path.is_file():
+                return json.loads(path.read_text(encoding="utf-8"))
+            time.sleep(0.2)
+        raise PrerequisiteError("rank {} waited {} s for rank 0's {}".format(self.rank, SHARE_TIMEOUT_SECONDS, path),
+                                hint="rank 0 did not start or failed; see its log")
 
     def broadcast_op(self):
         from mpltool.tfv1 import tf

@@ -44,8 +44,6 @@ def test_two_processes_write_one_manifest_from_rank_0_and_resume(prepared_copy):
     with open(str(project / "logs" / "metrics.csv")) as handle:
         steps = [line.split(",")[0] for line in handle.read().splitlines()[1:]]
     assert steps == ["2", "2", "4", "4"]  # one writer: each step's metrics row and eval row once
-    launched = json.loads((project / "logs" / "launch.json").read_text())
-    assert launched["params"] == record["params"] and launched["replicas"] == 2
 
     resumed = _train(project, "--nproc", "2", "--extend-steps", "2")
     assert resumed.returncode == 0, resumed.stderr.decode()
@@ -123,7 +121,7 @@ def test_bad_parallel_options_are_one_line_errors_and_start_nothing(prepared_cop
     result = invoke("--project", prepared_copy, "train", "--recipe", "supervised-demo", *args)
     assert result.exit_code == code
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(message)
-    assert manifest(prepared_copy) == before and not (prepared_copy / "logs" / "launch.json").exists()
+    assert manifest(prepared_copy) == before and not (prepared_copy / "logs").exists()
 
 
 def test_more_processes_than_cores_need_oversubscribe(prepared_copy):
@@ -144,3 +142,20 @@ def test_replicas_cannot_be_set_by_hand(prepared_copy):
     result = invoke("--project", prepared_copy, "train", "--recipe", "supervised-demo", "--set", "replicas=2")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: replicas is set by `mpltool train --nproc N` (or --devices), not by --set")
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_a_job_started_by_your_own_horovodrun_trains_rank_0s_configuration(prepared_copy):
+    """No mpltool launcher: horovodrun starts `mpltool train` twice; rank 0 hands its resolved recipe over."""
+    import sys
+
+    project = prepared_copy
+    done = subprocess.run([sys.executable, "-m", "horovod.runner.launch", "-np", "2", "--gloo", "-H", "localhost:2"]
+                          + command(project, "train", "--recipe", "supervised-demo", "--device", "cpu",
+                                    *sets(base=RUN)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert done.returncode == 0, done.stdout.decode()[-3000:]
+    record = manifest(project)["stages"]["train"]
+    assert (record["status"], record["steps_done"], record["replicas"]) == ("done", 4, 2)
+    assert "rank 1 of 2 finished at step 4" in done.stdout.decode()
+    assert "step 4/4" in (project / "logs" / "rank-1.log").read_text()

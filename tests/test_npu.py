@@ -54,6 +54,8 @@ class NPULossScaleOptimizer(tf.train.Optimizer):
         self._opt = opt
         self._manager = loss_scale_manager
         calls.append(("wrap", loss_scale_manager.loss_scale, loss_scale_manager.enable_overflow_check))
+        if is_distributed:
+            calls.append(("loss_scale_is_distributed",))
 
     def compute_gradients(self, loss, var_list=None, **kwargs):
         scale = float(self._manager.loss_scale)
@@ -64,6 +66,37 @@ class NPULossScaleOptimizer(tf.train.Optimizer):
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
         calls.append(("apply_gradients",))
         return self._opt.apply_gradients(grads_and_vars, global_step=global_step, name=name)
+
+
+class NPUDistributedOptimizer(tf.train.Optimizer):
+    """Stands for the HCCL all-reduce of the gradients (identity here: one real process)."""
+
+    def __init__(self, optimizer, name=None):
+        super(NPUDistributedOptimizer, self).__init__(False, "NPUDistributedOptimizer")
+        self._opt = optimizer
+        calls.append(("distributed_optimizer",))
+
+    def compute_gradients(self, loss, var_list=None, **kwargs):
+        calls.append(("allreduce_gradients",))
+        return self._opt.compute_gradients(loss, var_list=var_list, **kwargs)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        return self._opt.apply_gradients(grads_and_vars, global_step=global_step, name=name)
+
+
+class _HcclOps(object):
+    def broadcast(self, tensor, root_rank):
+        calls.append(("broadcast", len(tensor), root_rank))
+        return [tf.identity(t) for t in tensor]
+
+    def allreduce(self, tensor, reduction):
+        # As if every replica held the same value: the sum is size times it.
+        import os
+        calls.append(("allreduce", reduction))
+        return tensor * float(os.environ["RANK_SIZE"])
+
+
+hccl_ops = _HcclOps()
 '''
 
 
@@ -227,3 +260,37 @@ def test_mpl_recipe_sets_no_dynamic_keys(stand_in):
     params = _npu_params(load_recipe("mpl-wrn28-2"))
     assert "dynamic_input" not in params and "dynamic_graph_execute_mode" not in params
     assert params["precision_mode"].s == b"allow_mix_precision"
+
+
+def test_under_a_rank_table_training_uses_hccl_through_npu_bridge(stand_in, monkeypatch, tmp_path):
+    """The Ascend path of data-parallel training, as far as a host without an NPU can run it: the rank-table
+    environment makes the replicas HCCL's, every optimizer is wrapped in NPUDistributedOptimizer (inside the
+    loss scale, which is told it is distributed), MPL's h is all-reduced, and rank 0's variables are
+    broadcast; one step then runs."""
+    from mpltool import parallel
+    from mpltool.train.trainer import TrainingGraph
+
+    monkeypatch.setenv("RANK_TABLE_FILE", str(tmp_path / "rank_table.json"))
+    monkeypatch.setenv("RANK_SIZE", "2")
+    monkeypatch.setenv("RANK_ID", "0")
+    replicas = parallel.detect("npu")
+    assert isinstance(replicas, parallel.HcclReplicas) and (replicas.rank, replicas.size) == (0, 2)
+    recipe = load_recipe("mpl-wrn28-2", ["model=wrn-10-1", "batch_size=2", "uda_data=1", "eval_batch_size=4"])
+    recipe["replicas"] = 2
+    graph = TrainingGraph(recipe, "npu", replicas=replicas)
+    calls = sys.modules["npu_bridge.npu_init"].calls
+    assert calls.count(("distributed_optimizer",)) == 2  # teacher and student
+    assert calls.count(("loss_scale_is_distributed",)) == 2
+    assert calls.count(("allreduce", "sum")) == 1  # MPL's h, averaged over the replicas
+    with graph.graph.as_default():
+        variables = len(tf.global_variables())
+    assert ("broadcast", variables, 0) in calls
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(8, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(8) % 10
+    with tf.Session(graph=graph.graph) as session:
+        session.run(graph.init)
+        session.run(graph.broadcast)
+        graph.input.initialize(session, images, labels, np.arange(4), np.arange(8))
+        session.run(graph.step.train_op)
+        assert session.run(graph.global_step) == 1

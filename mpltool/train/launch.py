@@ -3,8 +3,8 @@ device under a rank table (`--devices`). Each process runs the ordinary `mpltool
 tells it which replica it is, and only rank 0 writes (docs/many-devices.md).
 
 Before anything starts, the launcher resolves the run exactly as rank 0 will (bad options, a missing data
-stage, a resume that does not fit: the usual exit codes, nothing spawned) and writes the resolved recipe
-to `logs/launch.json`, which the other ranks read instead of the manifest rank 0 is writing. When a rank
+stage, a resume that does not fit: the usual exit codes, nothing spawned); rank 0 then hands its resolved
+recipe to the other ranks (`Replicas.share_params`), however they were started. When a rank
 dies, the job ends: Horovod's launcher (or ours, for Ascend) stops the others, and the train record
 says which rank died, so `mpltool train` resumes from the last checkpoint.
 """
@@ -25,23 +25,7 @@ from mpltool import parallel, ranktable
 from mpltool.errors import ToolFailedError, ToolMissingError, UsageError
 from mpltool.manifest import Project, atomic_write_bytes, utc_now
 
-LAUNCH_FILE = "logs/launch.json"
 STOP_GRACE_SECONDS = 10  # SIGTERM, then SIGKILL: a rank blocked in an all-reduce never sees the SIGTERM
-
-
-def write_launch_file(project: Project, resolved, replicas: int, backend: str) -> Path:
-    """The resolved recipe every rank trains with (rank 0 checks that its own resolution agrees)."""
-    params = dict(resolved.values, replicas=replicas)
-    path = project.path(LAUNCH_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"job": uuid.uuid4().hex[:12], "backend": backend, "replicas": replicas, "params": params,
-                "recipe": getattr(resolved, "recipe_name", None), "overrides": getattr(resolved, "overrides", {})}
-    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return path
-
-
-def read_launch_file(project: Project) -> Dict[str, Any]:
-    return json.loads(project.path(LAUNCH_FILE).read_text(encoding="utf-8"))
 
 
 def check_nproc(nproc: int, oversubscribe: bool) -> None:
@@ -90,8 +74,11 @@ def run_horovod(project: Project, nproc: int, worker: Sequence[str], echo: Calla
     """horovodrun the workers, echoing their output; a failed rank is a ToolFailedError naming it."""
     started = utc_now()
     lines = []  # type: List[str]
+    # MKL's OpenMP pool, like TF's (npu.session_config), gets this host's cores shared among the processes.
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
     process = subprocess.Popen(horovod_command(nproc, worker), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                               env=env)
     try:
         for raw in process.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -242,11 +229,10 @@ def launch_training(project_dir, recipe: Optional[str] = None, overrides: Sequen
         table_path, ranks, host_ranks = ascend_ranks(project, ranktable.parse_devices(devices), rank_table, hccn_conf)
         size, backend, device = len(ranks), "hccl", "npu"
     prepared = load_prepared(project)
-    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"],
-                                     log=lambda line: None, replicas=size)
+    _, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"],
+                              log=lambda line: None, replicas=size)
     if previous is not None:
         _check_same_data(previous, prepared["record"])
-    write_launch_file(project, resolved, size, backend)
     worker = ["--project", str(project.dir), "train", "--device", device]
     worker += ["--recipe", recipe] if recipe else []
     worker += [token for pair in overrides for token in ("--set", pair)]

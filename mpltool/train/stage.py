@@ -174,11 +174,10 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     prepared = load_prepared(project)
     resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log,
                                      replicas=replicas.size)
-    if replicas.size > 1:
-        _check_launch_file(project, resolved)
     if previous is not None:
         _check_same_data(previous, prepared["record"])
     device = npu.resolve_device(device)
+    replicas.share_params(dict(resolved.values), project.dir)  # the other ranks train exactly this
     algorithm = get_algorithm(resolved.algorithm)
     if ("student_lr_wait_steps" in algorithm.fields
             and resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps):
@@ -261,31 +260,11 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     return result
 
 
-def _check_launch_file(project: Project, resolved) -> None:
-    """Rank 0 trains what the launcher told the other ranks (the manifest cannot have changed between)."""
-    from mpltool.train.launch import read_launch_file
-
-    try:
-        launched = read_launch_file(project)["params"]
-    except (OSError, ValueError, KeyError):
-        raise PrerequisiteError("this data-parallel process has no readable logs/launch.json",
-                                hint="start data-parallel training with `mpltool train --nproc N` or --devices")
-    if launched != dict(resolved.values):
-        changed = sorted(k for k in resolved.values if launched.get(k) != resolved[k])
-        raise PrerequisiteError("rank 0 resolved other settings than the launcher ({})".format(", ".join(changed)),
-                                hint="re-run the same `mpltool train` command")
-
-
 def _train_replica(project: Project, device: str, replicas) -> Dict[str, Any]:
-    """Rank > 0: train the launcher's recipe on this rank's shard; write nothing but logs/rank-K.log."""
-    from mpltool.train.launch import read_launch_file
+    """Rank > 0: train rank 0's recipe on this rank's shard; write nothing but logs/rank-K.log."""
     from mpltool.train.trainer import run_training
 
-    try:
-        recipe = recipe_from_record(read_launch_file(project)["params"])
-    except (OSError, ValueError, KeyError):
-        raise PrerequisiteError("rank {} found no readable logs/launch.json".format(replicas.rank),
-                                hint="start data-parallel training with `mpltool train --nproc N` or --devices")
+    recipe = recipe_from_record(replicas.share_params(None, project.dir))
     data = _load_data(load_prepared(project))
     log_path = project.path("logs/rank-{}.log".format(replicas.rank))
     log_path.parent.mkdir(parents=True, exist_ok=True)
