@@ -56,3 +56,21 @@ def machine():
     import platform
 
     return "{} cores, {} {}".format(os.cpu_count(), platform.machine(), platform.processor() or "")
+
+
+def mpltool(project, *args):
+    """The real CLI in its own process, as a user types it; a failure ends the benchmark with its stderr."""
+    command = [sys.executable, "-m", "mpltool", "--project", project] + list(args)
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise SystemExit("failed ({}): {}\n{}".format(done.returncode, " ".join(command),
+                                                      done.stderr.decode()[-2000:]))
+
+
+def demo_project(root, recipe):
+    """A project under `root` holding the embedded demo data, prepared with `recipe`'s split: the template
+    each configuration copies."""
+    template = os.path.join(root, "template")
+    mpltool(template, "data", "demo", "--out", os.path.join(root, "demo-cifar"))
+    mpltool(template, "data", "prepare", "--cifar", os.path.join(root, "demo-cifar"), "--recipe", recipe)
+    return template

@@ -14,19 +14,10 @@ import argparse
 import csv
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import yaml
-
-
-def mpltool(project, *args):
-    command = [sys.executable, "-m", "mpltool", "--project", project] + list(args)
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if done.returncode != 0:
-        raise SystemExit("failed ({}): {}\n{}".format(done.returncode, " ".join(command),
-                                                      done.stderr.decode()[-2000:]))
+from common import demo_project, mpltool
 
 
 def steps_per_second(project):
@@ -44,9 +35,7 @@ def main():
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="mpltool-dp-")
     try:
-        template = os.path.join(root, "template")
-        mpltool(template, "data", "demo", "--out", os.path.join(root, "demo-cifar"))
-        mpltool(template, "data", "prepare", "--cifar", os.path.join(root, "demo-cifar"), "--recipe", args.recipe)
+        template = demo_project(root, args.recipe)
         settings = ["--set", "num_train_steps={}".format(args.steps), "--set", "log_every=20",
                     "--set", "eval_every={}".format(args.steps), "--set", "save_every={}".format(args.steps)]
         results = []

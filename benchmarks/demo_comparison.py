@@ -14,12 +14,11 @@ the 1,000 demo test images, min and max over the seeds, and minutes per run.
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 import yaml
+from common import demo_project, mpltool
 
 CONFIGURATIONS = [
     ("supervised", ["--recipe", "supervised-demo"]),
@@ -30,14 +29,6 @@ CONFIGURATIONS = [
 ]
 
 
-def mpltool(project, *args):
-    command = [sys.executable, "-m", "mpltool", "--project", project] + list(args)
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if done.returncode != 0:
-        raise SystemExit("failed ({}): {}\n{}".format(done.returncode, " ".join(command),
-                                                      done.stderr.decode()[-2000:]))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -45,9 +36,7 @@ def main():
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="mpltool-compare-")
     try:
-        template = os.path.join(root, "template")
-        mpltool(template, "data", "demo", "--out", os.path.join(root, "demo-cifar"))
-        mpltool(template, "data", "prepare", "--cifar", os.path.join(root, "demo-cifar"), "--recipe", "mpl-demo")
+        template = demo_project(root, "mpl-demo")
         print("{:<18} {:>9} {:>7} {:>7} {:>9}".format("configuration", "EMA top-1", "min", "max", "min/run"))
         for name, options in [c for c in CONFIGURATIONS if c[0].startswith(args.only)]:
             scores, minutes = [], []

@@ -106,6 +106,18 @@ def os_error(exc: OSError, doing: str) -> MpltoolError:
     return InvalidInputError("{}: {}".format(doing, exc.strerror or first_line(exc)))
 
 
+def _interrupt_in_chain(exc: BaseException):
+    """The KeyboardInterrupt behind `exc`, if any: a signal that lands inside a C call of TensorFlow's comes
+    back as `SystemError: ... returned a result with an error set` caused by it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def classify(exc: BaseException):
     """The MpltoolError a raw exception stands for, or None when it is a genuine internal error.
 
@@ -114,8 +126,10 @@ def classify(exc: BaseException):
     """
     if isinstance(exc, MpltoolError):
         return exc
-    if isinstance(exc, KeyboardInterrupt):
-        return Interrupted("interrupted" + (" by {}".format(exc.args[0]) if exc.args and exc.args[0] else ""))
+    interrupt = _interrupt_in_chain(exc)
+    if interrupt is not None:
+        return Interrupted("interrupted" + (" by {}".format(interrupt.args[0])
+                                            if interrupt.args and interrupt.args[0] else ""))
     errno_value = getattr(exc, "errno", None)
     text = str(exc)
     if errno_value in _NO_SPACE_ERRNOS or any(marker in text for marker in _NO_SPACE_TEXT):

@@ -467,3 +467,20 @@ def test_status_gate_on_a_real_project(tmp_path):
     line = error_line(broken, 4)
     assert line.startswith("error: 1 problem(s): ") and "labelled_indices" in line
     assert line.endswith(" (re-run the stage that made them)")
+
+
+def test_an_interrupt_inside_a_c_call_is_still_an_interrupt():
+    """A SIGTERM that lands inside one of TensorFlow's C functions surfaces as a SystemError caused by the
+    KeyboardInterrupt: it must exit 130 and record `interrupted`, not be an internal error (exit 1)."""
+    from mpltool.errors import Interrupted, classify
+
+    try:
+        try:
+            raise KeyboardInterrupt("SIGTERM")
+        except KeyboardInterrupt as interrupt:
+            raise SystemError("<built-in function GetOperationInputs> returned a result with an error set") \
+                from interrupt
+    except SystemError as exc:
+        error = classify(exc)
+    assert isinstance(error, Interrupted) and error.message == "interrupted by SIGTERM"
+    assert classify(SystemError("unrelated")) is None

@@ -159,3 +159,26 @@ def test_a_job_started_by_your_own_horovodrun_trains_rank_0s_configuration(prepa
     assert (record["status"], record["steps_done"], record["replicas"]) == ("done", 4, 2)
     assert "rank 1 of 2 finished at step 4" in done.stdout.decode()
     assert "step 4/4" in (project / "logs" / "rank-1.log").read_text()
+
+
+ALGORITHM_RUNS = {
+    "mpl-demo": ["model=wrn-10-1", "batch_size=4", "uda_data=2", "teacher_lr_warmup_steps=2",
+                 "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4"],
+    "uda-demo": ["model=wrn-10-1", "batch_size=4", "uda_data=2", "teacher_lr_warmup_steps=2", "uda_steps=4"],
+    "mixmatch-demo": ["model=mixmatch-resnet-8-2-1", "batch_size=4", "mixmatch_rampup_kimg=1"],
+}
+
+
+@pytest.mark.slow
+@needs_horovod
+@pytest.mark.parametrize("recipe", sorted(ALGORITHM_RUNS))
+def test_every_algorithm_trains_on_two_processes(prepared_copy, recipe):
+    """No algorithm-specific code in the launcher: MPL's two optimizers and its h-term, UDA and MixMatch
+    run data-parallel through the same seam (their optimizers wrapped, h averaged over the replicas)."""
+    steps = ["eval_batch_size=16", "shuffle_buffer=64", "num_train_steps=2", "save_every=2", "eval_every=2",
+             "log_every=1"]
+    done = _train(prepared_copy, "--recipe", recipe, "--nproc", "2", *sets(base=ALGORITHM_RUNS[recipe] + steps))
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    record = manifest(prepared_copy)["stages"]["train"]
+    assert (record["status"], record["steps_done"], record["replicas"]) == ("done", 2, 2)
+    assert record["global_batch_size"] == 8

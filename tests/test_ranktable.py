@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mpltool import ranktable
-from mpltool.errors import InvalidInputError, MpltoolError, ToolFailedError, UsageError
+from mpltool.errors import InvalidInputError, MpltoolError, PrerequisiteError, ToolFailedError, UsageError
 from mpltool.manifest import Project
 from mpltool.train import launch
 
@@ -406,3 +406,23 @@ def test_check_nproc():
     assert caught.value.message == "--nproc {} is more processes than this host's {} cores".format(cores + 1, cores)
     assert launch.check_nproc(cores + 1, True) is None
     assert launch.check_nproc(cores, False) is None
+
+
+def test_hccl_ranks_share_rank_0s_recipe_through_the_job_file(tmp_path, monkeypatch):
+    """Under a cluster launcher every device's process resolves nothing itself: rank 0 writes its values to
+    logs/launch-<JOB_ID>.json and the other ranks read them (waiting until they appear)."""
+    from mpltool import parallel
+
+    monkeypatch.setenv("RANK_SIZE", "2")
+    monkeypatch.setenv("JOB_ID", "job42")
+    monkeypatch.setenv("RANK_ID", "1")
+    other = parallel.HcclReplicas(None)
+    monkeypatch.setattr(parallel, "SHARE_TIMEOUT_SECONDS", 0.5)
+    with pytest.raises(PrerequisiteError, match="rank 1 waited 0.5 s for rank 0's"):
+        other.share_params(None, tmp_path)
+    monkeypatch.setenv("RANK_ID", "0")
+    chief = parallel.HcclReplicas(None)
+    params = {"batch_size": 4, "replicas": 2, "model": "wrn-10-1"}
+    assert chief.share_params(params, tmp_path) == params
+    assert (tmp_path / "logs" / "launch-job42.json").is_file()
+    assert other.share_params(None, tmp_path) == params
