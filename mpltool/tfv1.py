@@ -8,11 +8,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import tensorflow as _tf  # noqa: E402
+from mpltool.signals import check_interrupted, critical_section  # noqa: E402
 
-from mpltool.signals import check_interrupted  # noqa: E402
+# A KeyboardInterrupt raised while TF's native module initialises can crash the process (SIGSEGV, seen
+# about once in ten SIGTERMs there): the signals are held back during the import and delivered after it.
+with critical_section():
+    import tensorflow as _tf  # noqa: E402
 
-check_interrupted()  # TF's start-up swallows a KeyboardInterrupt raised inside it: honour the signal now
+check_interrupted()  # a signal that still reached TF's start-up was swallowed there: honour it now
 
 tf = _tf.compat.v1
 tf.disable_v2_behavior() if hasattr(tf, "disable_v2_behavior") and _tf.__version__.startswith("2") else None

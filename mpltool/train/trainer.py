@@ -17,7 +17,7 @@ from mpltool import npu
 from mpltool.errors import InvalidInputError, NonFiniteError, first_line
 from mpltool.parallel import Replicas
 from mpltool.manifest import atomic_write_bytes
-from mpltool.signals import check_interrupted
+from mpltool.signals import check_interrupted, critical_section
 from mpltool.tfv1 import tf
 from mpltool.checkpoints import step_of
 
@@ -196,7 +196,12 @@ class TrainingSession:
                  log: Callable[[str], None], progress=None, replicas=None):
         self.recipe, self.data, self.log, self.progress = recipe, data, log, progress
         self.on_checkpoint = on_checkpoint
-        self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:], replicas=replicas)
+        # A KeyboardInterrupt raised inside TF's C++ while the graph and session are built can crash the
+        # process (SIGSEGV, seen about once in twenty SIGTERMs then): signals wait until both exist.
+        with critical_section():
+            self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:],
+                                       replicas=replicas)
+            self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
         self.chief = self.graph.replicas.is_chief  # only rank 0 evaluates and writes
         self.ckpt_dir = workdir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +215,8 @@ class TrainingSession:
             self.csv = MetricsCsv(workdir / "logs" / "metrics.csv", csv_columns(self.graph.algorithm),
                                   resume_step=step_of(restore_from) if restore_from else 0)
             self.summaries = tf.summary.FileWriter(str(workdir / "logs" / "tensorboard"), graph=None)
-        self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
         try:
+            check_interrupted()
             self._start(restore_from)
         except BaseException:
             self.close()
