@@ -351,8 +351,7 @@ def eval_command(ctx, target, model, batch_size):
     medians = result.get("training_medians") or {}
     if medians:
         ctx.out.info("during training, median test top-1 of the last N evaluations: " + ", ".join(
-            "N={} {:.4f}".format(key[len("last"):], value)
-            for key, value in sorted(medians.items(), key=lambda kv: int(kv[0][len("last"):]))))
+            "N={} {:.4f}".format(key[len("last"):], value) for key, value in medians.items()))
     ctx.out.info("next: " + ctx.next_command("freeze"))
     ctx.out.result(result)
 

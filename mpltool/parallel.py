@@ -155,11 +155,13 @@ def launched_by_rank_table() -> bool:
 
 
 def detect(device: str) -> Replicas:
-    """The replicas this process is part of (see the module docstring)."""
+    """The replicas this process is part of (see the module docstring). `device` as the user gave it
+    (`auto` too): it is resolved only under a rank table, where HCCL needs an NPU."""
     if launched_by_horovod():
         return HorovodReplicas()
-    if launched_by_rank_table() and device == "npu":
+    if launched_by_rank_table():
         from mpltool import npu
 
-        return HcclReplicas(npu.npu_bridge())
+        if npu.resolve_device(device) == "npu":
+            return HcclReplicas(npu.npu_bridge())
     return Replicas()

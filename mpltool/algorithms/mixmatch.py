@@ -139,6 +139,7 @@ class MixMatch(SingleNetwork):
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import (MODEL_SCOPE, build_ema, network_variables, soft_cross_entropy,
                                                trainable, wrapped)
+        from mpltool.algorithms.schedules import replica_scale
         from mpltool.tfv1 import tf
 
         size = recipe.batch_size
@@ -154,9 +155,9 @@ class MixMatch(SingleNetwork):
         pooled = tf.concat([batch.labelled_images] + views, axis=0)
         targets = tf.concat([tf.one_hot(batch.labels, num_classes)] + [guess] * len(views), axis=0)
         total = size * (1 + len(views))
-        seed = None if recipe.seed is None else recipe.seed + 303
+        seed = recipe.seed + 303  # op seeds of their own (the graph seed alone could repeat another op's draws)
         lam = beta_sample([total], recipe.mixup_beta, seed=seed)
-        permutation = tf.random.shuffle(tf.range(total), seed=None if seed is None else seed + 2)
+        permutation = tf.random.shuffle(tf.range(total), seed=seed + 2)
         mixed, mixed_targets, _ = mixup(pooled, targets, lam, permutation)
         # 3. Interleave, K + 1 calls, only the first call's BN updates, de-interleave.
         parts = interleave(tf.split(mixed, 1 + len(views)), size)
@@ -172,8 +173,6 @@ class MixMatch(SingleNetwork):
         variables = network_variables(MODEL_SCOPE)
         weights = trainable(variables)
         ema_variables, ema_init = build_ema(model, batch.labelled_images, variables)
-        from mpltool.algorithms.schedules import replica_scale
-
         rate = float(recipe.mixmatch_lr) * replica_scale(recipe)
         learning_rate = tf.constant(rate, name="learning_rate")
         optimizer = wrapped(tf.train.AdamOptimizer(learning_rate), optimizer_wrapper)

@@ -147,8 +147,8 @@ def training_indices(prepared: Dict[str, Any], num_train: int) -> Dict[str, np.n
                 "valid": np.zeros((0,), np.int64)}
     stream = read_labelled_indices(paths["unlabelled_indices"])
     num_valid = int((prepared["record"].get("split") or {}).get("num_valid") or 0)
-    if stream.size and (stream.min() < 0 or stream.max() >= num_train) or labelled.size and (
-            labelled.min() < 0 or labelled.max() >= num_train) or num_valid > stream.size:
+    outside = any(indices.size and (indices.min() < 0 or indices.max() >= num_train) for indices in (labelled, stream))
+    if outside or num_valid > stream.size:
         raise InvalidInputError("the prepared split names records outside the {} training records".format(num_train),
                                 hint="re-run `{}`".format(DATA_COMMAND))
     return {"labelled": labelled, "unlabelled": stream[num_valid:], "valid": stream[:num_valid]}

@@ -14,6 +14,14 @@ import numpy as np
 from mpltool.errors import NonFiniteError
 
 TOP_K = 5
+# The MixMatch reference's report (scripts/extract_accuracy.py): the median test accuracy of the last N
+# evaluations of a run. Training records them; eval shows them.
+MEDIAN_WINDOWS = (1, 10, 20, 50)
+
+
+def median_key(target: str, window: int) -> str:
+    """The train record's metric holding `target`'s median test top-1 of its last `window` evaluations."""
+    return "{}_top1_median{}".format(target, window)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ A `.pb` is scored through the same metric code, so `eval --model frozen.pb` and 
 eval are directly comparable (timm's habit: validate the export through the very same pipeline).
 """
 
+import collections
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -13,7 +14,7 @@ from mpltool.checkpoints import (checkpoint_record, checkpoint_variables, record
                                  user_checkpoint)
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, UsageError
-from mpltool.eval.metrics import evaluate_logits_fn
+from mpltool.eval.metrics import MEDIAN_WINDOWS, evaluate_logits_fn, median_key
 from mpltool.manifest import Project
 from mpltool.recipes import FIELD_BY_NAME, recipe_from_record
 
@@ -85,6 +86,5 @@ def training_medians(project: Project, target: str) -> Dict[str, float]:
     """{"last1": ..., "last20": ...}: the median test top-1 of the target's last N evaluations during
     training (the MixMatch reference's reported accuracy), as the train record holds them."""
     metrics = (project.stage("train") or {}).get("metrics") or {}
-    prefix = "{}_top1_median".format(target)
-    return {"last" + key[len(prefix):]: value for key, value in sorted(metrics.items(), key=lambda kv: kv[0])
-            if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    return collections.OrderedDict(("last{}".format(window), metrics[median_key(target, window)])
+                                   for window in MEDIAN_WINDOWS if median_key(target, window) in metrics)

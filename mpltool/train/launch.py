@@ -91,7 +91,9 @@ def run_horovod(project: Project, nproc: int, worker: Sequence[str], echo: Calla
     if code != 0:
         failed = first_failure(lines)
         rank, rank_code = failed if failed else (None, code)
-        fail_job(project, rank, rank_code, nproc, _rank_error(lines, rank), started)
+        prefix = "[{}]<stderr>:".format(rank)
+        fail_job(project, rank, rank_code, nproc,
+                 _last_error(line[len(prefix):] for line in lines if line.startswith(prefix)), started)
 
 
 def _strip_rank_prefix(line: str) -> str:
@@ -99,11 +101,9 @@ def _strip_rank_prefix(line: str) -> str:
     return re.sub(r"^\[\d+\]<std(?:out|err)>:", "", line)
 
 
-def _rank_error(lines: Sequence[str], rank: Optional[int]) -> Optional[str]:
-    """The last `error:` line a rank printed (mpltool's one-line error), if any."""
-    prefix = "[{}]<stderr>:".format(rank)
-    errors = [line[len(prefix):] for line in lines if rank is not None and line.startswith(prefix)
-              and line[len(prefix):].startswith("error:")]
+def _last_error(lines) -> Optional[str]:
+    """The last `error:` line (mpltool's one-line error) among a rank's output lines, if any."""
+    errors = [line for line in lines if line.startswith("error:")]
     return errors[-1] if errors else None
 
 
@@ -179,8 +179,8 @@ def run_ascend(project: Project, rank_table_path: Path, ranks, host_ranks, worke
             if failed:
                 _stop([p for _, p in processes])
                 rank, code = failed[0]
-                fail_job(project, rank, code, len(ranks), _last_error(project.path("logs/rank-{}.out".format(rank))),
-                         started)
+                output = project.path("logs/rank-{}.out".format(rank)).read_text(encoding="utf-8", errors="replace")
+                fail_job(project, rank, code, len(ranks), _last_error(output.splitlines()), started)
             if all(code == 0 for _, code in codes):
                 return
             time.sleep(poll_seconds)
@@ -190,15 +190,6 @@ def run_ascend(project: Project, rank_table_path: Path, ranks, host_ranks, worke
     finally:
         for handle in logs:
             handle.close()
-
-
-def _last_error(path: Path) -> Optional[str]:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    errors = [line for line in lines if line.startswith("error:")]
-    return errors[-1] if errors else None
 
 
 # -- the entry point ---------------------------------------------------------------------------------------
@@ -211,8 +202,7 @@ def launch_training(project_dir, recipe: Optional[str] = None, overrides: Sequen
                     command: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """`mpltool train --nproc N` or `--devices IDS`: check everything, then run the job (see the module
     docstring). Returns what rank 0 recorded."""
-    from mpltool.data.stage import load_prepared
-    from mpltool.train.stage import _check_same_data, resolve_run
+    from mpltool.train.stage import plan_run
 
     if nproc is not None and devices is not None:
         raise UsageError("--nproc and --devices both choose the processes",
@@ -228,11 +218,7 @@ def launch_training(project_dir, recipe: Optional[str] = None, overrides: Sequen
     else:
         table_path, ranks, host_ranks = ascend_ranks(project, ranktable.parse_devices(devices), rank_table, hccn_conf)
         size, backend, device = len(ranks), "hccl", "npu"
-    prepared = load_prepared(project)
-    _, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"],
-                              log=lambda line: None, replicas=size)
-    if previous is not None:
-        _check_same_data(previous, prepared["record"])
+    plan_run(project, recipe, overrides, extend_steps, force, log=lambda line: None, replicas=size)
     worker = ["--project", str(project.dir), "train", "--device", device]
     worker += ["--recipe", recipe] if recipe else []
     worker += [token for pair in overrides for token in ("--set", pair)]

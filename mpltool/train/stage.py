@@ -38,7 +38,7 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
 
     With `data_record`, the recipe is first fitted to the prepared data (`_adopt_data`). `replicas` is
     how many data-parallel processes train (a resumed run must keep its count: the global batch)."""
-    if any(o.split("=", 1)[0].strip().lstrip("-") == "replicas" for o in overrides):
+    if _overridden(overrides, "replicas"):
         raise UsageError("replicas is set by `mpltool train --nproc N` (or --devices), not by --set",
                          hint="use --nproc {}".format(replicas if replicas > 1 else "N"))
     previous = None if force else project.stage("train")
@@ -70,7 +70,7 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
                               "--force (deletes this project's checkpoints)")
     done = int(previous.get("steps_done") or 0)
     if extend_steps is not None:
-        if any(o.split("=", 1)[0].strip().lstrip("-") == "num_train_steps" for o in overrides):
+        if _overridden(overrides, "num_train_steps"):
             raise UsageError("--extend-steps and --set num_train_steps both set the length of the run",
                              hint="give one of them")
         if not 1 <= extend_steps <= MAX_EXTEND_STEPS:
@@ -81,6 +81,24 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
             resolved.num_train_steps, done), hint="set it to {} or more, or train further with "
                                                   "`mpltool train --extend-steps N`".format(done))
     return resolved, previous
+
+
+def plan_run(project: Project, recipe: Optional[str], overrides: Sequence[str], extend_steps: Optional[int],
+             force: bool, log: Callable[[str], None] = print, replicas: int = 1):
+    """(prepared data, resolved recipe, previous record or None): every check a run makes before it
+    starts, without writing anything. `train` runs it, and so does a data-parallel launcher before it
+    starts any process."""
+    prepared = load_prepared(project)
+    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log,
+                                     replicas=replicas)
+    if previous is not None:
+        _check_same_data(previous, prepared["record"])
+    return prepared, resolved, previous
+
+
+def _overridden(overrides: Sequence[str], key: str) -> bool:
+    """Whether a `--set key=value` names `key`."""
+    return any(o.split("=", 1)[0].strip().lstrip("-") == key for o in overrides)
 
 
 def _adopt_data(recipe, data_record: Dict[str, Any], log: Callable[[str], None]) -> None:
@@ -166,16 +184,10 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     records and writes as a single process does, the other ranks only train (`_train_replica`)."""
     project = Project(project_dir)
     project.load()
-    if replicas is None and (parallel.launched_by_horovod() or parallel.launched_by_rank_table()):
-        replicas = parallel.detect(npu.resolve_device(device))
-    replicas = replicas or parallel.Replicas()
+    replicas = replicas or parallel.detect(device)
     if not replicas.is_chief:
         return _train_replica(project, npu.resolve_device(device), replicas)
-    prepared = load_prepared(project)
-    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log,
-                                     replicas=replicas.size)
-    if previous is not None:
-        _check_same_data(previous, prepared["record"])
+    prepared, resolved, previous = plan_run(project, recipe, overrides, extend_steps, force, log, replicas.size)
     device = npu.resolve_device(device)
     replicas.share_params(dict(resolved.values), project.dir)  # the other ranks train exactly this
     algorithm = get_algorithm(resolved.algorithm)
@@ -243,11 +255,9 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                 run.record.get("steps_done"), latest.get("prefix", "-")), hint="re-run `mpltool train` to resume")
         last = outcome["last_eval"]
         for target in algorithm.eval_targets:
-            if target in last:
-                run.metrics.update({"{}_{}".format(target, m): last[target][m] for m in ("top1", "top5", "loss")})
-        for target in algorithm.eval_targets:
-            if "valid_top1" in last.get(target, {}):
-                run.metrics["{}_valid_top1".format(target)] = last[target]["valid_top1"]
+            run.metrics.update({"{}_{}".format(target, m): last[target][m] for m in ("top1", "top5", "loss",
+                                                                                   "valid_top1")
+                                if m in last.get(target, {})})
         run.metrics.update({"best_{}_top1".format(t): v for t, v in outcome["best"].items() if v >= 0})
         run.metrics.update(outcome["medians"])
         run.metrics["steps_done"] = outcome["steps_done"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from mpltool import npu
 from mpltool.errors import InvalidInputError, NonFiniteError, first_line
+from mpltool.eval.metrics import MEDIAN_WINDOWS, median_key
 from mpltool.parallel import Replicas
 from mpltool.manifest import atomic_write_bytes
 from mpltool.signals import check_interrupted, critical_section
@@ -24,9 +25,6 @@ from mpltool.checkpoints import step_of
 EVAL_METRICS = ("top1", "top5", "loss")
 DIVERGED_HINT = ("the last finite checkpoint is kept; lower the learning rates (--set teacher_lr=... "
                  "--set student_lr=...) and start over with `mpltool train --force`")
-
-
-MEDIAN_WINDOWS = (1, 10, 20, 50)  # the reference's report (scripts/extract_accuracy.py): median of the last N
 
 
 def csv_columns(algorithm):
@@ -39,7 +37,7 @@ def csv_columns(algorithm):
 
 
 def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
-    """`<target>_top1_median<N>`: the median test top-1 of the last N evaluations (fewer when the run
+    """`median_key(target, N)`: the median test top-1 of the last N evaluations (fewer when the run
     evaluated fewer times), as the MixMatch reference reports its accuracy; read from the metrics CSV,
     so a resumed run counts the evaluations of its earlier sessions."""
     history = {t: [] for t in targets}
@@ -53,7 +51,7 @@ def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
     medians = {}
     for target, values in history.items():
         for window in MEDIAN_WINDOWS if values else ():
-            medians["{}_top1_median{}".format(target, window)] = float(np.median(values[-window:]))
+            medians[median_key(target, window)] = float(np.median(values[-window:]))
     return medians
 
 
@@ -76,7 +74,7 @@ class TrainingGraph:
             tf.set_random_seed(recipe.seed + rank)
             self.global_step = tf.train.get_or_create_global_step()
             streams = self.algorithm.streams(recipe)
-            spec = input_spec(recipe.model)
+            spec = input_spec(recipe.model)  # what the exported graph does to raw pixels, training included
             self.input = TrainInput(recipe.batch_size, int(streams.unlabelled),
                                     magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed + 7919 * rank,
@@ -94,7 +92,7 @@ class TrainingGraph:
                 raise RuntimeError("the {} step lacks its declared metrics {}".format(self.algorithm.name, missing))
             # Evaluation towers: raw pixels in, normalised inside, training=False (moving BN statistics).
             self.eval_images = tf.placeholder(tf.float32, (None,) + tuple(image_shape), name="eval_images")
-            normalised = normalize_input(self.eval_images, self.model.input_spec)
+            normalised = normalize_input(self.eval_images, spec)
             self.eval_logits = {target: self.model(normalised, False, target).logits for target in self.targets}
             self.eval_summary_values = {name: tf.placeholder(tf.float32, (), name="eval_" + name)
                                         for name in ["{}_{}".format(t, m) for t in self.targets
@@ -251,12 +249,9 @@ class TrainingSession:
     def _shard(self):
         """This replica's share of the labelled and unlabelled records, taken before any shuffling."""
         rank, size = self.graph.replicas.rank, self.graph.replicas.size
-        labelled = self.data["labelled_indices"]
-        unlabelled = self.data.get("unlabelled_indices")
+        labelled, unlabelled = self.data["labelled_indices"], self.data["unlabelled_indices"]
         if size == 1:
             return labelled, unlabelled
-        if unlabelled is None:
-            unlabelled = np.arange(len(self.data["train_labels"]), dtype=np.int64)
         if len(labelled) < size:
             raise InvalidInputError("{} labelled records cannot be shared by {} replicas".format(len(labelled), size),
                                     hint="use fewer processes or more labelled records")
@@ -324,7 +319,7 @@ class TrainingSession:
 
         graph, session = self.graph, self.session
         results, valid = {}, {}
-        has_valid = len(self.data.get("valid_labels", ())) > 0
+        has_valid = len(self.data["valid_labels"]) > 0
         for target in graph.targets:
             logits = graph.eval_logits[target]
 
