@@ -44,10 +44,11 @@ def guess_labels(view_logits, temperature):
 
 def beta_sample(shape, alpha, seed=None):
     """λ ~ Beta(α, α) as G1/(G1 + G2), G ~ Gamma(α, 1) (what tf.distributions.Beta samples)."""
+    from mpltool.data.augment import derived_seed
     from mpltool.tfv1 import tf
 
     g1 = tf.random.gamma(shape, alpha, seed=seed)
-    g2 = tf.random.gamma(shape, alpha, seed=None if seed is None else seed + 1)
+    g2 = tf.random.gamma(shape, alpha, seed=derived_seed(seed, 1))
     return g1 / (g1 + g2)
 
 

@@ -530,7 +530,8 @@ def _jitter(img, seed):
     return flip_pad_crop(img, pad=min(_hwc(img)[:2]) // 8, seed=seed)
 
 
-def _derived(seed, offset):
+def derived_seed(seed, offset):
+    """An op seed `offset` away from `seed`; None (unseeded) stays None."""
     return None if seed is None else int(seed) + offset
 
 
@@ -556,10 +557,10 @@ def ori_view(img, seed=None):
 def aug_view(ori_img, magnitude=16, num_layers=2, seed=None, overflow="clip"):
     """The strong view, from the already jittered ori image: RandAugment, cutout of half the image
     size (16 px for CIFAR), then flip + pad + crop once more, as the reference does."""
-    out = randaugment(ori_img, num_layers=num_layers, magnitude=magnitude, seed=_derived(seed, 1),
+    out = randaugment(ori_img, num_layers=num_layers, magnitude=magnitude, seed=derived_seed(seed, 1),
                       overflow=overflow)
-    out = random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=_derived(seed, 2))
-    return _jitter(out, _derived(seed, 3))
+    out = random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=derived_seed(seed, 2))
+    return _jitter(out, derived_seed(seed, 3))
 
 
 @_no_autograph
@@ -571,7 +572,7 @@ def unlabelled_views(img, magnitude=16, num_layers=2, seed=None, overflow="clip"
     augment_overflow (see `blend`).
     """
     ori = ori_view(img, seed=seed)
-    return ori, aug_view(ori, magnitude=magnitude, num_layers=num_layers, seed=_derived(seed, 4),
+    return ori, aug_view(ori, magnitude=magnitude, num_layers=num_layers, seed=derived_seed(seed, 4),
                          overflow=overflow)
 
 
@@ -768,6 +769,6 @@ def autoaugment_view(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
     """TFM data_utils order: the policy, then pad 4 + random crop + random h-flip (one gather; the
     flip/shift order does not change the distribution), then cutout of half the image size (16 px for
     CIFAR) with a uniform centre, clipped at the borders. uint8 in and out; normalise afterwards."""
-    out = autoaugment(img, seed=_derived(seed, 1), overflow=overflow, policy=policy)
-    out = _jitter(out, _derived(seed, 2))
-    return random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=_derived(seed, 3))
+    out = autoaugment(img, seed=derived_seed(seed, 1), overflow=overflow, policy=policy)
+    out = _jitter(out, derived_seed(seed, 2))
+    return random_cutout(out, size=min(_hwc(out)[:2]) // 2, seed=derived_seed(seed, 3))

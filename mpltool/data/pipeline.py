@@ -55,8 +55,8 @@ class TrainInput:
 
         # Distinct op seeds per stream: with only a graph-level seed, random ops inside different map
         # functions can receive the same seeds and draw correlated numbers.
-        labelled_seed = None if seed is None else seed + 101
-        unlabelled_seed = None if seed is None else seed + 202
+        labelled_seed = augment.derived_seed(seed, 101)
+        unlabelled_seed = augment.derived_seed(seed, 202)
 
         def labelled_map(image, label):
             if labelled_strong:
@@ -69,15 +69,15 @@ class TrainInput:
 
         def unlabelled_map(image):
             if weak_views:
-                return tuple(normalize(augment.weak_view(image, seed=None if unlabelled_seed is None
-                                                          else unlabelled_seed + 11 * k)) for k in range(weak_views))
+                return tuple(normalize(augment.weak_view(image, seed=augment.derived_seed(unlabelled_seed, 11 * k)))
+                             for k in range(weak_views))
             if policy == "randaugment":  # the reference's pair: aug starts from this very ori image
                 ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
                                                     seed=unlabelled_seed, overflow=overflow)
             else:
                 ori = augment.ori_view(image, seed=unlabelled_seed)
                 aug = strong_view(ori, policy, magnitude, num_layers,
-                                  None if unlabelled_seed is None else unlabelled_seed + 7, overflow)
+                                  augment.derived_seed(unlabelled_seed, 7), overflow)
             return normalize(ori), normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.
@@ -87,7 +87,7 @@ class TrainInput:
                     .batch(batch_size, drop_remainder=True))
         if self.unlabelled_batch_size:
             unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
-                          .repeat().shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
+                          .repeat().shuffle(shuffle_buffer, seed=augment.derived_seed(seed, 1))
                           .map(unlabelled_map, num_parallel_calls=parallel)
                           .batch(self.unlabelled_batch_size, drop_remainder=True))
             dataset = tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2)
