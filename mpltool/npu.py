@@ -5,10 +5,10 @@ not only ImportError: a broken CANN install makes `tf.load_op_library(_tf_adapte
 and the next import raise something else (docs/ascend-port.md §3).
 """
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from mpltool import parallel
 from mpltool.errors import ToolMissingError, UsageError
 
 DEVICES = ("auto", "cpu", "gpu", "npu")
@@ -72,9 +72,9 @@ def session_config(device: str, recipe: Any):
     config = tf.ConfigProto(allow_soft_placement=True)
     if device == "gpu":
         config.gpu_options.allow_growth = True
-    local = int(os.environ.get("HOROVOD_LOCAL_SIZE") or 1)
-    if device == "cpu" and local > 1:  # N processes on one host share its cores instead of each taking all
-        threads = max(1, (os.cpu_count() or 1) // local)
+    local = parallel.local_processes()
+    if device == "cpu" and local > 1:
+        threads = parallel.threads_per_process(local)
         config.intra_op_parallelism_threads = threads
         config.inter_op_parallelism_threads = threads
     if device != "npu":

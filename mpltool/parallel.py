@@ -146,6 +146,16 @@ def horovod_available() -> Optional[str]:
     return None
 
 
+def threads_per_process(processes: int) -> int:
+    """This host's cores shared among `processes` processes on it, instead of each taking all of them."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def local_processes() -> int:
+    """How many processes of this job run on this host (horovodrun says; 1 otherwise)."""
+    return int(os.environ.get("HOROVOD_LOCAL_SIZE") or 1)
+
+
 def launched_by_horovod() -> bool:
     return "HOROVOD_RANK" in os.environ
 

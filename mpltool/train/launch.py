@@ -75,7 +75,7 @@ def run_horovod(project: Project, nproc: int, worker: Sequence[str], echo: Calla
     started = utc_now()
     lines = []  # type: List[str]
     # MKL's OpenMP pool, like TF's (npu.session_config), gets this host's cores shared among the processes.
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    threads = str(parallel.threads_per_process(nproc))
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
     process = subprocess.Popen(horovod_command(nproc, worker), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=env)
