@@ -174,9 +174,14 @@ def data():
 
 
 @data.command("prepare")
-@click.option("--cifar", "source", required=True, type=click.Path(),
+@click.option("--cifar", "source", default=None, type=click.Path(),
               help="Directory of CIFAR-10 binary files, or cifar-10-binary.tar.gz itself.")
-@click.option("--recipe", default="mpl-wrn28-2", show_default=True, help="Recipe whose split settings are the defaults.")
+@click.option("--images", default=None, type=click.Path(),
+              help="Image folders: DIR/<domain>/<class>/*.jpg|png (PACS's layout; no domain level: one domain).")
+@click.option("--lists", default=None, type=click.Path(),
+              help="With --images: a folder of per-domain list files `relpath label` (PACS's kfold lists).")
+@click.option("--recipe", default=None, help="Recipe whose split settings (CIFAR) or input size (images) are the "
+                                             "defaults [default: mpl-wrn28-2, with --images masf-pacs-alexnet].")
 @click.option("--labelled", "num_labelled", type=int, default=None, help="Labelled records [recipe: num_labelled].")
 @click.option("--split", default=None, metavar="SPLIT",
               help="first (N records, MPL reference), balanced (N/10 per class), round-robin (MixMatch's), or a "
@@ -186,34 +191,59 @@ def data():
               help="Validation records from the unlabelled stream, round-robin only [recipe: num_valid].")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_prepare(ctx, source, recipe, num_labelled, split, seed, num_valid, force):
-    """Validate CIFAR files, copy them into the project, record hashes, counts and the labelled split."""
+def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, num_valid, force):
+    """Validate CIFAR files or image folders, copy them into the project, record hashes, counts and the split."""
     from mpltool.data.splits import resolve
     from mpltool.data.stage import prepare
+    from mpltool.errors import UsageError
+    from mpltool.models import input_spec
     from mpltool.recipes import load_recipe
 
-    settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
-    result = prepare(ctx.project, source, force=force, **settings)
-    ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
-                  [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]])
-    ctx.out.info("labelled: {} records ({} split{}, seed {}); unlabelled: {}; validation: {}; test: {}".format(
-        result["labelled_records"], result["split"]["method"],
-        " " + result["split"]["name"] if "name" in result["split"] else "", result["split"]["seed"],
-        result["unlabelled_records"], result.get("valid_records", 0), result["test_records"]))
-    ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe))
+    if (source is None) == (images is None):
+        raise UsageError("give exactly one of --cifar PATH and --images DIR")
+    if images is None:
+        if lists is not None:
+            raise UsageError("--lists goes with --images")
+        recipe = recipe or "mpl-wrn28-2"
+        settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
+        result = prepare(ctx.project, source, force=force, **settings)
+        ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
+                      [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]])
+        ctx.out.info("labelled: {} records ({} split{}, seed {}); unlabelled: {}; validation: {}; test: {}".format(
+            result["labelled_records"], result["split"]["method"],
+            " " + result["split"]["name"] if "name" in result["split"] else "", result["split"]["seed"],
+            result["unlabelled_records"], result.get("valid_records", 0), result["test_records"]))
+        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe))
+    else:
+        given = [name for name, value in (("--labelled", num_labelled), ("--split", split), ("--seed", seed),
+                                          ("--valid", num_valid)) if value is not None]
+        if given:
+            raise UsageError("{} only apply to --cifar (image folders keep every image labelled; training holds "
+                             "a domain out)".format(", ".join(given)))
+        recipe = recipe or "masf-pacs-alexnet"
+        loaded = load_recipe(recipe)
+        size = tuple(input_spec(loaded.model).shape[:2])
+        result = prepare(ctx.project, images, force=force, kind="folders", image_size=size, lists=lists,
+                         note=ctx.out.info)
+        ctx.out.table("domains ({}x{} images, {} classes)".format(size[0], size[1], len(result["classes"])),
+                      ["domain", "records", "file"], [[f["domain"], f["records"], f["name"]] for f in result["files"]])
+        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe, "--set",
+                                                 "target_domain={}".format(loaded.target_domain
+                                                                           or result["domains"][-1])))
     ctx.out.result(result)
 
 
 @data.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Where to write the files [default: <project>/demo-cifar].")
+              help="Where to write the files [default: <project>/demo-cifar or demo-domains].")
+@click.option("--domains", is_flag=True, help="The multi-domain demo: PNG files in four styles (PACS's layout).")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_demo(ctx, out_dir, force):
-    """Write the embedded demo data set (CIFAR binary format, generated here, no download)."""
+def data_demo(ctx, out_dir, domains, force):
+    """Write the embedded demo data set (CIFAR binary format or image folders, generated here, no download)."""
     from mpltool.data.stage import demo
 
-    result = demo(out_dir, ctx.project, force=force)
+    result = demo(out_dir, ctx.project, force=force, domains=domains)
     ctx.out.info("wrote {} files to {}".format(len(result["files"]), result["out"]))
     ctx.out.info("next: " + result["next"])
     ctx.out.result(result)

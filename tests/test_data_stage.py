@@ -157,8 +157,8 @@ def test_the_data_record_names_its_source_and_readers_go_through_it(tmp_path, ci
     assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
 
     manifest = project / MANIFEST_NAME
-    manifest.write_text(manifest.read_text().replace("source: cifar", "source: folders"))
+    manifest.write_text(manifest.read_text().replace("source: cifar", "source: tfrecords"))
     result = invoke(project, "eval")
     assert result.exit_code == 3
-    assert result.stderr.strip() == ("error: the data record names an unknown source 'folders' (this mpltool "
-                                     "reads cifar)")
+    assert result.stderr.strip() == ("error: the data record names an unknown source 'tfrecords' (this mpltool "
+                                     "reads cifar, folders)")

@@ -1,16 +1,17 @@
-"""Image folders (issue 14, work in progress): PACS's layout DIR/<domain>/<class>/*.{jpg,jpeg,png} (a tree
-without a domain level is one domain), every image decoded by TensorFlow's decoders, checked, resized once
-to the network's input size and stored in one compact file per domain.
+"""Image folders: PACS's layout DIR/<domain>/<class>/*.{jpg,jpeg,png} (a tree without a domain level is one
+domain), or per-domain list files `relpath label` (PACS's kfold lists), every image decoded by TensorFlow's
+decoders, checked, resized once to the network's input size and stored in one compact file per domain.
 
 Stored form, `<domain>.bin`: records of 1 label byte + H·W·3 pixel bytes (uint8, RGB, HWC), the CIFAR
 record generalised to any size; `folders.json` names the size, the classes (label = index) and the
-domains with their record counts. Still to do for the issue: the source entry (`data prepare --images`),
-PACS list files (`relpath label`, labels from 1), and `target_domain` through train, eval and freeze.
+domains with their record counts. Which domain is the test set is a training choice (`target_domain`),
+so nothing here splits the data.
 """
 
 import json
 import os
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+import re
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from mpltool.errors import InvalidInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 INDEX_FILE = "folders.json"
+MAX_CLASSES = 256  # a label is one byte of the stored record
+# PACS's official lists are <domain>_{train,crossval,test}_kfold.txt; M's are <domain>.txt.
+LIST_SUFFIX = re.compile(r"(_(train|crossval|test|val))?(_kfold)?$")
 
 
 class Layout(NamedTuple):
@@ -59,7 +63,67 @@ def scan(root) -> Layout:
             if not files:
                 raise InvalidInputError("class folder {} holds no .jpg/.jpeg/.png images".format(folder))
             items.extend((domain, label, os.path.join(folder, f)) for f in files)
+    if len(classes) > MAX_CLASSES:
+        raise InvalidInputError("{} holds {} class folders; at most {} are supported".format(
+            root, len(classes), MAX_CLASSES))
     return Layout(sorted(domains), classes, items)
+
+
+def scan_lists(root, lists_dir, note: Callable[[str], None] = lambda line: None) -> Layout:
+    """The domains, classes and images named by the list files in `lists_dir` (`<domain>*.txt`, one
+    `relpath label` per line, paths relative to `root`), checked: every line parses, every file exists,
+    and every domain has every class.
+
+    Labels that start at 1 (PACS's kfold lists: 1..7, no 0) are detected and shifted to start at 0, and
+    `note` says so. Several lists of one domain (train + crossval + test) are merged. A class is named by
+    the folder its files share (PACS: `<domain>/<class>/<file>`), else `class_<label>`."""
+    root, lists_dir = os.fspath(root), os.fspath(lists_dir)
+    if not os.path.isdir(lists_dir):
+        raise InvalidInputError("--lists {} is not a folder of list files".format(lists_dir))
+    files = sorted(name for name in os.listdir(lists_dir) if name.endswith(".txt"))
+    if not files:
+        raise InvalidInputError("--lists {} holds no .txt list files".format(lists_dir))
+    entries = {}  # type: Dict[str, List[Tuple[int, str]]]
+    for name in files:
+        domain = LIST_SUFFIX.sub("", name[: -len(".txt")])
+        path = os.path.join(lists_dir, name)
+        seen = set(p for _, p in entries.get(domain, []))
+        for number, line in enumerate(open(path, encoding="utf-8", errors="replace").read().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not re.match(r"^\d+$", parts[1]):
+                raise InvalidInputError("{} line {}: expected 'relpath label', got {!r}".format(path, number, line[:80]))
+            image = os.path.join(root, parts[0])
+            if not os.path.isfile(image):
+                raise InvalidInputError("{} line {}: no image {}".format(path, number, image))
+            if image not in seen:
+                seen.add(image)
+                entries.setdefault(domain, []).append((int(parts[1]), image))
+    labels = sorted(set(label for items in entries.values() for label, _ in items))
+    offset = 0
+    if labels[0] == 1:
+        offset = 1
+        note("the list files' labels start at 1 (PACS's kfold lists): stored as label - 1, so {} become 0..{}"
+             .format("1..{}".format(labels[-1]), labels[-1] - 1))
+    count = labels[-1] - offset + 1
+    if count > MAX_CLASSES:
+        raise InvalidInputError("the list files name label {}; at most {} classes are supported".format(
+            labels[-1], MAX_CLASSES))
+    classes = []
+    for label in range(count):
+        folders = set(os.path.basename(os.path.dirname(p)) for items in entries.values()
+                      for l, p in items if l - offset == label)
+        classes.append(folders.pop() if len(folders) == 1 else "class_{}".format(label))
+    items = []
+    for domain in sorted(entries):
+        present = set(l - offset for l, _ in entries[domain])
+        absent = [classes[c] for c in range(count) if c not in present]
+        if absent:
+            raise InvalidInputError("domain {} has no image of class {} (every domain needs all {} classes)".format(
+                domain, ", ".join(absent), count))
+        items.extend((domain, l - offset, p) for l, p in sorted(entries[domain], key=lambda e: (e[0], e[1])))
+    return Layout(sorted(entries), classes, items)
 
 
 class Decoder:
@@ -98,10 +162,11 @@ class Decoder:
         self.session.close()
 
 
-def import_folders(root, dest, size: Tuple[int, int]) -> List[Dict]:
-    """Decode, check and resize every image under `root` into `dest`/<domain>.bin + folders.json; one
-    summary per domain file (name, records, label_counts)."""
-    layout = scan(root)
+def import_folders(root, dest, size: Tuple[int, int], lists=None,
+                   note: Callable[[str], None] = lambda line: None) -> List[Dict]:
+    """Decode, check and resize every image under `root` (or named by the list files in `lists`) into
+    `dest`/<domain>.bin + folders.json; one summary per domain file (name, domain, records, label_counts)."""
+    layout = scan_lists(root, lists, note) if lists else scan(root)
     decoder = Decoder(size)
     summaries = []
     try:
@@ -125,16 +190,28 @@ def import_folders(root, dest, size: Tuple[int, int]) -> List[Dict]:
     return summaries
 
 
-def read_domains(folder, domains: Sequence[str]):
-    """(images uint8 [N, H, W, 3], labels int64) of the named domains, in the given order."""
-    folder = os.fspath(folder)
-    with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as handle:
-        index = json.load(handle)
-    height, width = index["size"]
-    images, labels = [], []
-    for domain in domains:
-        raw = np.fromfile(os.path.join(folder, "{}.bin".format(domain)), dtype=np.uint8)
-        records = raw.reshape(-1, 1 + height * width * 3)
+def read_index(path) -> Dict:
+    with open(os.fspath(path), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_domain_files(paths: Sequence, size) -> Tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, H, W, 3], labels int64) of stored domain files, concatenated in order."""
+    height, width = size
+    record_size = 1 + height * width * 3
+    images, labels = [np.zeros((0, height, width, 3), np.uint8)], [np.zeros((0,), np.int64)]
+    for path in paths:
+        raw = np.fromfile(os.fspath(path), dtype=np.uint8)
+        if raw.size % record_size:
+            raise InvalidInputError("{} is not a whole number of {}x{} image records".format(path, height, width))
+        records = raw.reshape(-1, record_size)
         images.append(records[:, 1:].reshape(-1, height, width, 3))
         labels.append(records[:, 0].astype(np.int64))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def read_domains(folder, domains: Sequence[str]):
+    """(images uint8 [N, H, W, 3], labels int64) of the named domains of an imported folder, in order."""
+    folder = os.fspath(folder)
+    index = read_index(os.path.join(folder, INDEX_FILE))
+    return read_domain_files([os.path.join(folder, "{}.bin".format(d)) for d in domains], index["size"])

@@ -7,7 +7,7 @@ later stages need (CI passes only that directory between jobs) and every file is
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.manifest import Project, apply_umask, atomic_write_bytes
 
 DATA_DIR = "data/cifar"
+FOLDERS_DIR = "data/folders"
 DATA_COMMAND = "mpltool data prepare --cifar PATH"
 LABELLED_INDICES = "data/labelled_indices.txt"
 # The unlabelled stream in order, the validation records first (only round-robin splits have them and
@@ -35,11 +36,14 @@ def _checked_seed(seed) -> int:
 
 
 def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first", seed: int = 0,
-            force: bool = False, kind: str = "cifar", num_valid: int = 0) -> Dict[str, Any]:
+            force: bool = False, kind: str = "cifar", num_valid: int = 0, image_size=None, lists=None,
+            note: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
     """Import, validate and split under the project lock; every file lands through the stage commit.
 
-    The CIFAR files and the indices file are staged, checked there, and renamed into place together
+    The imported files and the indices files are staged, checked there, and renamed into place together
     with the manifest record, so a crash leaves the previous import or this one, never parts of both.
+    Image folders (`kind="folders"`) are resized to `image_size` and have no labelled split: every image
+    is labelled, and training chooses the held-out domain.
     """
     project = Project(project_dir)
     seed = _checked_seed(seed)
@@ -47,20 +51,28 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
     project.load()  # a corrupt manifest fails here, before any file is touched
     _remove_legacy_staging(project)
     source = Path(str(source)).expanduser()
-    params = {"source": str(source.absolute()), "num_labelled": num_labelled, "split": split, "seed": seed}
-    if num_valid:
-        params["num_valid"] = num_valid
     data_source = get_source(kind)
+    if data_source.has_domains:
+        params = {"source": str(source.absolute()), "image_size": list(image_size)}
+        if lists:
+            params["lists"] = str(Path(str(lists)).expanduser().absolute())
+    else:
+        params = {"source": str(source.absolute()), "num_labelled": num_labelled, "split": split, "seed": seed}
+        if num_valid:
+            params["num_valid"] = num_valid
     params["kind"] = kind
     with project.stage_run("data", params, force=force) as run:
         imported = project.staging_dir() / "import"
-        infos = data_source.import_files(source, imported)
-        final_dir = project.path(DATA_DIR)
+        options = {"image_size": image_size, "lists": params.get("lists"), "note": note} if data_source.has_domains else {}
+        infos = data_source.import_files(source, imported, **options)
+        final_dir = project.path(DATA_DIR if not data_source.has_domains else FOLDERS_DIR)
         names = [info["name"] for info in infos] + [n for n in data_source.extra_files if (imported / n).is_file()]
         staged = {}
         for name in names:
             staged[name] = run.stage_output(data_source.file_key(name), final_dir / name)
             (imported / name).replace(staged[name])
+        if data_source.has_domains:
+            return _record_domains(project, run, infos, staged)
         _, labels = data_source.read([staged[name] for name in data_source.split_files("train")])
         plan = splits.make(labels, split, num_labelled, num_valid=num_valid, seed=seed)
         indices = plan.labelled
@@ -91,6 +103,25 @@ def prepare(project_dir, source, num_labelled: int = 4000, split: str = "first",
     return result
 
 
+def _record_domains(project: Project, run, infos, staged) -> Dict[str, Any]:
+    """The data record of image folders: per-domain counts (the files' hashes are the stage outputs)."""
+    from mpltool.data.folders import INDEX_FILE, read_index
+
+    index = read_index(staged[INDEX_FILE])
+    run.record["source"] = "folders"
+    run.record["files"] = [{"name": i["name"], "domain": i["domain"], "records": i["records"],
+                            "label_counts": i["label_counts"]} for i in infos]
+    run.record["domains"] = [i["domain"] for i in infos]
+    run.record["classes"] = index["classes"]
+    run.record["image_size"] = index["size"]
+    run.metrics.update({"records": sum(i["records"] for i in infos), "domains": len(infos),
+                        "classes": len(index["classes"])})
+    run.metrics.update({"{}_records".format(i["domain"]): i["records"] for i in infos})
+    return {"project": str(project.dir), "data_dir": str(project.path(FOLDERS_DIR)), "files": infos,
+            "domains": run.record["domains"], "classes": index["classes"], "image_size": index["size"],
+            "records": run.metrics["records"]}
+
+
 def _write_indices(path, indices) -> None:
     atomic_write_bytes(path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
 
@@ -105,15 +136,20 @@ def _remove_legacy_staging(project: Project) -> None:
 def load_prepared(project: Project, splits: Sequence[str] = ("train", "test"),
                   command_hint: str = DATA_COMMAND) -> Dict[str, Any]:
     """The data record with the files of `splits` (and, with train, the labelled indices) re-verified:
-    what train and eval read instead of trusting paths. `read(prepared, split)` reads a split."""
+    what train and eval read instead of trusting paths. `read_split(prepared, split)` reads a split.
+    Image folders: every domain file, since which domain is the test set is training's choice."""
     record = project.require_stage("data", command_hint)
     source = get_source(record.get("source") or "cifar")  # records from before sources were named: CIFAR
     outputs = record.get("outputs") or {}
-    needed = [source.file_key(n) for split in splits for n in source.split_files(split)]
-    if "train" in splits:
-        needed.append("labelled_indices")
-        if "unlabelled_indices" in outputs:
-            needed.append("unlabelled_indices")
+    if source.has_domains:
+        needed = [source.file_key(source.domain_file(d)) for d in record.get("domains") or []]
+        needed.append(source.file_key(source.extra_files[0]))
+    else:
+        needed = [source.file_key(n) for split in splits for n in source.split_files(split)]
+        if "train" in splits:
+            needed.append("labelled_indices")
+            if "unlabelled_indices" in outputs:
+                needed.append("unlabelled_indices")
     missing = [key for key in needed if key not in outputs]
     if missing:
         raise PrerequisiteError("the data record lacks {}".format(", ".join(missing)), hint="re-run `{}`".format(
@@ -123,19 +159,67 @@ def load_prepared(project: Project, splits: Sequence[str] = ("train", "test"),
             "inputs": {key: outputs[key] for key in needed}}
 
 
-def read_split(prepared: Dict[str, Any], split: str):
-    """(images uint8 HWC, labels int64) of one split, through the source that imported it."""
+def domains_of(prepared: Dict[str, Any]) -> Sequence[str]:
+    """The prepared domains (image folders), or () for data without domains."""
+    return list(prepared["record"].get("domains") or []) if prepared["source"].has_domains else []
+
+
+def split_domains(prepared: Dict[str, Any], target_domain: str) -> Tuple[Sequence[str], str]:
+    """(source domains, target domain) of image-folder data: the target is held out as the test set.
+
+    Data without domains takes no target_domain; domain data needs one naming a prepared domain."""
+    domains = domains_of(prepared)
+    if not prepared["source"].has_domains:
+        if target_domain:
+            raise UsageError("target_domain={} but the prepared data has no domains (CIFAR files)".format(
+                target_domain), hint="drop --set target_domain, or prepare image folders with `mpltool data "
+                                     "prepare --images DIR`")
+        return [], ""
+    if target_domain not in domains:
+        if len(domains) < 2:
+            raise UsageError("the prepared images form one domain ({}): training needs a held-out test domain"
+                             .format(", ".join(domains)),
+                             hint="lay the images out as DIR/<domain>/<class>/ with two or more domains (a "
+                                  "train/test split is two domains: DIR/train/..., DIR/test/...)")
+        raise UsageError("{}: the prepared domains are {}".format(
+            "target_domain is not set" if not target_domain else "unknown target_domain {!r}".format(target_domain),
+            ", ".join(domains)), hint="choose the held-out test domain with --set target_domain={}".format(
+                domains[-1]))
+    return [d for d in domains if d != target_domain], target_domain
+
+
+def read_split(prepared: Dict[str, Any], split: str, target_domain: str = ""):
+    """(images uint8 HWC, labels int64) of one split, through the source that imported it. With domains,
+    test is the target domain and train the other domains, in the prepared order."""
     source = prepared["source"]
+    if source.has_domains:
+        sources, target = split_domains(prepared, target_domain)
+        return source.read_domains(prepared["paths"], [target] if split == "test" else sources)
     return source.read([prepared["paths"][source.file_key(n)] for n in source.split_files(split)])
 
 
+def trained_target_domain(project: Project) -> str:
+    """The held-out domain the train stage recorded ("" when none was trained or the data has no domains)."""
+    return str(((project.stage("train") or {}).get("params") or {}).get("target_domain") or "")
+
+
 def load_test_set(project: Project) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Test images (raw uint8 HWC), labels, and the records of their files (for a stage's inputs)."""
+    """Test images (raw uint8 HWC), labels, and the records of their files (for a stage's inputs).
+    Image folders: the target domain training held out."""
     prepared = load_prepared(project, splits=("test",))
-    images, labels = read_split(prepared, "test")
+    target = trained_target_domain(project)
+    if prepared["source"].has_domains and not target:
+        raise PrerequisiteError("image-folder data has no test set until training names the held-out domain",
+                                hint="run `mpltool train --set target_domain=DOMAIN` first")
+    images, labels = read_split(prepared, "test", target)
     if images.shape[0] == 0:
         raise InvalidInputError("the prepared test set holds no images")
-    return images, labels, prepared["inputs"]
+    inputs = prepared["inputs"]
+    if prepared["source"].has_domains:
+        source = prepared["source"]
+        keep = (source.file_key(source.domain_file(target)), source.file_key(source.extra_files[0]))
+        inputs = {k: v for k, v in inputs.items() if k in keep}
+    return images, labels, inputs
 
 
 def training_indices(prepared: Dict[str, Any], num_train: int) -> Dict[str, np.ndarray]:
@@ -154,41 +238,100 @@ def training_indices(prepared: Dict[str, Any], num_train: int) -> Dict[str, np.n
     return {"labelled": labelled, "unlabelled": stream[num_valid:], "valid": stream[:num_valid]}
 
 
+def domain_holdout(domain_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Validation records of image-folder training: round(fraction·n) records of each source domain, a
+    seeded draw per domain (so a domain's share never depends on the others), sorted."""
+    chosen = []
+    for domain in np.unique(domain_ids):
+        members = np.flatnonzero(domain_ids == domain)
+        count = int(round(fraction * members.size))
+        if fraction > 0 and count == 0:
+            count = 1
+        rng = np.random.RandomState([seed, int(domain)])
+        chosen.append(members[rng.permutation(members.size)[:count]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+
+
+def training_data(prepared: Dict[str, Any], target_domain: str = "", valid_fraction: float = 0.0,
+                  seed: int = 0) -> Dict[str, Any]:
+    """Everything a training run reads: train and test images and labels, the labelled / unlabelled /
+    validation record indices, and per training record its domain (an index into `source_domains`).
+
+    CIFAR: the prepared split. Image folders: the target domain is the test set; every record of the
+    other domains is labelled and unlabelled alike, except `valid_fraction` of each source domain held
+    out for validation (model selection that never looks at the target)."""
+    train_images, train_labels = read_split(prepared, "train", target_domain)
+    test_images, test_labels = read_split(prepared, "test", target_domain)
+    if prepared["source"].has_domains:
+        sources, _ = split_domains(prepared, target_domain)
+        counts = {f["domain"]: int(f["records"]) for f in prepared["record"].get("files") or []}
+        domain_ids = np.concatenate([np.full(counts[d], k, np.int64) for k, d in enumerate(sources)])
+        if domain_ids.size != train_labels.size:
+            raise InvalidInputError("the prepared domain files hold {} records where the data record counts {}"
+                                    .format(train_labels.size, domain_ids.size), hint="re-run `mpltool data prepare`")
+        valid = domain_holdout(domain_ids, valid_fraction, seed)
+        rest = np.setdiff1d(np.arange(train_labels.size), valid)
+        indices = {"labelled": rest, "unlabelled": rest, "valid": valid}
+    else:
+        sources = []
+        domain_ids = np.zeros(train_labels.shape, np.int64)
+        indices = training_indices(prepared, len(train_labels))
+    return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+            "test_labels": test_labels, "labelled_indices": indices["labelled"],
+            "unlabelled_indices": indices["unlabelled"], "valid_images": train_images[indices["valid"]],
+            "valid_labels": train_labels[indices["valid"]], "train_domains": domain_ids,
+            "source_domains": list(sources), "target_domain": target_domain}
+
+
 def read_labelled_indices(path) -> np.ndarray:
     text = Path(str(path)).read_text(encoding="ascii").split()
     return np.array([int(v) for v in text], dtype=np.int64)
 
 
 DEMO_RECIPE = "mpl-demo"
+DOMAINS_DEMO_RECIPE = "masf-demo"
 
 
-def demo(out_dir: Optional[str], project_dir, force: bool = False) -> Dict[str, Any]:
+def demo(out_dir: Optional[str], project_dir, force: bool = False, domains: bool = False) -> Dict[str, Any]:
     """Write the demo set; a file already there is replaced only when identical, unrecorded and --force, or absent.
 
-    The files are generated into a scratch folder first, so an existing file is compared with what
+    `domains`: the multi-domain demo (PNG files in PACS's DOMAIN/CLASS layout) instead of the CIFAR-format
+    one. The files are generated into a scratch folder first, so an existing file is compared with what
     would replace it (re-running is a no-op) and no half-written file is ever left under a final name.
     """
     from mpltool.data import demo as demo_data
+    from mpltool.data import domains as domain_data
 
     project = Project(project_dir)
-    out = (Path(out_dir) if out_dir else project.dir / "demo-cifar").absolute()
+    out = (Path(out_dir) if out_dir else project.dir / ("demo-domains" if domains else "demo-cifar")).absolute()
     if out.exists() and not out.is_dir():
         raise UsageError("--out {} is a file, not a folder".format(out))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=str(out)))
     try:
-        generated = [Path(p) for p in demo_data.write_demo(scratch)]
-        for path in generated:
-            target = out / path.name
-            if target.is_file() and target.read_bytes() == path.read_bytes():
+        if domains:
+            domain_data.write_domain_demo(scratch)
+            generated = sorted(p.relative_to(scratch) for p in scratch.rglob("*") if p.is_file())
+        else:
+            generated = [Path(p).relative_to(scratch) for p in demo_data.write_demo(scratch)]
+        for name in generated:
+            target = out / name
+            if target.is_file() and target.read_bytes() == (scratch / name).read_bytes():
                 continue
             project.check_writable(target, "demo", force)
-        for path in generated:
-            apply_umask(path)
-            path.replace(out / path.name)
+        for name in generated:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            apply_umask(scratch / name)
+            (scratch / name).replace(out / name)
     finally:
         shutil.rmtree(str(scratch), ignore_errors=True)
-    paths = [out / path.name for path in generated]
-    return {"out": str(out), "files": [str(p) for p in paths], "classes": list(demo_data.DEMO_CLASSES),
-            "recipe": DEMO_RECIPE,
-            "next": "mpltool --project {} data prepare --cifar {} --recipe {}".format(project_dir, out, DEMO_RECIPE)}
+    result = {"out": str(out), "files": [str(out / name) for name in generated],
+              "classes": list(demo_data.DEMO_CLASSES)}
+    if domains:
+        result.update(recipe=DOMAINS_DEMO_RECIPE, domains=list(domain_data.STYLES),
+                      next="mpltool --project {} data prepare --images {} --recipe {}".format(
+                          project_dir, out, DOMAINS_DEMO_RECIPE))
+    else:
+        result.update(recipe=DEMO_RECIPE, next="mpltool --project {} data prepare --cifar {} --recipe {}".format(
+            project_dir, out, DEMO_RECIPE))
+    return result

@@ -24,8 +24,9 @@ _REGISTRY = []  # type: list
 
 def register_model(pattern, example, parse, build, input_spec, classifier_bias):
     """`parse(match) -> kwargs` (raising UsageError for a bad name), `build(num_classes, dropout_rate,
-    dropout_fn, **kwargs)`, `classifier_bias`: the variable under `<scope>/<name>/` whose length is the
-    class count (read from a checkpoint nobody recorded)."""
+    dropout_fn, **kwargs)`, `input_spec`: an InputSpec, or `input_spec(kwargs) -> InputSpec` when the spec
+    depends on the name (an input size in it), `classifier_bias`: the variable under `<scope>/<name>/`
+    whose length is the class count (read from a checkpoint nobody recorded)."""
     _REGISTRY.append(ModelEntry(re.compile(pattern), example, parse, build, input_spec, classifier_bias))
 
 
@@ -46,8 +47,12 @@ def is_model_name(name) -> bool:
     return any(entry.pattern.match(str(name)) for entry in _REGISTRY)
 
 
+def _resolve_spec(entry, kwargs) -> InputSpec:
+    return entry.input_spec(kwargs) if callable(entry.input_spec) else entry.input_spec
+
+
 def input_spec(name) -> InputSpec:
-    return _entry(name)[0].input_spec
+    return _resolve_spec(*_entry(name))
 
 
 def classifier_bias(name) -> str:
@@ -59,7 +64,7 @@ def build_model(name, num_classes=10, dropout_rate=0.2, dropout_fn=None, bn_mome
     statistics follow training, never the inference graph)."""
     entry, kwargs = _entry(name)
     model = entry.build(num_classes=num_classes, dropout_rate=dropout_rate, dropout_fn=dropout_fn, **kwargs)
-    model.input_spec = entry.input_spec
+    model.input_spec = _resolve_spec(entry, kwargs)
     if bn_momentum:
         model.bn_momentum = bn_momentum
     return model
@@ -82,16 +87,35 @@ def spec_from_record(record) -> InputSpec:
                      tuple(record["std"]), record["channel_order"], record["layout"])
 
 
-def normalize_input(images, spec: InputSpec):
-    """(x - range_max·mean) / (range_max·std) in float32 over the channel axis, inside the graph.
+CHANNEL_ORDERS = ("RGB", "BGR")
 
-    Computed as float32(mean)·float32(range_max), like the training input, so both are bit-identical."""
+
+def normalize_input(images, spec: InputSpec):
+    """(x - range_max·mean) / (range_max·std) in float32 over the channel axis, inside the graph; then, for
+    channel_order "BGR", the channel axis reversed.
+
+    Raw RGB pixels always enter the graph: mean and std are listed in RGB order and applied before the
+    reversal, so a "BGR" network (Caffe's) sees (x - mean_rgb)[..., ::-1]. Computed as
+    float32(mean)·float32(range_max), like the training input, so both are bit-identical. A mean that is
+    exactly 0 or a divisor that is exactly 1 is skipped: x - 0 and x / 1 are x in float32 anyway, so this
+    changes no value, only drops ops from the exported graph. The reversal is a Split and a ConcatV2, ops
+    the grouped convolutions use already (ATC's list has no ReverseV2)."""
     from mpltool.tfv1 import tf
 
+    if spec.channel_order not in CHANNEL_ORDERS:
+        raise ValueError("unknown channel order {!r} (expected {})".format(spec.channel_order,
+                                                                           " or ".join(CHANNEL_ORDERS)))
     scale = np.float32(spec.value_range[1])
     mean = np.array(spec.mean, np.float32) * scale
     std = np.array(spec.std, np.float32) * scale
-    return (tf.cast(images, tf.float32) - tf.constant(mean)) / tf.constant(std)
+    x = tf.cast(images, tf.float32)
+    if mean.any():
+        x = x - tf.constant(mean)
+    if not (std == 1).all():
+        x = x / tf.constant(std)
+    if spec.channel_order == "BGR":
+        x = tf.concat(tf.split(x, len(spec.mean), axis=-1)[::-1], axis=-1)
+    return x
 
 
 # -- the networks -----------------------------------------------------------------------------------
@@ -149,3 +173,76 @@ def _minus_one_to_one_spec():
 register_model(r"^mixmatch-resnet-(\d+)-(\d+)-(\d+)$",
                "mixmatch-resnet-FILTERS-SCALES-REPEAT, e.g. mixmatch-resnet-32-3-4", _mixmatch_resnet_parse,
                _mixmatch_resnet_build, _minus_one_to_one_spec(), "head/dense/bias")
+
+
+# Caffe's AlexNet as MASF builds it (models/alexnet.py): raw RGB 0..255 pixels, the ImageNet mean
+# subtracted in RGB order, then reversed to BGR, no scaling (std·255 is exactly 1 in float32).
+CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
+_ALEXNET_FC_MAX = 16384
+_ALEXNET_SIZE_MAX = 1024
+
+
+def _caffe_alexnet_parse(match):
+    from mpltool.models.alexnet import DEFAULT_FC_UNITS, DEFAULT_INPUT_SIZE, minimum_input_size
+
+    if match.group(1) is None:
+        return {"input_size": DEFAULT_INPUT_SIZE, "fc_units": DEFAULT_FC_UNITS}
+    size, units = int(match.group(1)), int(match.group(2))
+    bad = []
+    if not minimum_input_size() <= size <= _ALEXNET_SIZE_MAX:
+        bad.append("SIZE must be between {} and {} (got {}; below {} the last max-pool has no output)".format(
+            minimum_input_size(), _ALEXNET_SIZE_MAX, size, minimum_input_size()))
+    if not 1 <= units <= _ALEXNET_FC_MAX:
+        bad.append("FC must be between 1 and {} (got {})".format(_ALEXNET_FC_MAX, units))
+    if bad:
+        raise UsageError("invalid model 'caffe-alexnet-{}-{}': {}".format(size, units, "; ".join(bad)))
+    return {"input_size": size, "fc_units": units}
+
+
+def _caffe_alexnet_build(num_classes, dropout_rate, dropout_fn, input_size, fc_units):
+    from mpltool.models.alexnet import CaffeAlexNet
+
+    return CaffeAlexNet(input_size, fc_units, num_classes=num_classes, dropout_rate=dropout_rate,
+                        dropout_fn=dropout_fn)
+
+
+def _caffe_alexnet_spec(kwargs):
+    size = kwargs["input_size"]
+    return InputSpec((size, size, 3), (0, 255), tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3, "BGR",
+                     "NHWC")
+
+
+register_model(r"^caffe-alexnet(?:-(\d+)-(\d+))?$",
+               "caffe-alexnet (227x227, fc 4096) or caffe-alexnet-SIZE-FC, e.g. caffe-alexnet-64-512",
+               _caffe_alexnet_parse, _caffe_alexnet_build, _caffe_alexnet_spec, "fc8/bias")
+
+
+# The CIFAR ResNet-18 of BYOL (models/resnet_cifar.py): the reference feeds floats in [0, 1], x/255 here.
+_RESNET_CIFAR_WIDTH_MAX = 1024
+
+
+def _resnet_cifar_parse(match):
+    from mpltool.models.resnet_cifar import DEFAULT_WIDTH
+
+    if match.group(1) is None:
+        return {"width": DEFAULT_WIDTH}
+    width = int(match.group(1))
+    if not 1 <= width <= _RESNET_CIFAR_WIDTH_MAX:
+        raise UsageError("invalid model 'resnet18-cifar-{}': WIDTH must be between 1 and {} (got {})".format(
+            width, _RESNET_CIFAR_WIDTH_MAX, width))
+    return {"width": width}
+
+
+def _resnet_cifar_build(num_classes, dropout_rate, dropout_fn, width):
+    from mpltool.models.resnet_cifar import CifarResNet18
+
+    return CifarResNet18(width, num_classes=num_classes, dropout_rate=dropout_rate, dropout_fn=dropout_fn)
+
+
+def _unit_range_spec():
+    return InputSpec((32, 32, 3), (0, 255), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB", "NHWC")
+
+
+register_model(r"^resnet18-cifar(?:-(\d+))?$", "resnet18-cifar (width 64) or resnet18-cifar-WIDTH, e.g. "
+               "resnet18-cifar-16", _resnet_cifar_parse, _resnet_cifar_build, _unit_range_spec(),
+               "head/dense/bias")

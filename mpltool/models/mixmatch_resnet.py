@@ -62,10 +62,10 @@ class MixMatchResNet:
                                         training=training, updates=updates)
             with tf.variable_scope("head"):
                 x = _lrelu(_batch_norm(x, training, updates, "bn", self.bn_momentum))
-                x = tf.reduce_mean(x, axis=[1, 2], name="global_avg_pool")
+                features = x = tf.reduce_mean(x, axis=[1, 2], name="global_avg_pool")
                 # tf.glorot_normal_initializer: truncated normal, std sqrt(2 / (fan_in + fan_out)).
                 logits = layers.dense(x, self.num_classes, tf.glorot_normal_initializer())
-        return ModelOutput(logits=logits, bn_updates=updates)
+        return ModelOutput(logits=logits, bn_updates=updates, features=features)
 
     def _block(self, x, width, stride, activate_before_residual, training, updates):
         """The reference's `residual`: x + F(x), F = conv(lrelu(bn(conv(lrelu(bn(x)))))).

@@ -12,7 +12,11 @@ import math
 from mpltool.models import layers
 from mpltool.tfv1 import tf
 
-ModelOutput = collections.namedtuple("ModelOutput", ["logits", "bn_updates"])
+ModelOutput = collections.namedtuple("ModelOutput", ["logits", "bn_updates", "features"])
+ModelOutput.__doc__ = """What a network call returns: `logits`; `bn_updates`, the moving-statistics updates of this call
+(empty at inference); `features`, the representation the classifier reads (after global pooling or
+flatten, before dropout), for heads, probes and metric losses (None if a network does not say)."""
+ModelOutput.__new__.__defaults__ = (None,)
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = layers.BN_EPSILON
@@ -54,11 +58,11 @@ class WideResNet:
                         x = self._block(x, width, stride, training, updates)
             with tf.variable_scope("head"):
                 x = _lrelu(_batch_norm(x, training, updates, "bn", self.bn_momentum))
-                x = tf.reduce_mean(x, axis=[1, 2], name="global_avg_pool")
+                features = x = tf.reduce_mean(x, axis=[1, 2], name="global_avg_pool")
                 if training and self.dropout_rate > 0:
                     x = self.dropout_fn(x, self.dropout_rate)
                 logits = _dense(x, self.num_classes)
-        return ModelOutput(logits=logits, bn_updates=updates)
+        return ModelOutput(logits=logits, bn_updates=updates, features=features)
 
     def _block(self, x, width, stride, training, updates):
         in_width = int(x.shape[-1])

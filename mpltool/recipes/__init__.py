@@ -110,6 +110,12 @@ def _loss_scale(v):
     return None
 
 
+def _domain_name(v):
+    if v and (v.strip() != v or any(c in v for c in "/\\\n\r\0")):
+        return "must be a domain name (a folder name, no slashes)"
+    return None
+
+
 def _file_name(v):
     if not v.strip() or any(c in v for c in "\n\r\0"):
         return "must be a file name (one line, not empty)"
@@ -128,6 +134,13 @@ FIELDS = [
     Field("split_seed", "int", 0, "seed of the balanced or round-robin split (round-robin 0: no shuffle)", **SEED),
     Field("num_valid", "int", 0, "validation records from the head of the unlabelled stream (round-robin only)",
           **_counts(low=0)),
+    Field("target_domain", "str", "", "image-folder data: the domain held out as the test set (the others are "
+          "trained on); empty for CIFAR data", _domain_name),
+    Field("domain_valid_fraction", "float", 0.0, "image-folder data: share of each source domain held out as "
+          "validation records", low=0.0, high=0.5),
+    Field("select_best_on", "str", "test", "which top-1 picks the best checkpoint (what eval and freeze take): "
+          "test (the references) or valid (held-out training records; never looks at the test set)",
+          choices=("test", "valid")),
     Field("batch_size", "int", 64, "labelled images per step and replica (B)", **_counts(high=MAX_IMAGES_PER_STEP)),
     Field("uda_data", "int", 7, "unlabelled images per labelled one (U = uda_data * B)",
           **_counts(high=MAX_IMAGES_PER_STEP - 1)),

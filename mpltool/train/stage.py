@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mpltool import npu, parallel
-from mpltool.data.stage import load_prepared, read_split, training_indices
+from mpltool.data.stage import load_prepared, split_domains, training_data
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
@@ -93,7 +93,31 @@ def plan_run(project: Project, recipe: Optional[str], overrides: Sequence[str], 
                                      replicas=replicas)
     if previous is not None:
         _check_same_data(previous, prepared["record"])
+    _check_domains(prepared, resolved)
     return prepared, resolved, previous
+
+
+def _check_domains(prepared: Dict[str, Any], recipe) -> None:
+    """Image-folder data: a known held-out domain, images of the network's input size, and validation
+    records when the best checkpoint is chosen on them (CIFAR: a round-robin split's)."""
+    split_domains(prepared, recipe.target_domain)
+    record = prepared["record"]
+    if prepared["source"].has_domains:
+        size = list(record.get("image_size") or [])
+        wanted = list(input_spec(recipe.model).shape[:2])
+        if size != wanted:
+            raise PrerequisiteError("the images were prepared at {}x{} but {} takes {}x{}".format(
+                size[0], size[1], recipe.model, wanted[0], wanted[1]),
+                hint="re-run `mpltool data prepare --images DIR --recipe {} --force`".format(
+                    getattr(recipe, "recipe_name", None) or "RECIPE"))
+    elif recipe.domain_valid_fraction:
+        raise UsageError("domain_valid_fraction applies to image-folder data; CIFAR validation records come from "
+                         "a round-robin split (num_valid)")
+    has_valid = recipe.domain_valid_fraction > 0 if prepared["source"].has_domains else recipe.num_valid > 0
+    if recipe.select_best_on == "valid" and not has_valid:
+        raise UsageError("select_best_on=valid but this run has no validation records",
+                         hint="set domain_valid_fraction (image folders) or prepare a round-robin split with "
+                              "--valid N (CIFAR), or use select_best_on=test")
 
 
 def _overridden(overrides: Sequence[str], key: str) -> bool:
@@ -162,14 +186,8 @@ def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> N
                  "run on the new data with `mpltool train --force` (deletes this project's checkpoints)")
 
 
-def _load_data(prepared: Dict[str, Any]) -> Dict[str, Any]:
-    train_images, train_labels = read_split(prepared, "train")
-    test_images, test_labels = read_split(prepared, "test")
-    indices = training_indices(prepared, len(train_labels))
-    return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
-            "test_labels": test_labels, "labelled_indices": indices["labelled"],
-            "unlabelled_indices": indices["unlabelled"], "valid_images": train_images[indices["valid"]],
-            "valid_labels": train_labels[indices["valid"]]}
+def _load_data(prepared: Dict[str, Any], recipe) -> Dict[str, Any]:
+    return training_data(prepared, recipe.target_domain, recipe.domain_valid_fraction, recipe.split_seed)
 
 
 def _stderr_warning(message: str) -> None:
@@ -211,10 +229,11 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                     "checkpoints": previous.get("checkpoints"), "metrics": previous.get("metrics")}
         log("resuming from {} (step {} of {})".format(project.relative(restore_from), done,
                                                        resolved.num_train_steps))
-    data = _load_data(prepared)
+    data = _load_data(prepared, resolved)
     checkpoints = dict((previous or {}).get("checkpoints") or {})
     checkpoints.setdefault("best", {})
-    data["best"] = {t: float(v.get("top1", -1.0)) for t, v in checkpoints["best"].items()}
+    score = "valid_top1" if resolved.select_best_on == "valid" else "top1"
+    data["best"] = {t: float(v.get(score, -1.0)) for t, v in checkpoints["best"].items()}
     params = dict(resolved.values)
     with project.stage_run("train", params, running_record=True) as run:
         if force:  # under the lock: no other stage of this project can be reading these checkpoints
@@ -229,6 +248,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                            "replicas": replicas.size, "global_batch_size": resolved.batch_size * replicas.size,
                            "parallel": replicas.describe(),
                            "num_train_steps": resolved.num_train_steps,
+                           "domains": ({"source": data["source_domains"], "target": data["target_domain"]}
+                                       if data["source_domains"] else None),
                            "steps_done": step_of(restore_from) if restore_from else 0, "checkpoints": checkpoints})
         run.save_progress()
 
@@ -258,7 +279,7 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
             run.metrics.update({"{}_{}".format(target, m): last[target][m] for m in ("top1", "top5", "loss",
                                                                                    "valid_top1")
                                 if m in last.get(target, {})})
-        run.metrics.update({"best_{}_top1".format(t): v for t, v in outcome["best"].items() if v >= 0})
+        run.metrics.update({"best_{}_{}".format(t, score): v for t, v in outcome["best"].items() if v >= 0})
         run.metrics.update(outcome["medians"])
         run.metrics["steps_done"] = outcome["steps_done"]
         run.metrics["top1"] = last.get(algorithm.default_target, {}).get("top1")
@@ -275,7 +296,7 @@ def _train_replica(project: Project, device: str, replicas) -> Dict[str, Any]:
     from mpltool.train.trainer import run_training
 
     recipe = recipe_from_record(replicas.share_params(None, project.dir))
-    data = _load_data(load_prepared(project))
+    data = _load_data(load_prepared(project), recipe)
     log_path = project.path("logs/rank-{}.log".format(replicas.rank))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(log_path), "a") as handle:

@@ -362,11 +362,13 @@ class TrainingSession:
     def save_best(self, results: Dict[str, Dict[str, Any]]) -> None:
         if not self._weights_finite():
             return  # save_latest refuses the same step with the error
+        on = self.recipe.select_best_on  # valid: the held-out training records, never the test set
         for target in self.graph.targets:
             top1 = results[target]["top1"]
-            if top1 <= self.best[target]:
+            score = results[target]["valid_top1"] if on == "valid" else top1
+            if score <= self.best[target]:
                 continue
-            self.best[target] = top1
+            self.best[target] = score
             target_dir = self.ckpt_dir / "best-{}".format(target)
             target_dir.mkdir(parents=True, exist_ok=True)
             prefix = self.graph.best_saver.save(self.session, str(target_dir / "model.ckpt"), global_step=self.step,
@@ -374,8 +376,10 @@ class TrainingSession:
             for old in target_dir.glob("model.ckpt-*"):  # the new best is complete: drop the old
                 if not old.name.startswith(Path(prefix).name + "."):
                     old.unlink()
-            self.on_checkpoint("best-" + target, self.step, {"prefix": prefix, "top1": top1,
-                                                             "top5": results[target]["top5"]})
+            info = {"prefix": prefix, "top1": top1, "top5": results[target]["top5"], "selected_on": on}
+            if on == "valid":
+                info["valid_top1"] = score
+            self.on_checkpoint("best-" + target, self.step, info)
 
 
 def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
