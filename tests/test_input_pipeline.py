@@ -24,7 +24,7 @@ def batches():
         with tf.Session() as session:
             source.initialize(session, images, labels, labelled)
             # The ori/aug pair: no weak views in this batch (its unlabelled_views is None, not a fetch).
-            out = [session.run(source.batch._replace(unlabelled_views=())) for _ in range(5)]
+            out = [session.run(source.batch._replace(unlabelled_views=(), domain_images=(), domain_labels=())) for _ in range(5)]
     return out, labelled
 
 

@@ -25,6 +25,8 @@ _MODULES = collections.OrderedDict([
     ("supervised", "mpltool.algorithms.supervised"),
     ("uda", "mpltool.algorithms.uda"),
     ("mixmatch", "mpltool.algorithms.mixmatch"),
+    ("masf", "mpltool.algorithms.masf"),
+    ("byol", "mpltool.algorithms.byol"),
 ])
 _REGISTRY = {}  # type: Dict[str, Algorithm]
 
@@ -32,14 +34,31 @@ Step = collections.namedtuple("Step", [
     "train_op",   # the whole step, one session.run
     "metrics",    # OrderedDict name -> float32 scalar, keys exactly Algorithm.metric_names
     "init_ops",   # run once after variable initialisation on a fresh start (e.g. copy a network to its EMA)
+    "init_feed",  # feed_dict of init_ops (e.g. pretrained weights through placeholders), or None
+    "phases",     # None, or Phases run one after another (train_op and metrics are then the first's)
 ])
+Step.__new__.__defaults__ = (None, None)
+
+# A phase of a multi-phase algorithm (BYOL: pre-training, then linear evaluation), run while
+# global_step < `until` (None: to the end). Its metrics are a subset of Algorithm.metric_names (the CSV
+# leaves the others empty); `evaluate`: whether the periodic evaluation runs in it. A checkpoint is saved
+# as a phase ends, so a run resumes in either phase.
+Phase = collections.namedtuple("Phase", ["name", "until", "train_op", "metrics", "evaluate"])
+
+
+def phases_of(step: Step):
+    """The phases of a step: its own, or the one phase of a single-phase algorithm."""
+    return tuple(step.phases) if step.phases else (Phase("train", None, step.train_op, step.metrics, True),)
 
 Streams = collections.namedtuple("Streams", [
     "unlabelled",       # unlabelled images per labelled one (U = unlabelled·B); 0: the labelled stream alone
     "labelled_strong",  # the labelled images get the recipe's strong view (`augment`) instead of flip/crop
     "weak_views",       # 0: each unlabelled image as the (ori, aug) pair; K > 0: K weak views (flip, reflect crop)
+    "pair_views",       # BYOL: each unlabelled image as two views of byol_views.byol_view, the labelled
+                        # ones as crop/flip/resize (its linear evaluation's augmentation)
+    "per_domain",       # MASF: B labelled images from EACH source domain per step (batch.domain_images)
 ])
-Streams.__new__.__defaults__ = (False, 0)
+Streams.__new__.__defaults__ = (False, 0, False, False)
 
 
 class Algorithm(abc.ABC):
@@ -62,9 +81,14 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None) -> Step:
-        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views).
+        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views or
+        pair_views; domain_images, domain_labels: one tensor per source domain with per_domain).
         `optimizer_wrapper` wraps every optimizer (NPU loss scale, the data-parallel all-reduce);
         `replicas` (mpltool.parallel) all-reduces what the step needs identical on every replica."""
+
+    def warnings(self, recipe) -> Sequence[str]:
+        """What `train` should warn about before this recipe runs (nothing by default)."""
+        return []
 
     def describe(self) -> Dict[str, Any]:
         """What the train record keeps, so later stages need no knowledge of the algorithm."""

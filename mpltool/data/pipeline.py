@@ -11,10 +11,12 @@ from typing import Optional
 import numpy as np
 
 from mpltool.data import augment
+from mpltool.errors import InvalidInputError
 from mpltool.tfv1 import tf
 
-Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images", "unlabelled_views"])
-Batch.__new__.__defaults__ = (None,)
+Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images", "unlabelled_views",
+                                         "domain_images", "domain_labels"])
+Batch.__new__.__defaults__ = (None, None, None)
 
 
 POLICIES = ("randaugment", "autoaugment", "none")
@@ -40,12 +42,18 @@ class TrainInput:
     with weak_views), or the strong view when the algorithm asks for it (`labelled_strong`: supervised
     training with a policy). unlabelled_ratio = 0 builds no unlabelled stream (its fields are None).
 
+    With pair_views (BYOL), each unlabelled image comes as two independent byol_views.byol_view views and
+    the labelled view is crop/flip/resize. With num_domains = D > 0 (MASF), the labelled stream is D
+    streams, one per source domain, each giving B images a step (batch.domain_images/domain_labels; the
+    labelled fields hold the first domain's).
+
     `normalize` maps uint8 views to the network's input (its input spec), so every model sees in training
     exactly what its exported graph computes from raw pixels."""
 
     def __init__(self, batch_size, unlabelled_ratio, magnitude=16, num_layers=2, shuffle_buffer=1024,
                  seed=None, image_shape=(32, 32, 3), overflow="clip", policy="randaugment",
-                 labelled_strong=False, weak_views=0, normalize=augment.normalize):
+                 labelled_strong=False, weak_views=0, normalize=augment.normalize, pair_views=False,
+                 num_domains=0):
         self.batch_size = batch_size
         self.unlabelled_batch_size = batch_size * unlabelled_ratio
         self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
@@ -59,6 +67,10 @@ class TrainInput:
         unlabelled_seed = augment.derived_seed(seed, 202)
 
         def labelled_map(image, label):
+            if pair_views:
+                from mpltool.data import byol_views
+
+                return normalize(byol_views.crop_flip_resize_view(image, seed=labelled_seed)), label
             if labelled_strong:
                 view = strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
             elif weak_views:
@@ -68,6 +80,10 @@ class TrainInput:
             return normalize(view), label
 
         def unlabelled_map(image):
+            if pair_views:
+                from mpltool.data import byol_views
+
+                return tuple(normalize(view) for view in byol_views.byol_pair(image, seed=unlabelled_seed))
             if weak_views:
                 return tuple(normalize(augment.weak_view(image, seed=augment.derived_seed(unlabelled_seed, 11 * k)))
                              for k in range(weak_views))
@@ -81,33 +97,71 @@ class TrainInput:
             return normalize(ori), normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.
-        labelled = (tf.data.Dataset.from_tensor_slices((self.labelled_images, self.labelled_labels))
-                    .repeat().shuffle(shuffle_buffer, seed=seed)
+        def labelled_stream(images, labels, stream_seed):
+            return (tf.data.Dataset.from_tensor_slices((images, labels))
+                    .repeat().shuffle(shuffle_buffer, seed=stream_seed)
                     .map(labelled_map, num_parallel_calls=parallel)
                     .batch(batch_size, drop_remainder=True))
+
+        self.domain_placeholders = [
+            (tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="domain_{}_images".format(k)),
+             tf.placeholder(tf.int64, (None,), name="domain_{}_labels".format(k))) for k in range(num_domains)]
+        if num_domains:
+            labelled = tf.data.Dataset.zip(tuple(
+                labelled_stream(images, labels, augment.derived_seed(seed, 31 * k))
+                for k, (images, labels) in enumerate(self.domain_placeholders)))
+        else:
+            labelled = labelled_stream(self.labelled_images, self.labelled_labels, seed)
         if self.unlabelled_batch_size:
             unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
                           .repeat().shuffle(shuffle_buffer, seed=augment.derived_seed(seed, 1))
                           .map(unlabelled_map, num_parallel_calls=parallel)
                           .batch(self.unlabelled_batch_size, drop_remainder=True))
-            dataset = tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2)
-            self.iterator = tf.data.make_initializable_iterator(dataset)
-            (l_images, l_labels), unlabelled_views = self.iterator.get_next()
-            if weak_views:
-                self.batch = Batch(l_images, l_labels, None, None, tuple(unlabelled_views))
+            if pair_views:
+                # Two iterators: BYOL's phases each pull only their own stream (pre-training the view
+                # pairs, linear evaluation the labelled images), so neither computes the other's views.
+                iterators = [tf.data.make_initializable_iterator(d.prefetch(2)) for d in (labelled, unlabelled)]
+                self.initializers = [it.initializer for it in iterators]
+                labelled_batch, unlabelled_views = [it.get_next() for it in iterators]
             else:
-                self.batch = Batch(l_images, l_labels, unlabelled_views[0], unlabelled_views[1])
+                iterator = tf.data.make_initializable_iterator(tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2))
+                self.initializers = [iterator.initializer]
+                labelled_batch, unlabelled_views = iterator.get_next()
+            if weak_views or pair_views:
+                self.batch = self._batch(labelled_batch, num_domains, unlabelled_views=tuple(unlabelled_views))
+            else:
+                self.batch = self._batch(labelled_batch, num_domains, ori_images=unlabelled_views[0],
+                                         aug_images=unlabelled_views[1])
         else:
-            self.iterator = tf.data.make_initializable_iterator(labelled.prefetch(2))
-            l_images, l_labels = self.iterator.get_next()
-            self.batch = Batch(l_images, l_labels, None, None)
+            iterator = tf.data.make_initializable_iterator(labelled.prefetch(2))
+            self.initializers = [iterator.initializer]
+            self.batch = self._batch(iterator.get_next(), num_domains)
+
+    @staticmethod
+    def _batch(labelled_batch, num_domains, **unlabelled):
+        if not num_domains:
+            return Batch(labelled_batch[0], labelled_batch[1], unlabelled.get("ori_images"),
+                         unlabelled.get("aug_images"), unlabelled.get("unlabelled_views"))
+        images = tuple(pair[0] for pair in labelled_batch)
+        labels = tuple(pair[1] for pair in labelled_batch)
+        return Batch(images[0], labels[0], unlabelled.get("ori_images"), unlabelled.get("aug_images"),
+                     unlabelled.get("unlabelled_views"), images, labels)
 
     def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray,
-                   unlabelled_indices: Optional[np.ndarray] = None) -> None:
+                   unlabelled_indices: Optional[np.ndarray] = None, domains: Optional[np.ndarray] = None) -> None:
         """Labelled = the recorded split; unlabelled = the split's unlabelled records (None: every training
-        image, so it includes the labelled, as the MPL reference)."""
-        feed = {self.labelled_images: images[labelled_indices],
-                self.labelled_labels: labels[labelled_indices].astype(np.int64)}
+        image, so it includes the labelled, as the MPL reference). `domains`: each training record's source
+        domain (0..D-1), which splits the labelled records into the per-domain streams."""
+        if self.domain_placeholders:
+            feed = {}
+            for k, (domain_images, domain_labels) in enumerate(self.domain_placeholders):
+                chosen = labelled_indices[domains[labelled_indices] == k]
+                if chosen.size == 0:
+                    raise InvalidInputError("source domain {} has no training records".format(k))
+                feed.update({domain_images: images[chosen], domain_labels: labels[chosen].astype(np.int64)})
+        else:
+            feed = {self.labelled_images: images[labelled_indices],
+                    self.labelled_labels: labels[labelled_indices].astype(np.int64)}
         if self.unlabelled_batch_size:
             feed[self.unlabelled_images] = images if unlabelled_indices is None else images[unlabelled_indices]
-        session.run(self.iterator.initializer, feed_dict=feed)
+        session.run(self.initializers, feed_dict=feed)

@@ -144,14 +144,18 @@ class CaffeAlexNet:
                 if name in POOL_AFTER:
                     x = _max_pool(x)
             x = tf.reshape(x, [-1, self.flat_size], name="flatten")
-            features = None
-            for name, units in (("fc6", self.fc_units), ("fc7", self.fc_units), ("fc8", self.num_classes)):
+            for name in ("fc6", "fc7"):
                 with tf.variable_scope(name):
-                    kernel, bias = _variables([int(x.shape[-1]), units], units)
-                    x = tf.nn.bias_add(tf.matmul(x, kernel), bias)
-                if name == "fc8":
-                    break
-                features = x = tf.nn.relu(x)
+                    x = tf.nn.relu(self._dense(x, self.fc_units))
+                if name == "fc7":
+                    features = x
                 if training and self.dropout_rate > 0:
                     x = self.dropout_fn(x, self.dropout_rate)
-        return ModelOutput(logits=x, bn_updates=[], features=features)
+            with tf.variable_scope("fc8"):
+                logits = self._dense(x, self.num_classes)
+        return ModelOutput(logits=logits, bn_updates=[], features=features)
+
+    @staticmethod
+    def _dense(x, units):
+        kernel, bias = _variables([int(x.shape[-1]), units], units)
+        return tf.nn.bias_add(tf.matmul(x, kernel), bias)

@@ -101,6 +101,7 @@ def load_npy_weights(path, scope: str, variables: Optional[Iterable] = None,
 
         variables = tf.global_variables()
     skip = tuple(skip)
+    weights = read_npy_weights(path)  # first: a missing file is what the user must fix
     prefix = scope.rstrip("/") + "/"
     graph_layers = collections.OrderedDict()  # layer -> {kernel|bias: variable}
     for variable in variables:
@@ -113,7 +114,6 @@ def load_npy_weights(path, scope: str, variables: Optional[Iterable] = None,
     if not graph_layers:
         raise InvalidInputError("no layer variables under '{}' to load {} into".format(prefix, path))
 
-    weights = read_npy_weights(path)
     wanted = [layer for layer in graph_layers if layer not in skip]
     missing = [layer for layer in wanted if layer not in weights]
     if missing:

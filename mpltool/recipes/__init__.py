@@ -116,6 +116,10 @@ def _domain_name(v):
     return None
 
 
+def _optional_file_name(v):
+    return _file_name(v) if v else None
+
+
 def _file_name(v):
     if not v.strip() or any(c in v for c in "\n\r\0"):
         return "must be a file name (one line, not empty)"
@@ -123,10 +127,12 @@ def _file_name(v):
 
 
 FIELDS = [
-    Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda, mixmatch",
+    Field("algorithm", "str", "mpl", "training algorithm: mpl (Meta Pseudo Labels), supervised, uda, mixmatch, "
+          "masf, byol",
           _known_algorithm),
-    Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs) or "
-          "mixmatch-resnet-FILTERS-SCALES-REPEAT (mixmatch-resnet-32-3-4)", _model_name),
+    Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs), "
+          "mixmatch-resnet-FILTERS-SCALES-REPEAT (mixmatch-resnet-32-3-4), caffe-alexnet[-SIZE-FC], "
+          "resnet18-cifar[-WIDTH]", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **_counts()),
     Field("split", "str", "first", "labelled split: first N records (MPL reference), class-balanced, or "
@@ -181,6 +187,31 @@ FIELDS = [
     Field("mixmatch_lr", "float", 0.002, "MixMatch: Adam's constant learning rate", **LEARNING_RATE),
     Field("decoupled_weight_decay", "float", 0.02, "MixMatch: kernels shrink by (1 - wd * mixmatch_lr) after each "
           "step", **NON_NEGATIVE),
+    Field("masf_inner_lr", "float", 1e-5, "MASF: step size α of the inner update θ' = θ − α·clip(g)", **LEARNING_RATE),
+    Field("masf_outer_lr", "float", 1e-5, "MASF: Adam rate of the task and meta updates", **LEARNING_RATE),
+    Field("masf_metric_lr", "float", 1e-5, "MASF: Adam rate of the metric network's own update", **LEARNING_RATE),
+    Field("masf_clip_norm", "float", 2.0, "MASF: per-tensor gradient norm clip of the inner and meta updates",
+          low=0.0, low_open=True),
+    Field("masf_margin", "float", 10.0, "MASF: margin of the local (triplet) loss", **NON_NEGATIVE),
+    Field("masf_temperature", "float", 2.0, "MASF: softening temperature of the class-alignment loss",
+          low=0.0, high=100.0, low_open=True),
+    Field("masf_global_weight", "float", 1.0, "MASF: weight of the global class-alignment loss", **NON_NEGATIVE),
+    Field("masf_local_weight", "float", 0.005, "MASF: weight of the local triplet loss", **NON_NEGATIVE),
+    Field("pretrained", "str", "", "weights to start from: a Caffe-AlexNet .npy (bvlc_alexnet.npy; its fc8 is "
+          "skipped); empty: from scratch", _optional_file_name),
+    Field("byol_pretrain_steps", "int", 19400, "BYOL: steps of self-supervised pre-training; the rest of "
+          "num_train_steps is the linear evaluation (0: a random encoder's linear evaluation)", **_counts(low=0)),
+    Field("byol_lr", "float", 1e-3, "BYOL: Adam's constant rate in pre-training (the reference: 1e-3·B/512)",
+          **LEARNING_RATE),
+    Field("byol_target_decay", "float", 0.99, "BYOL: target EMA decay τ (cosine: its base τ_0)", **UNIT),
+    Field("byol_target_schedule", "str", "constant", "BYOL: τ constant (the reference) or cosine from τ_0 to 1 "
+          "over pre-training (the paper)", choices=("constant", "cosine")),
+    Field("byol_hidden_units", "int", 256, "BYOL: hidden width of the projector and predictor", low=1, high=65536),
+    Field("byol_projection_units", "int", 128, "BYOL: output width of the projector and predictor", low=1,
+          high=65536),
+    Field("linear_lr", "float", 5e-2, "BYOL linear evaluation: Adam's rate at its first step (polynomial decay, "
+          "power 2)", **LEARNING_RATE),
+    Field("linear_lr_end", "float", 5e-4, "BYOL linear evaluation: Adam's rate at its last step", **LEARNING_RATE),
     Field("bn_momentum", "float", 0.0, "batch-norm momentum of the moving statistics; 0: the network's own "
           "(wrn 0.99, mixmatch-resnet 0.999). Short runs need less: at 0.999 they still hold 45% of their "
           "initial values after 800 steps", **UNIT_OPEN),
@@ -422,6 +453,9 @@ def _check_consistency(recipe: Recipe, error=UsageError, source: str = "") -> No
     if recipe["num_valid"] and recipe["split"] != "round-robin":
         raise error("{}num_valid={} needs split=round-robin (validation comes from its unlabelled stream)".format(
             prefix, recipe["num_valid"]))
+    if recipe["algorithm"] == "byol" and recipe["byol_pretrain_steps"] >= recipe["num_train_steps"]:
+        raise error("{}byol_pretrain_steps={} leaves no step of linear evaluation in num_train_steps={}".format(
+            prefix, recipe["byol_pretrain_steps"], recipe["num_train_steps"]))
     if recipe["decoupled_weight_decay"] * recipe["mixmatch_lr"] >= 1.0:
         raise error("{}decoupled_weight_decay * mixmatch_lr = {} must be < 1 (kernels shrink by that fraction "
                     "each step)".format(prefix, recipe["decoupled_weight_decay"] * recipe["mixmatch_lr"]))

@@ -94,6 +94,13 @@ def plan_run(project: Project, recipe: Optional[str], overrides: Sequence[str], 
     if previous is not None:
         _check_same_data(previous, prepared["record"])
     _check_domains(prepared, resolved)
+    if resolved.pretrained:
+        path = Path(resolved.pretrained).expanduser().absolute()
+        if not path.is_file():
+            raise PrerequisiteError("pretrained weights {} not found".format(path),
+                                    hint="mpltool never downloads them: get bvlc_alexnet.npy from "
+                                         "cs.toronto.edu/~guerzhoy/tf_alexnet/, or drop --set pretrained")
+        resolved["pretrained"] = str(path)
     return prepared, resolved, previous
 
 
@@ -209,6 +216,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     device = npu.resolve_device(device)
     replicas.share_params(dict(resolved.values), project.dir)  # the other ranks train exactly this
     algorithm = get_algorithm(resolved.algorithm)
+    for line in algorithm.warnings(resolved):
+        warn(line)
     if ("student_lr_wait_steps" in algorithm.fields
             and resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps):
         warn("student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student "
@@ -240,6 +249,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
             _start_over(project)
         for key, record in prepared["record"]["outputs"].items():
             run.inputs[key] = record
+        if resolved.pretrained:  # not an input: inputs are the data a resumed run must train on
+            run.record["pretrained"] = project.file_record(resolved.pretrained)
         run.record.update({"recipe": getattr(resolved, "recipe_name", None),
                            "overrides": getattr(resolved, "overrides", {}), "device": device,
                            "model": resolved.model, "algorithm": algorithm.describe(),

@@ -58,8 +58,8 @@ def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
 class TrainingGraph:
     """Everything one training session needs, built once in its own tf.Graph."""
 
-    def __init__(self, recipe, device: str, image_shape=(32, 32, 3), replicas=None):
-        from mpltool.algorithms import get_algorithm
+    def __init__(self, recipe, device: str, image_shape=(32, 32, 3), replicas=None, num_domains=0):
+        from mpltool.algorithms import get_algorithm, phases_of
         from mpltool.data.pipeline import TrainInput
         from mpltool.models import build_model, input_spec, normalize_input
 
@@ -81,13 +81,17 @@ class TrainingGraph:
                                     image_shape=image_shape,
                                     overflow=recipe.augment_overflow, policy=recipe.augment,
                                     labelled_strong=streams.labelled_strong, weak_views=streams.weak_views,
-                                    normalize=lambda images: normalize_input(images, spec))
+                                    normalize=lambda images: normalize_input(images, spec),
+                                    pair_views=streams.pair_views,
+                                    num_domains=num_domains if streams.per_domain else 0)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
                                                   optimizer_wrapper=self._optimizer_wrapper(device, recipe),
                                                   replicas=self.replicas)
-            missing = [name for name in self.algorithm.metric_names if name not in self.step.metrics]
+            self.phases = phases_of(self.step)
+            produced = set(name for phase in self.phases for name in phase.metrics)
+            missing = [name for name in self.algorithm.metric_names if name not in produced]
             if missing:
                 raise RuntimeError("the {} step lacks its declared metrics {}".format(self.algorithm.name, missing))
             # Evaluation towers: raw pixels in, normalised inside, training=False (moving BN statistics).
@@ -198,7 +202,7 @@ class TrainingSession:
         # process (SIGSEGV, seen about once in twenty SIGTERMs then): signals wait until both exist.
         with critical_section():
             self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:],
-                                       replicas=replicas)
+                                       replicas=replicas, num_domains=len(data.get("source_domains") or ()))
             self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
         self.chief = self.graph.replicas.is_chief  # only rank 0 evaluates and writes
         self.ckpt_dir = workdir / "checkpoints"
@@ -239,11 +243,12 @@ class TrainingSession:
         else:
             session.run(graph.init)
             if graph.step.init_ops:
-                session.run(graph.step.init_ops)
+                session.run(graph.step.init_ops, feed_dict=graph.step.init_feed)
         if graph.broadcast is not None:
             session.run(graph.broadcast)
         labelled, unlabelled = self._shard()
-        graph.input.initialize(session, self.data["train_images"], self.data["train_labels"], labelled, unlabelled)
+        graph.input.initialize(session, self.data["train_images"], self.data["train_labels"], labelled, unlabelled,
+                               domains=self.data.get("train_domains"))
         self.step = self.start_step = int(session.run(graph.global_step))
 
     def _shard(self):
@@ -261,21 +266,24 @@ class TrainingSession:
     def run(self) -> Dict[str, Any]:
         """Train to recipe.num_train_steps; Ctrl-C/SIGTERM saves the step reached, then re-raises."""
         recipe, total = self.recipe, self.recipe.num_train_steps
-        fetches = {"train": self.graph.step.train_op, "metrics": self.graph.step.metrics}
         self._window = (time.time(), self.step)
         if self.progress is not None:
             self.progress.start_at(self.step)
         try:
             while self.step < total:
                 check_interrupted()
+                phase = self._phase()
+                fetches = {"train": phase.train_op, "metrics": phase.metrics}
                 metrics = {k: float(v) for k, v in self.session.run(fetches)["metrics"].items()}
                 self.step += 1
                 self._check_finite(metrics)
                 self._report(metrics, self.step % recipe.log_every == 0 or self.step == total)
-                if self.chief and (self.step % recipe.eval_every == 0 or self.step == total):
+                phase_ends = phase.until is not None and self.step == phase.until
+                if (self.chief and phase.evaluate
+                        and (self.step % recipe.eval_every == 0 or self.step == total or phase_ends)):
                     self.last_eval = self.evaluate()
                     self.save_best(self.last_eval)
-                if self.chief and (self.step % recipe.save_every == 0 or self.step == total):
+                if self.chief and (self.step % recipe.save_every == 0 or self.step == total or phase_ends):
                     self.save_latest()
         except KeyboardInterrupt:
             if self.chief and self.step > self.start_step:  # keep the work done so far; the caller exits 130
@@ -288,6 +296,13 @@ class TrainingSession:
         return {"steps_done": self.step, "start_step": self.start_step, "last_eval": self.last_eval,
                 "best": self.best, "medians": medians}
 
+    def _phase(self):
+        """The phase the next step belongs to."""
+        for phase in self.graph.phases:
+            if phase.until is None or self.step < phase.until:
+                return phase
+        return self.graph.phases[-1]
+
     def _check_finite(self, metrics: Dict[str, float]) -> None:
         bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
         if bad:  # nothing of this step or later is saved: the last checkpoint is the last finite one
@@ -296,7 +311,7 @@ class TrainingSession:
 
     def _report(self, metrics: Dict[str, float], log_now: bool) -> None:
         """Progress bar every step; CSV, TensorBoard and (off a terminal) a log line every log_every."""
-        shown = self.graph.algorithm.progress_metrics
+        shown = [name for name in self.graph.algorithm.progress_metrics if name in metrics]
         if log_now:
             started, first = self._window
             rate = (self.step - first) / max(time.time() - started, 1e-9)
