@@ -227,9 +227,8 @@ def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, 
                          note=ctx.out.info)
         ctx.out.table("domains ({}x{} images, {} classes)".format(size[0], size[1], len(result["classes"])),
                       ["domain", "records", "file"], [[f["domain"], f["records"], f["name"]] for f in result["files"]])
-        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe, "--set",
-                                                 "target_domain={}".format(loaded.target_domain
-                                                                           or result["domains"][-1])))
+        held_out = [] if loaded.target_domain else ["--set", "target_domain={}".format(result["domains"][-1])]
+        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe, *held_out))
     ctx.out.result(result)
 
 

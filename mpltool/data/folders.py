@@ -42,7 +42,7 @@ def _images(path: str) -> List[str]:
 def scan(root) -> Layout:
     """The domains, classes and image files under `root`, checked: every domain has every class folder,
     and no class folder of a domain is empty."""
-    root = os.fspath(root)
+    root = os.path.abspath(os.fspath(root))  # `--images .` names its one domain after the folder, not "."
     if not os.path.isdir(root):
         raise InvalidInputError("{} is not a folder of images (expected DOMAIN/CLASS/*.png|jpg)".format(root))
     top = _subdirs(root)
@@ -101,6 +101,8 @@ def scan_lists(root, lists_dir, note: Callable[[str], None] = lambda line: None)
                 seen.add(image)
                 entries.setdefault(domain, []).append((int(parts[1]), image))
     labels = sorted(set(label for items in entries.values() for label, _ in items))
+    if not labels:
+        raise InvalidInputError("the list files in {} name no images".format(lists_dir))
     offset = 0
     if labels[0] == 1:
         offset = 1

@@ -175,7 +175,7 @@ def split_domains(prepared: Dict[str, Any], target_domain: str) -> Tuple[Sequenc
                 target_domain), hint="drop --set target_domain, or prepare image folders with `mpltool data "
                                      "prepare --images DIR`")
         return [], ""
-    if target_domain not in domains:
+    if target_domain not in domains or len(domains) < 2:
         if len(domains) < 2:
             raise UsageError("the prepared images form one domain ({}): training needs a held-out test domain"
                              .format(", ".join(domains)),
