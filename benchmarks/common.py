@@ -67,10 +67,13 @@ def mpltool(project, *args):
                                                       done.stderr.decode()[-2000:]))
 
 
-def demo_project(root, recipe):
-    """A project under `root` holding the embedded demo data, prepared with `recipe`'s split: the template
-    each configuration copies."""
-    template = os.path.join(root, "template")
-    mpltool(template, "data", "demo", "--out", os.path.join(root, "demo-cifar"))
-    mpltool(template, "data", "prepare", "--cifar", os.path.join(root, "demo-cifar"), "--recipe", recipe)
+def demo_project(root, recipe, domains=False):
+    """A project under `root` holding the embedded demo data (CIFAR format, or with `domains` the
+    multi-domain image folders), prepared with `recipe`'s split or input size: the template each
+    configuration copies."""
+    kind = "domains" if domains else "cifar"
+    template = os.path.join(root, "template-" + kind)
+    data = os.path.join(root, "demo-" + kind)
+    mpltool(template, "data", "demo", "--out", data, *(["--domains"] if domains else []))
+    mpltool(template, "data", "prepare", "--images" if domains else "--cifar", data, "--recipe", recipe)
     return template

@@ -541,7 +541,7 @@ def test_training_data_holds_out_validation_records_of_each_source_domain(domain
     np.testing.assert_array_equal(result["test_images"], expected_domain("photo")[0])
     np.testing.assert_array_equal(result["test_labels"], expected_domain("photo")[1])
 
-    valid = domain_holdout(result["train_domains"], 0.2, 3)
+    valid = domain_holdout(result["train_domains"], 0.2, 3, result["source_domains"])
     assert np.bincount(result["train_domains"][valid], minlength=3).tolist() == [2, 2, 2]
     np.testing.assert_array_equal(result["valid_images"], result["train_images"][valid])
     np.testing.assert_array_equal(result["valid_labels"], result["train_labels"][valid])

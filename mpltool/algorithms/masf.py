@@ -297,9 +297,9 @@ def _register():
         """One MASF iteration per step (the module docstring's steps 1-6), on B images from each source
         domain. With D > 3 source domains the episode's three are drawn from all D.
 
-        The three Adam updates compute their gradients at the same θ and φ, and none writes a variable
-        before every gradient exists (tf.tuple): the reference runs them in one session.run without any
-        order between them, so its result depends on the scheduler. The episode is drawn in the graph
+        The three Adam updates compute their gradients at the same θ and φ, none writes a variable
+        before every gradient exists (tf.tuple), and they apply in turn (a, b, c): the reference runs
+        them in one session.run without any order between them, so its result depends on the scheduler. The episode is drawn in the graph
         (the reference: numpy's permutation per iteration).
         """
 
@@ -384,9 +384,14 @@ def _register():
             optimizers = [wrapped(tf.train.AdamOptimizer(rate, name=name), optimizer_wrapper)
                           for rate, name in ((recipe.masf_outer_lr, "AdamTask"), (recipe.masf_outer_lr, "AdamMeta"),
                                              (recipe.masf_metric_lr, "AdamMetric"))]
-            updates = [optimizer.apply_gradients(list(zip(grads, variables)))
-                       for optimizer, grads, variables in zip(optimizers, (task_grads, meta_grads, metric_grads),
-                                                              (lists.task, lists.meta, lists.metric))]
+            # Applied one after another: (a) and (b) both write θ, (b) and (c) both write φ, and two Adam
+            # ops writing one variable at once could lose an update. The sum is what the reference
+            # intends; the order does not change it, since every gradient was taken before.
+            updates = []
+            for optimizer, grads, variables in zip(optimizers, (task_grads, meta_grads, metric_grads),
+                                                   (lists.task, lists.meta, lists.metric)):
+                with tf.control_dependencies(updates[-1:]):
+                    updates.append(optimizer.apply_gradients(list(zip(grads, variables))))
             with tf.control_dependencies(updates):
                 train_op = tf.group(tf.assign_add(global_step, 1), name="train_op")
             labels_ab = tf.concat([a.labels, a1.labels], axis=0)

@@ -6,6 +6,7 @@ later stages need (CI passes only that directory between jobs) and every file is
 
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -238,16 +239,19 @@ def training_indices(prepared: Dict[str, Any], num_train: int) -> Dict[str, np.n
     return {"labelled": labelled, "unlabelled": stream[num_valid:], "valid": stream[:num_valid]}
 
 
-def domain_holdout(domain_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def domain_holdout(domain_ids: np.ndarray, fraction: float, seed: int, names: Optional[Sequence[str]] = None
+                   ) -> np.ndarray:
     """Validation records of image-folder training: round(fraction·n) records of each source domain, a
-    seeded draw per domain (so a domain's share never depends on the others), sorted."""
+    seeded draw per domain, sorted. The draw is seeded by the domain's name (`names[id]`; its id when no
+    names are given), so a domain's share never depends on the others nor on which one is the target."""
     chosen = []
     for domain in np.unique(domain_ids):
         members = np.flatnonzero(domain_ids == domain)
         count = int(round(fraction * members.size))
         if fraction > 0 and count == 0:
             count = 1
-        rng = np.random.RandomState([seed, int(domain)])
+        key = zlib.crc32(names[int(domain)].encode("utf-8")) if names is not None else int(domain)
+        rng = np.random.RandomState([seed, key])
         chosen.append(members[rng.permutation(members.size)[:count]])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
 
@@ -269,7 +273,7 @@ def training_data(prepared: Dict[str, Any], target_domain: str = "", valid_fract
         if domain_ids.size != train_labels.size:
             raise InvalidInputError("the prepared domain files hold {} records where the data record counts {}"
                                     .format(train_labels.size, domain_ids.size), hint="re-run `mpltool data prepare`")
-        valid = domain_holdout(domain_ids, valid_fraction, seed)
+        valid = domain_holdout(domain_ids, valid_fraction, seed, sources)
         rest = np.setdiff1d(np.arange(train_labels.size), valid)
         indices = {"labelled": rest, "unlabelled": rest, "valid": valid}
     else:
