@@ -444,3 +444,18 @@ def test_use_weights_with_a_registered_network():
     theta, same, moved = fetched
     np.testing.assert_allclose(same, theta, rtol=1e-6, atol=1e-6)
     assert np.abs(moved - theta).max() > 1e-3
+
+
+def test_a_batch_without_positive_pairs_has_zero_triplet_loss_and_finite_gradients():
+    from mpltool.algorithms.masf import triplet_semihard_loss
+
+    graph = tf.Graph()
+    with graph.as_default():
+        embeddings = tf.constant(np.random.RandomState(0).normal(size=(6, 4)).astype(np.float32))
+        distinct = triplet_semihard_loss(tf.constant([0, 1, 2, 3, 4, 5]), embeddings)
+        paired = triplet_semihard_loss(tf.constant([0, 0, 2, 3, 4, 5]), embeddings)
+        gradient = tf.gradients(distinct, embeddings)[0]
+        with tf.Session(graph=graph) as session:
+            loss, grad, with_pair = session.run([distinct, gradient, paired])
+    assert loss == 0.0 and np.all(grad == 0.0)
+    assert np.isfinite(with_pair) and with_pair > 0.0  # one pair, margin 10 over unit-scale distances

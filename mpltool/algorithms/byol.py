@@ -319,8 +319,8 @@ def _register():
 
             phases = (Phase("pretrain", pretrain, pretrain_op, as_float(pretrain_metrics), False),
                       Phase("linear", None, linear_op, as_float(linear_metrics), True))
-            if pretrain == 0:
-                phases = phases[1:]  # a random encoder's linear evaluation: the baseline BYOL must beat
+            # byol_pretrain_steps = 0: the pre-training phase is empty, the linear evaluation of a random
+            # encoder runs alone (its graph is built all the same: the metrics CSV keeps its columns).
             return Step(train_op=phases[0].train_op, metrics=phases[0].metrics,
                         init_ops=[target_init(target_variables, online_variables)], phases=phases)
 

@@ -165,10 +165,20 @@ def triplet_semihard_loss(labels, embeddings, margin=MARGIN):
     negative at all gets its row minimum, 0, as contrib's masked maximum does.) The contrib module is
     imported directly: tf.compat.v1 does not expose `contrib`, and importing the one module is quick
     and silent.
+
+    A batch without any positive pair (no two samples of one class: small batches over many classes)
+    has no triplet, and contrib divides 0 by 0 there: NaN. Its loss is 0 here, through tf.cond, so
+    neither the value nor the gradient (which tf.where would still take through the NaN) is NaN. The
+    reference's batches (42 samples over 7 classes) always hold pairs.
     """
     from tensorflow.contrib.losses.python.metric_learning import metric_loss_ops
 
-    return metric_loss_ops.triplet_semihard_loss(labels=labels, embeddings=embeddings, margin=margin)
+    labels = tf.reshape(labels, [-1])
+    same = tf.equal(labels[:, None], labels[None, :])
+    pairs = tf.reduce_sum(tf.cast(same, tf.int32)) - tf.size(labels)  # ordered pairs a != p of one class
+    return tf.cond(pairs > 0,
+                   lambda: metric_loss_ops.triplet_semihard_loss(labels=labels, embeddings=embeddings, margin=margin),
+                   lambda: tf.zeros([], embeddings.dtype))
 
 
 def metric_network(features, scope="metric"):
