@@ -100,6 +100,9 @@ def _recorded_files(record: Dict[str, Any]) -> List[Tuple[str, str, Any]]:
     for target, item in sorted((checkpoints.get("best") or {}).items()):
         if item:
             add("best {} checkpoint".format(target), item)
+    for phase, item in sorted((checkpoints.get("phases") or {}).items()):
+        if item:
+            add("end of {} checkpoint".format(phase), item)
     return entries
 
 
@@ -157,11 +160,12 @@ def _outputs_text(name: str, record: Dict[str, Any], state: str, checked: int) -
     checkpoints = record.get("checkpoints") or {}
     if name == "train" and checkpoints.get("latest"):
         parts.append("latest {}".format(checkpoints["latest"].get("prefix")))
-        best = (checkpoints.get("best") or {}).get("ema")
+        target = (record.get("algorithm") or {}).get("default_target") or "ema"
+        best = (checkpoints.get("best") or {}).get(target)
         if best:
             top1 = best.get("top1")
-            parts.append("best ema {}{}".format(best.get("prefix"), " (top-1 {:.4f})".format(top1)
-                                                if isinstance(top1, (int, float)) else ""))
+            parts.append("best {} {}{}".format(target, best.get("prefix"), " (top-1 {:.4f})".format(top1)
+                                               if isinstance(top1, (int, float)) else ""))
     if checked:
         parts.append(state if parts or state != "ok" else "inputs ok")
     return ", ".join(parts) or "-"

@@ -161,6 +161,8 @@ def test_byol_pretrains_then_trains_a_linear_head_on_the_frozen_encoder(cifar_pr
     ckpt_dir = project / "checkpoints"
     # The phase boundary (step 3) is saved although save_every is 100: a run resumes in either phase.
     assert (ckpt_dir / "model.ckpt-3.index").is_file()
+    phase = record["checkpoints"]["phases"]["pretrain"]  # kept apart: the pre-trained encoder
+    assert phase["step"] == 3 and phase["prefix"] == "checkpoints/phase-pretrain/model.ckpt-3"
     after_pretraining = _variables(str(ckpt_dir / "model.ckpt-3"))
     resumed = invoke("--project", project, "train", "--extend-steps", "2", "--device", "cpu")
     assert resumed.exit_code == 0, resumed.stderr
@@ -187,6 +189,9 @@ def test_byol_pretrains_then_trains_a_linear_head_on_the_frozen_encoder(cifar_pr
     evaluated = invoke("--project", project, "--json", "eval")
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["source"]["target"] == "online"
+    status = invoke("--project", project, "status")
+    assert status.exit_code == 0, status.stderr
+    assert "best online checkpoints/best-online/" in status.stdout
     freeze_and_check_conversion(project)
 
 

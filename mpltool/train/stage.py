@@ -270,6 +270,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
             if kind == "latest":
                 checkpoints["latest"] = record
                 run.record["steps_done"] = step
+            elif kind.startswith("phase-"):  # the weights a phase of a multi-phase algorithm ended with
+                checkpoints.setdefault("phases", {})[kind[len("phase-"):]] = record
             else:
                 checkpoints["best"][kind[len("best-"):]] = record
             run.save_progress()

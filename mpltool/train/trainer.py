@@ -285,6 +285,8 @@ class TrainingSession:
                     self.save_best(self.last_eval)
                 if self.chief and (self.step % recipe.save_every == 0 or self.step == total or phase_ends):
                     self.save_latest()
+                if self.chief and phase_ends:
+                    self.save_phase_end(phase.name)
         except KeyboardInterrupt:
             if self.chief and self.step > self.start_step:  # keep the work done so far; the caller exits 130
                 self.save_latest()
@@ -373,6 +375,15 @@ class TrainingSession:
         prefix = self.graph.saver.save(self.session, str(self.ckpt_dir / "model.ckpt"), global_step=self.step,
                                        write_meta_graph=False)
         self.on_checkpoint("latest", self.step, {"prefix": prefix})
+
+    def save_phase_end(self, name: str) -> None:
+        """The weights a phase ended with (BYOL: the pre-trained encoder), kept in `phase-<name>/` whatever
+        the latest checkpoints' pruning later removes."""
+        phase_dir = self.ckpt_dir / "phase-{}".format(name)
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        prefix = self.graph.best_saver.save(self.session, str(phase_dir / "model.ckpt"), global_step=self.step,
+                                            write_meta_graph=False)
+        self.on_checkpoint("phase-" + name, self.step, {"prefix": prefix})
 
     def save_best(self, results: Dict[str, Dict[str, Any]]) -> None:
         if not self._weights_finite():
