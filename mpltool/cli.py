@@ -199,11 +199,12 @@ def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, 
     from mpltool.models import input_spec
     from mpltool.recipes import load_recipe
 
+    see = "see `mpltool data prepare --help`"
     if (source is None) == (images is None):
-        raise UsageError("give exactly one of --cifar PATH and --images DIR")
+        raise UsageError("give exactly one of --cifar PATH and --images DIR", hint=see)
     if images is None:
         if lists is not None:
-            raise UsageError("--lists goes with --images")
+            raise UsageError("--lists goes with --images", hint=see)
         recipe = recipe or "mpl-wrn28-2"
         settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
         result = prepare(ctx.project, source, force=force, **settings)
@@ -219,7 +220,7 @@ def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, 
                                           ("--valid", num_valid)) if value is not None]
         if given:
             raise UsageError("{} only apply to --cifar (image folders keep every image labelled; training holds "
-                             "a domain out)".format(", ".join(given)))
+                             "a domain out)".format(", ".join(given)), hint=see)
         recipe = recipe or "masf-pacs-alexnet"
         loaded = load_recipe(recipe)
         size = tuple(input_spec(loaded.model).shape[:2])

@@ -21,13 +21,16 @@ RUN = [p for p in TINY if p.split("=")[0] not in ("num_labelled", "student_lr_wa
        ] + ["num_train_steps=4", "save_every=2", "eval_every=2", "log_every=2"]
 
 
-def test_the_registry_knows_four_algorithms_and_every_recipe_names_one():
-    assert list(algorithm_names()) == ["mpl", "supervised", "uda", "mixmatch"]
+def test_the_registry_knows_six_algorithms_and_every_recipe_names_one():
+    assert list(algorithm_names()) == ["mpl", "supervised", "uda", "mixmatch", "masf", "byol"]
     named = {name: load_recipe(name).algorithm for name in available_recipes()}
     for algorithm in ("mpl", "supervised", "uda"):
         assert {"{}-demo".format(algorithm), "{}-wrn28-2".format(algorithm)} <= {
             n for n, a in named.items() if a == algorithm}
     assert {n for n, a in named.items() if a == "mixmatch"} == {"mixmatch-demo", "mixmatch-cifar10-250"}
+    assert {n for n, a in named.items() if a == "masf"} == {"masf-demo", "masf-pacs-alexnet"}
+    assert {n for n, a in named.items() if a == "byol"} == {"byol-demo", "byol-resnet18"}
+    assert named["supervised-domains-demo"] == "supervised"
     listed = json.loads(invoke("--json", "recipes").stdout)["recipes"]
     assert {"supervised-demo", "uda-demo", "mpl-demo", "mixmatch-demo"} <= {r["name"] for r in listed}
 

@@ -136,7 +136,8 @@ def test_sigterm_in_a_real_process_exits_130(tmp_path):
 @pytest.mark.parametrize("args, line", [
     (["train", "--bogus"], "error: no such option: --bogus (see `mpltool train --help`)"),
     (["train", "--forc"], "error: no such option: --forc; did you mean --force or --nproc? (see `mpltool train --help`)"),
-    (["data", "prepare"], "error: missing option '--cifar' (see `mpltool data prepare --help`)"),
+    (["data", "prepare"], "error: give exactly one of --cifar PATH and --images DIR (see `mpltool data prepare "
+                          "--help`)"),
     (["eval", "--target", "best"], "error: unknown target 'best': this project's training built ema, student, "
                                    "teacher"),
     (["data", "prepare", "--cifar", "x", "--labelled", "many"],
@@ -337,14 +338,14 @@ def test_data_demo_passes_force_and_prints_the_library_next(monkeypatch, tmp_pat
     seen = []
     nxt = "mpltool --project {} data prepare --cifar {}/demo-cifar --recipe mpl-demo".format(tmp_path, tmp_path)
 
-    def demo(out_dir, project_dir, force=False):
-        seen.append((out_dir, project_dir, force))
+    def demo(out_dir, project_dir, force=False, domains=False):
+        seen.append((out_dir, project_dir, force, domains))
         return {"out": "{}/demo-cifar".format(tmp_path), "files": ["a", "b"], "classes": [], "next": nxt}
 
     monkeypatch.setattr(mpltool.data.stage, "demo", demo)
     result = invoke("--project", str(tmp_path), "data", "demo", *extra)
     assert result.exit_code == 0, result.stderr
-    assert seen == [(None, str(tmp_path), force)]
+    assert seen == [(None, str(tmp_path), force, False)]
     assert result.stdout.splitlines()[-1] == "next: " + nxt
 
 

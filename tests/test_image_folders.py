@@ -358,9 +358,9 @@ def test_lists_without_images_is_a_usage_error(tmp_path):
     lists = tmp_path / "lists"
     _write_list(lists / "photo.txt", ["photo/a.png 0"])
     with_cifar = invoke("--project", tmp_path / "p", "data", "prepare", "--cifar", cifar, "--lists", lists)
-    assert error_line(with_cifar, 2) == "error: --lists goes with --images"
+    assert error_line(with_cifar, 2) == "error: --lists goes with --images (see `mpltool data prepare --help`)"
     alone = invoke("--project", tmp_path / "p", "data", "prepare", "--lists", lists)
-    assert error_line(alone, 2) == "error: give exactly one of --cifar PATH and --images DIR"
+    assert error_line(alone, 2) == "error: give exactly one of --cifar PATH and --images DIR (see `mpltool data prepare --help`)"
     assert data_record(tmp_path / "p") is None
 
 

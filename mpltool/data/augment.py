@@ -52,14 +52,13 @@ _MAX_LEVEL = 10.0
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
-def _image(img):
+def uint8_image(img, what="augmentation ops"):
     """The input as a uint8 tensor of static HWC shape (masks and sampling maps are built from it)."""
     img = tf.convert_to_tensor(img)
     if img.dtype != tf.uint8:
-        raise ValueError("augmentation ops take a uint8 HWC image, got {}".format(img.dtype.name))
+        raise ValueError("{} take a uint8 HWC image, got {}".format(what, img.dtype.name))
     if img.shape.ndims != 3 or not img.shape.is_fully_defined():
-        raise ValueError("augmentation ops need a static HWC image shape, got {}; call set_shape first"
-                         .format(img.shape))
+        raise ValueError("{} need a static HWC image shape, got {}; call set_shape first".format(what, img.shape))
     return img
 
 
@@ -138,7 +137,7 @@ def _grayscale(img):
 @_no_autograph
 def auto_contrast(img):
     """Stretch each channel linearly so its minimum becomes 0 and its maximum 255."""
-    img = _image(img)
+    img = uint8_image(img)
     x = tf.cast(img, tf.int32)
     lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
     hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
@@ -151,7 +150,7 @@ def auto_contrast(img):
 @_no_autograph
 def equalize(img):
     """PIL ImageOps.equalize per channel: LUT from the histogram, step excluding the top value's count."""
-    img = _image(img)
+    img = uint8_image(img)
     height, width, channels = _hwc(img)
     flat = tf.reshape(tf.cast(img, tf.int32), [height * width, channels])
     ids = flat + np.arange(channels, dtype=np.int32) * 256  # one histogram per channel, side by side
@@ -169,14 +168,14 @@ def equalize(img):
 
 @_no_autograph
 def invert(img):
-    img = _image(img)
+    img = uint8_image(img)
     return _same_shape(tf.constant(255, tf.uint8) - img, img)
 
 
 @_no_autograph
 def posterize(img, bits):
     """Keep the top `bits` bits of every value; bits outside 0..8 are clamped (8 keeps the image)."""
-    img = _image(img)
+    img = uint8_image(img)
     bits = min(max(int(bits), 0), 8)
     mask = (0xFF << (8 - bits)) & 0xFF
     return _same_shape(tf.bitwise.bitwise_and(img, tf.constant(mask, tf.uint8)), img)
@@ -190,7 +189,7 @@ def solarize(img, threshold):
     magnitude-16 threshold 409 becomes 409 % 256 = 153 (verified in the venv). Kept as is: thresholds
     are taken modulo 256, so solarize(img, 409) == solarize(img, 153).
     """
-    img = _image(img)
+    img = uint8_image(img)
     wrapped = tf.constant(int(threshold) % 256, tf.uint8)
     return _same_shape(tf.where(img < wrapped, img, tf.constant(255, tf.uint8) - img), img)
 
@@ -198,7 +197,7 @@ def solarize(img, threshold):
 @_no_autograph
 def color(img, factor, overflow="clip"):
     """PIL Color: blend from the grayscale image towards the input."""
-    img = _image(img)
+    img = uint8_image(img)
     gray = tf.tile(_grayscale(img), [1, 1, _hwc(img)[2]])
     return _same_shape(blend(gray, img, factor, overflow), img)
 
@@ -210,7 +209,7 @@ def contrast(img, factor, overflow="clip"):
     The reference means to use the mean gray level, but computes sum(histogram)/256, i.e. the pixel
     count / 256 (4 for 32x32): kept, so magnitude-16 contrast behaves like the run it reproduces.
     """
-    img = _image(img)
+    img = uint8_image(img)
     height, width, _ = _hwc(img)
     level = min(int(height * width / 256.0), 255)
     return _same_shape(blend(np.full(_hwc(img), level, np.uint8), img, factor, overflow), img)
@@ -218,14 +217,14 @@ def contrast(img, factor, overflow="clip"):
 
 @_no_autograph
 def brightness(img, factor, overflow="clip"):
-    img = _image(img)
+    img = uint8_image(img)
     return _same_shape(blend(tf.zeros_like(img), img, factor, overflow), img)
 
 
 @_no_autograph
 def sharpness(img, factor, overflow="clip"):
     """PIL Sharpness: blend from the SMOOTH-filtered image (borders unfiltered) towards the input."""
-    img = _image(img)
+    img = uint8_image(img)
     height, width, channels = _hwc(img)
     x = tf.cast(img, tf.float32)
     # SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 on the interior, as separable slice sums
@@ -304,7 +303,7 @@ def _sample(img, index, fill=FILL):
 
 
 def _geometric(name, img, parameter):
-    img = _image(img)
+    img = uint8_image(img)
     return _sample(img, _source_index(_hwc(img), _TRANSFORMS[name](_hwc(img), parameter)))
 
 
@@ -341,7 +340,7 @@ def translate_y(img, pixels):
 @_no_autograph
 def cutout_at(img, center_y, center_x, size, fill=FILL):
     """Fill rows [cy - size//2, cy - size//2 + size) x the same for columns, clipped at the borders."""
-    img = _image(img)
+    img = uint8_image(img)
     height, width, _ = _hwc(img)
     top = center_y - size // 2
     left = center_x - size // 2
@@ -357,7 +356,7 @@ def cutout_at(img, center_y, center_x, size, fill=FILL):
 @_no_autograph
 def random_cutout(img, size=16, fill=FILL, seed=None):
     """Cutout with a centre uniform over the pixels, so the square may hang over the border."""
-    img = _image(img)
+    img = uint8_image(img)
     height, width, _ = _hwc(img)
     center = tf.random.uniform([], 0, height * width, tf.int32, seed=next(_seeds(seed)))
     return cutout_at(img, center // width, center % width, size, fill)
@@ -367,7 +366,7 @@ def random_cutout(img, size=16, fill=FILL, seed=None):
 def flip_pad_crop(img, pad=4, fill=FILL, seed=None, reflect=False):
     """Random horizontal flip, pad `pad` px on every side (of `fill`, or mirrored as tf.pad's REFLECT,
     the edge not repeated), random crop back to the input size."""
-    img = _image(img)
+    img = uint8_image(img)
     seeds = _seeds(seed)
     height, width, _ = _hwc(img)
     rows = np.arange(height, dtype=np.int32)
@@ -488,7 +487,7 @@ def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=Non
     prob_range=(0, 0) never applies an op (the input comes back unchanged); (1, 1) always does.
     `overflow` is the colour ops' blend mode (see `blend`).
     """
-    img = _image(img)
+    img = uint8_image(img)
     check_overflow(overflow)
     low, high = prob_range
     if not 0.0 <= low <= high <= 1.0:
@@ -526,7 +525,7 @@ def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=Non
 
 def _jitter(img, seed):
     """The reference's flip + pad + crop, padding by image_size // 8 (4 px for CIFAR)."""
-    img = _image(img)
+    img = uint8_image(img)
     return flip_pad_crop(img, pad=min(_hwc(img)[:2]) // 8, seed=seed)
 
 
@@ -544,7 +543,7 @@ def labelled_view(img, seed=None):
 def weak_view(img, seed=None):
     """MixMatch's weak augmentation (libml/data.py augment_cifar10): random flip, then REFLECT-pad by
     image_size // 8 (4 px for CIFAR) and random crop."""
-    img = _image(img)
+    img = uint8_image(img)
     return flip_pad_crop(img, pad=min(_hwc(img)[:2]) // 8, seed=seed, reflect=True)
 
 
@@ -673,7 +672,7 @@ def _mean_contrast(img, factor, overflow="clip"):
     (`contrast` keeps the RandAugment reference's pixel-count/256 quirk; TFM's PIL contrast uses the
     real mean of the "L" image.)
     """
-    img = _image(img)
+    img = uint8_image(img)
     height, width, _ = _hwc(img)
     count = height * width
     total = tf.reduce_sum(_grayscale(img))
@@ -715,7 +714,7 @@ def autoaugment(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
     in order with its own probability (independent draws u < p, so p = 0 never and p = 1 always
     applies) and fixed level (autoaugment_parameters), signed ops getting a random sign each.
     """
-    img = _image(img)
+    img = uint8_image(img)
     check_overflow(overflow)
     policy = check_policy(policy)
     shape = _hwc(img)

@@ -23,6 +23,7 @@ Seeds: every random op gets its own op seed, `augment.derived_seed(seed, k)` wit
 
 import math
 
+from mpltool.data import augment
 from mpltool.data.augment import derived_seed
 from mpltool.tfv1 import tf
 
@@ -51,11 +52,9 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 
 def _check_image(image):
     """The input as a uint8 tensor of static square HWC shape with 3 channels; returns (tensor, S)."""
-    image = tf.convert_to_tensor(image)
-    if image.dtype != tf.uint8:
-        raise ValueError("BYOL views take a uint8 HWC image, got {}".format(image.dtype.name))
+    image = augment.uint8_image(image, "BYOL views")
     shape = image.shape
-    if shape.ndims != 3 or not shape.is_fully_defined() or int(shape[0]) != int(shape[1]) or int(shape[2]) != 3:
+    if int(shape[0]) != int(shape[1]) or int(shape[2]) != 3:
         raise ValueError("BYOL views need a static square RGB image [S, S, 3], got {}".format(shape))
     return image, int(shape[0])
 

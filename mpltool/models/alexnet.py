@@ -22,6 +22,7 @@ beside the logits and feeds to its metric network (fc7 = relu(dropout6 · W7 + b
 only on the way to fc8).
 """
 
+from mpltool.models import layers
 from mpltool.models.wrn import ModelOutput
 from mpltool.tfv1 import tf
 
@@ -130,9 +131,7 @@ class CaffeAlexNet:
     def __call__(self, images, training, scope):
         """ModelOutput(logits, bn_updates=[], features=fc7) for normalised NHWC images; `training` must be a
         Python bool (no Switch/Merge ops)."""
-        if not isinstance(training, bool):
-            raise TypeError("training must be a Python bool, got {!r}".format(training))
-        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope(self.name):
+        with layers.network_scope(scope, self.name, training):
             x = images
             for name, kernel_size, filters, stride, groups in CONV_LAYERS:
                 with tf.variable_scope(name):

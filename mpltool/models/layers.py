@@ -8,11 +8,23 @@ them between calls. Variable names follow tf.layers (`kernel`, `bias`, `gamma`, 
 `moving_variance`; the scopes differ), and the numbers are tf.layers' own: same ops, same defaults.
 """
 
+import contextlib
 import math
 
 from mpltool.tfv1 import tf
 
 BN_EPSILON = 1e-3  # tf.layers' default
+
+
+@contextlib.contextmanager
+def network_scope(scope, name, training):
+    """The variable scopes of one call of a network, `<scope>/<name>/`, shared between calls (AUTO_REUSE),
+    after checking that `training` is a Python bool: a tensor would build Switch/Merge ops into the
+    exported graph (every registered network's calling contract)."""
+    if not isinstance(training, bool):
+        raise TypeError("training must be a Python bool, got {!r}".format(training))
+    with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope(name):
+        yield
 
 
 def leaky_relu(x, alpha):

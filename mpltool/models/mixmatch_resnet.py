@@ -45,10 +45,8 @@ class MixMatchResNet:
     def __call__(self, images, training, scope):
         """Logits for normalised NHWC images (the reference feeds x·2/255 − 1); `training` must be a Python
         bool (no Switch/Merge ops)."""
-        if not isinstance(training, bool):
-            raise TypeError("training must be a Python bool, got {!r}".format(training))
         updates = []
-        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope(self.name):
+        with layers.network_scope(scope, self.name, training):
             with tf.variable_scope("stem"):
                 x = layers.conv2d(images, 3, STEM_FILTERS, 1, use_bias=True)
             index = 0

@@ -56,10 +56,8 @@ class CifarResNet18:
     def __call__(self, images, training, scope):
         """ModelOutput(logits, bn_updates, features) for normalised NHWC images; `training` must be a Python
         bool (no Switch/Merge ops)."""
-        if not isinstance(training, bool):
-            raise TypeError("training must be a Python bool, got {!r}".format(training))
         updates = []
-        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope(self.name):
+        with layers.network_scope(scope, self.name, training):
             with tf.variable_scope("stem"):
                 with tf.variable_scope("conv"):
                     x = _conv(images, 3, self.width, 1)

@@ -43,10 +43,8 @@ class WideResNet:
 
     def __call__(self, images, training, scope):
         """Logits for normalised NHWC images; `training` must be a Python bool (no Switch/Merge ops)."""
-        if not isinstance(training, bool):
-            raise TypeError("training must be a Python bool, got {!r}".format(training))
         updates = []
-        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE), tf.variable_scope(self.name):
+        with layers.network_scope(scope, self.name, training):
             with tf.variable_scope("stem"):
                 x = _conv(images, 3, self.widths[0], 1)
             index = 0
