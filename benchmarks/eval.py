@@ -1,9 +1,12 @@
-"""Checkpoint eval vs frozen-.pb eval on the same images (target: the .pb at least as fast as the checkpoint).
+"""Checkpoint eval vs frozen-.pb eval on the same images (target: the .pb faster than the checkpoint).
 
-Builds a WRN-28-2 EMA checkpoint (random weights, non-trivial BN statistics), freezes it exactly as
-`mpltool freeze` does, and times both through mpltool's eval code on the same images and batch size.
+Builds an EMA checkpoint of the model (random weights, batch-norm statistics set away from 0/1 so the
+folding has real work), freezes it exactly as `mpltool freeze` does, with and without folding the batch
+norms (freeze/fold.py), and times all three through mpltool's eval code on the same images and batch
+size, in interleaved rounds.
 
 Re-measure: .venv/bin/python benchmarks/eval.py [--images 2000] [--batch 100] [--model wrn-28-2]
+            (--model resnet18-cifar: a conv -> BN network, where every batch norm folds)
 """
 
 import argparse
@@ -17,6 +20,7 @@ import common
 
 def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
     from mpltool.eval.metrics import evaluate_logits_fn
+    from mpltool.freeze.fold import simplify_for_inference
     from mpltool.freeze.graph import freeze_graph_def
     from mpltool.models import build_model
     from mpltool.models.inference import CheckpointModel, FrozenModel, build_inference_graph
@@ -28,25 +32,38 @@ def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
         build_inference_graph(build_model(model), "ema")
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
+            rng = np.random.RandomState(1)
+            for variable in tf.global_variables():
+                if variable.op.name.endswith(("moving_mean", "moving_variance")):
+                    shape = variable.shape.as_list()
+                    value = rng.uniform(0.5, 1.5, shape) if "variance" in variable.op.name else rng.normal(0, .1, shape)
+                    variable.load(value.astype(np.float32), session)
             prefix = tf.train.Saver().save(session, str(workdir / "model.ckpt"), global_step=1)
     rng = np.random.RandomState(0)
-    pixels = rng.randint(0, 256, (images, 32, 32, 3)).astype(np.float32)
+    shape = tuple(build_model(model).input_spec.shape)
+    pixels = rng.randint(0, 256, (images,) + shape).astype(np.float32)
     labels = rng.randint(0, 10, images)
     with CheckpointModel(prefix, "ema", checkpoint_variables(prefix)) as ckpt:
         frozen = freeze_graph_def(ckpt.session, ckpt.graph)
-        with FrozenModel(frozen, "benchmark .pb", any_batch=True) as pb:
-            runs = {"ckpt": [], "pb": []}
-            top1 = {}
-            for model in (ckpt, pb):
+        folded, names = simplify_for_inference(frozen, ["logits", "probs"])
+        with FrozenModel(frozen, "benchmark .pb", any_batch=True) as pb, \
+                FrozenModel(folded, "benchmark folded .pb", any_batch=True) as pb_folded:
+            models = (("ckpt", ckpt), ("pb", pb), ("pb_folded", pb_folded))
+            runs = {name: [] for name, _ in models}
+            logits = {}
+            for _, model in models:
                 evaluate_logits_fn(model.predict, pixels[:batch], labels[:batch], batch)  # warm-up
-            # Interleaved rounds, median per kind: a shared machine's slow spells hit both alike.
+            # Interleaved rounds, median per kind: a shared machine's slow spells hit all alike.
             for _ in range(rounds):
-                for name, model in (("ckpt", ckpt), ("pb", pb)):
+                for name, model in models:
                     result = evaluate_logits_fn(model.predict, pixels, labels, batch)
                     runs[name].append(result["images_per_second"])
-                    top1[name] = result["top1"]
-    return {"ckpt": float(np.median(runs["ckpt"])), "pb": float(np.median(runs["pb"])),
-            "same_top1": top1["ckpt"] == top1["pb"]}
+            for name, model in models:
+                logits[name] = model.predict(pixels[:batch])
+    sizes = {"pb": len(frozen.SerializeToString()), "pb_folded": len(folded.SerializeToString())}
+    return {"images_per_second": {k: float(np.median(v)) for k, v in runs.items()}, "sizes": sizes,
+            "folded_batch_norms": len(names),
+            "max_abs_logit_diff": {k: float(np.abs(logits[k] - logits["ckpt"]).max()) for k in ("pb", "pb_folded")}}
 
 
 def main():
@@ -58,11 +75,17 @@ def main():
     args = parser.parse_args()
     print("machine: " + common.machine())
     result = common.child(__file__, "measure", {"images": args.images, "batch": args.batch, "model": args.model})
-    print("{} eval, {} images at batch {}, median of 3 interleaved rounds: checkpoint {:.0f} images/s, "
-          "frozen .pb {:.0f} images/s".format(
-        args.model, args.images, args.batch, result["ckpt"], result["pb"]))
-    print("ratio pb/checkpoint = {:.2f} (target >= 1.0); same top-1: {}".format(
-        result["pb"] / result["ckpt"], result["same_top1"]))
+    speed = result["images_per_second"]
+    print("{} eval, {} images at batch {}, median of 3 interleaved rounds (images/s): checkpoint {:.0f}, "
+          "frozen .pb {:.0f}, folded .pb {:.0f} ({} batch norms folded)".format(
+              args.model, args.images, args.batch, speed["ckpt"], speed["pb"], speed["pb_folded"],
+              result["folded_batch_norms"]))
+    print("ratio .pb/checkpoint = {:.2f}, folded .pb/checkpoint = {:.2f} (target > 1.0); folded/unfolded "
+          "= {:.2f}".format(speed["pb"] / speed["ckpt"], speed["pb_folded"] / speed["ckpt"],
+                            speed["pb_folded"] / speed["pb"]))
+    print("size: .pb {} bytes, folded {} bytes; max |dlogit| vs checkpoint: .pb {:.3g}, folded {:.3g}".format(
+        result["sizes"]["pb"], result["sizes"]["pb_folded"], result["max_abs_logit_diff"]["pb"],
+        result["max_abs_logit_diff"]["pb_folded"]))
 
 
 if __name__ == "__main__":

@@ -270,6 +270,23 @@ def status(ctx):
             "; ..." if len(problems) > 3 else "")), hint="re-run the stage that made them")
 
 
+# -- report -----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--samples", type=int, default=24, show_default=True,
+              help="Test images shown with their predictions, the worst mistakes first (0: none).")
+@click.option("--force", is_flag=True, help="Replace a report/ folder that mpltool did not write.")
+@command
+def report(ctx, samples, force):
+    """HTML report of the project in <project>/report/: curves, confusion matrix, predictions, freeze, convert."""
+    from mpltool.report import write_report
+
+    result = write_report(ctx.project, samples=samples, force=force, log=ctx.out.info)
+    for warning in result["warnings"]:
+        ctx.out.warn(warning)
+    ctx.out.info(result["index"])  # the last line: the page to open
+    ctx.out.result(result)
+
+
 # -- recipes ----------------------------------------------------------------------------------------
 @main.group(invoke_without_command=True)
 @click.pass_context
@@ -396,9 +413,11 @@ def eval_command(ctx, target, model, batch_size):
 @click.option("--parity-images", type=int, default=1000, show_default=True,
               help="Test images the parity check runs (0 = all).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max |logit difference| allowed.")
+@click.option("--no-fold", is_flag=True, help="Keep batch norms as ops (default: folded into the convolution "
+                                              "before them, as parity-checked as the rest).")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, force):
+def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, no_fold, force):
     """Checkpoint -> frozen GraphDef (.pb), op-checked and parity-checked.
 
     CHECKPOINT: `ckpt` (the best the manifest records for the target), `latest`, or a checkpoint path.
@@ -406,7 +425,7 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, for
     from mpltool.freeze.stage import freeze as freeze_stage
 
     result = freeze_stage(ctx.project, checkpoint=checkpoint, target=target, batch=batch, output=output,
-                          parity_images=parity_images, tolerance=tolerance, force=force)
+                          parity_images=parity_images, tolerance=tolerance, force=force, fold=not no_fold)
     io, parity = result["io"], result["parity"]
     ctx.out.fields("freeze", {
         "pb": result["pb"], "sha256": result["sha256"],
@@ -414,7 +433,41 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, for
         "outputs": ", ".join("{} {}".format(n, s) for n, s in zip(io["output_names"], io["output_shapes"])),
         "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
             parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
+        "folded": "{} batch norm(s) into their convolutions".format(result["folded_batch_norms"]),
         "next": ctx.next_command("convert")})
+    ctx.out.result(result)
+
+
+# -- export -----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--format", "export_format", type=click.Choice(["onnx"]), required=True,
+              help="Export format (needs the extra `onnx`: tf2onnx, onnx, onnxruntime).")
+@click.option("--model", default=None, type=click.Path(dir_okay=False),
+              help="A frozen .pb [default: the one the freeze stage recorded, hash-checked].")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the .onnx [default: <project>/onnx/<pb name>.onnx].")
+@click.option("--parity-images", type=int, default=1000, show_default=True,
+              help="Test images the parity check runs (0 = all).")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="Max |logit difference| allowed between onnxruntime and the .pb.")
+@click.option("--opset", type=int, default=11, show_default=True, help="ONNX opset (atc reads 11 to 15).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+@command
+def export(ctx, export_format, model, output, parity_images, tolerance, opset, force):
+    """Frozen .pb -> .onnx through tf2onnx, checked and parity-checked in onnxruntime against the .pb."""
+    from mpltool.export.stage import export as export_stage
+
+    result = export_stage(ctx.project, format=export_format, model=model, output=output,
+                          parity_images=parity_images, tolerance=tolerance, opset=opset, force=force)
+    io, parity = result["io"], result["parity"]
+    ctx.out.fields("export", {
+        "onnx": result["onnx"], "sha256": result["sha256"], "from": result["source"]["pb"],
+        "input": "{} {} {}".format(io["input_name"], io["input_shape"], io["input_dtype"]),
+        "outputs": ", ".join("{} {}".format(n, s) for n, s in zip(io["output_names"], io["output_shapes"])),
+        "opset": result["model"]["opset"],
+        "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
+            parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
+        "next": ctx.next_command("convert", "--model", result["onnx"])})
     ctx.out.result(result)
 
 
@@ -422,7 +475,8 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, for
 @main.command()
 @click.option("--soc", default=None, help="soc_version, e.g. Ascend910A [default: detected].")
 @click.option("--atc", "atc_path", default=None, type=click.Path(dir_okay=False), help="Path of atc.")
-@click.option("--model", default=None, type=click.Path(dir_okay=False), help="A .pb other than the frozen one.")
+@click.option("--model", default=None, type=click.Path(dir_okay=False),
+              help="A .pb other than the frozen one, or an .onnx (atc --framework=5).")
 @click.option("--output", default=None, help="Output path without .om [default: <project>/om/<pb name>].")
 @click.option("--check-only", is_flag=True, help="Only pre-check the graph and print the atc command.")
 @click.option("--precision-mode", default=None, help="atc --precision_mode.")
@@ -441,6 +495,27 @@ def convert(ctx, soc, atc_path, model, output, check_only, precision_mode, log_l
                            precision_mode=precision_mode, log_level=log_level, out_nodes=out_nodes,
                            output_type=output_type, timeout=timeout, force=force, progress=ctx.out.info)
     ctx.out.fields("convert", {k: v for k, v in result.items() if not isinstance(v, (dict, list))})
+    ctx.out.result(result)
+
+
+# -- predict ----------------------------------------------------------------------------------------
+@main.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help="ckpt (the best checkpoint train recorded for the target), latest, "
+              "a checkpoint path, a frozen .pb or an .onnx [default: ckpt].")
+@click.option("--target", default=None, help="Which network of a checkpoint [default: the algorithm's, ema].")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Classes shown per image.")
+@command
+def predict_command(ctx, images, model, target, top_k):
+    """Top-k classes of PNG/JPEG files of any size, resized to the model's input as `data prepare` does."""
+    from mpltool.predict import predict
+
+    result = predict(ctx.project, images, model=model, target=target, top_k=top_k)
+    for item in result["predictions"]:
+        ctx.out.table("{} ({}x{})".format(item["image"], item["width"], item["height"]),
+                      ["rank", "class", "probability"],
+                      [[rank, top["name"], "{:.4f}".format(top["probability"])]
+                       for rank, top in enumerate(item["top"], 1)])
     ctx.out.result(result)
 
 

@@ -22,8 +22,10 @@ from mpltool.checkpoints import (checkpoint_record, checkpoint_variables, record
 from mpltool.data.stage import load_test_set
 from mpltool.errors import UsageError, VerificationError
 from mpltool.eval.metrics import batched_logits
+from mpltool.freeze.fold import simplify_for_inference
 from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
 from mpltool.manifest import Project, atomic_write_bytes
+from mpltool.models.inference import OUTPUT_NAMES
 
 FROZEN_DIR = "frozen"
 RECORDED_CHOICES = {"ckpt": "best", "latest": "latest"}
@@ -67,14 +69,16 @@ def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], 
 
 def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, batch: int = 1, output=None,
            parity_images: int = 1000, tolerance: float = 1e-4, force: bool = False,
-           progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
+           progress: Optional[Callable[[int, int], None]] = None, fold: bool = True) -> Dict[str, Any]:
     """Freeze one network of a checkpoint to a .pb and prove it; recorded as stage `freeze`.
 
     `checkpoint`: "ckpt" = the train record's best for `target` (else its latest), "latest", or a path.
     `parity_images`: how many test images the parity check uses (0 = all). `progress(done, total)`
     follows the frozen graph's parity run, the slow part at batch 1. The .pb is written under a staging
     name and only renamed to `output` once it passed every check (a rejected one is kept beside it as
-    `<name>.rejected.pb`); `force` allows replacing an existing file that no stage recorded.
+    `<name>.rejected.pb`); `force` allows replacing an existing file that no stage recorded. `fold`: batch
+    norms folded into their convolutions and constant reads bypassed (freeze/fold.py), checked by the
+    parity check like everything else.
     """
     from mpltool.models.inference import (CheckpointModel, FrozenModel, resolve_network,
                                           parse_graph_def)
@@ -115,7 +119,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         raise UsageError("output {} is a directory; give a file name ending in .pb".format(output))
     project.check_writable(output, "freeze", force)  # early: before minutes of work (again at staging)
     params = {"checkpoint": str(checkpoint), "target": target, "batch": batch, "output": project.relative(output),
-              "parity_images": parity_images, "tolerance": tolerance}
+              "parity_images": parity_images, "tolerance": tolerance, "fold": bool(fold)}
 
     started = time.perf_counter()
     with project.stage_run("freeze", params, force=force) as run:
@@ -128,11 +132,20 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         with CheckpointModel(prefix, target, source["variables"], batch_size=batch, network=network) as model:
             graph_def = freeze_graph_def(model.session, model.graph)
             variable_names = model.variable_names
+        # The checkpoint's values, proven on the graph as frozen, before any simplification changes them.
+        run.record["weights_checked"] = check_weights_match_checkpoint(graph_def, prefix, variable_names,
+                                                                       str(output))
+        folded = []
+        if fold:
+            graph_def, folded = simplify_for_inference(graph_def, OUTPUT_NAMES)
+        run.record["folded_batch_norms"] = len(folded)
         atomic_write_bytes(staged, graph_def.SerializeToString())
 
         written = parse_graph_def(staged.read_bytes(), str(output))
         check_frozen_graph(written, str(output))
-        run.record["weights_checked"] = check_weights_match_checkpoint(written, prefix, variable_names, str(output))
+        # As written: every constant that is still a variable's (not folded away) holds its value.
+        constants = set(node.name for node in written.node if node.op == "Const")
+        check_weights_match_checkpoint(written, prefix, [n for n in variable_names if n in constants], str(output))
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
                 CheckpointModel(prefix, target, source["variables"], network=network) as reference:
             run.record["io"] = describe_io(frozen, network["input_spec"])
@@ -151,7 +164,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
                 hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
     return {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],
             "source": run.record["source"], "io": run.record["io"], "parity": parity,
-            "weights_checked": run.record["weights_checked"], "seconds": run.metrics["seconds"],
+            "weights_checked": run.record["weights_checked"], "folded_batch_norms": len(folded),
+            "seconds": run.metrics["seconds"],
             "project": str(project.dir)}
 
 
