@@ -10,7 +10,8 @@
 # `EXTRAS=cpu-plain,test` (tensorflow-cpu) or `EXTRAS=test` (a TF 1.15 already installed).
 
 VENV ?= .venv
-EXTRAS ?= cpu,test,dist
+# `onnx` (tf2onnx, onnx, onnxruntime: `export --format onnx`) resolves beside the numpy/protobuf pins.
+EXTRAS ?= cpu,test,onnx,report,dist
 # Horovod (extra `dist`) compiles against the TensorFlow already in the venv: installed second, without
 # pip's build isolation, with gloo and without MPI, PyTorch and MXNet.
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \

@@ -27,7 +27,7 @@ EXIT_CODE_MEANINGS = [
     (ExitCode.USAGE, "usage error: bad option, unknown recipe key, invalid value"),
     (ExitCode.INVALID_INPUT, "invalid input data or file (CIFAR file, checkpoint, GraphDef, manifest)"),
     (ExitCode.PREREQUISITE, "missing or stale prerequisite (no earlier stage, hash mismatch, lock held)"),
-    (ExitCode.TOOL_MISSING, "external tool missing (atc, npu_bridge for --device npu)"),
+    (ExitCode.TOOL_MISSING, "external tool missing (atc, npu_bridge for --device npu, the onnx extra)"),
     (ExitCode.TOOL_FAILED, "external tool failed (atc error codes are shown; a rank of a data-parallel job died)"),
     (ExitCode.VERIFICATION, "verification failed (graph op check, parity check)"),
     (ExitCode.NO_SPACE, "out of disk space (nothing recorded is lost; free space and re-run)"),

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mpltool.manifest import Project, pid_alive, sha256_file
 
-STAGE_ORDER = ("data", "train", "eval", "freeze", "convert-check", "convert")
+STAGE_ORDER = ("data", "train", "eval", "freeze", "export", "convert-check", "convert")
 HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
                     "max_abs_logit_diff", "top1_agreement", "train_records", "test_records", "labelled_records")
 

@@ -28,3 +28,4 @@ else
   run convert --check-only --soc Ascend910A
 fi
 run status
+run report

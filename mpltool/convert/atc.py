@@ -26,6 +26,7 @@ SET_ENV_SCRIPT = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 TOOLKIT_ATC_PATHS = ("bin/atc", "atc/bin/atc", "*-linux/bin/atc", "*-linux/atc/bin/atc")
 
 FRAMEWORK_TENSORFLOW = 3
+FRAMEWORK_ONNX = 5
 PRECISION_MODES = (
     "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
     "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16",
@@ -183,16 +184,18 @@ def validate_options(precision_mode: Optional[str] = None, log_level: Optional[s
 
 def build_command(atc: str, model, output, soc_version: str, input_name: str, input_shape: Iterable[int],
                   precision_mode: Optional[str] = None, log_level: Optional[str] = None, out_nodes=None,
-                  output_type: Optional[str] = None) -> AtcCommand:
+                  output_type: Optional[str] = None, framework: int = FRAMEWORK_TENSORFLOW) -> AtcCommand:
     """The atc argv (no shell) and the same line shell-quoted for pasting on a CANN host.
 
-    `output` has no suffix: atc appends `.om` itself.
+    `output` has no suffix: atc appends `.om` itself. `framework`: 3 for a frozen .pb, 5 for an .onnx.
     """
+    if framework not in (FRAMEWORK_TENSORFLOW, FRAMEWORK_ONNX):
+        raise ValueError("framework must be {} or {}, got {!r}".format(FRAMEWORK_TENSORFLOW, FRAMEWORK_ONNX, framework))
     options = validate_options(precision_mode, log_level, out_nodes, output_type)
     argv = [
         str(atc),
         "--model={}".format(check_atc_path(model, "model")),
-        "--framework={}".format(FRAMEWORK_TENSORFLOW),
+        "--framework={}".format(framework),
         "--output={}".format(check_atc_path(output, "output")),
         "--soc_version={}".format(soc_version),
         "--input_shape={}".format(format_input_shape(input_name, input_shape)),

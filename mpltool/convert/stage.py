@@ -1,6 +1,7 @@
 """The `convert` stage: frozen .pb -> Ascend .om through atc, recorded in the project manifest.
 
-Read top to bottom: the frozen graph (from the freeze record, hash-checked, or a .pb given explicitly),
+Read top to bottom: the frozen graph (from the freeze record, hash-checked, or a .pb given explicitly; or an
+.onnx given explicitly, converted with --framework=5 and pre-checked by convert/onnx_check.py),
 the offline pre-check, atc and the soc_version (each with the rule that found it), the exact command,
 then either the command for a CANN host (check-only / no atc) or the run and its verified .om.
 """
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from mpltool.convert import atc as atc_tool
+from mpltool.convert import onnx_check
 from mpltool.convert import precheck as graph_check
 from mpltool.convert.soc import SocChoice, resolve_soc
 from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, VerificationError
 from mpltool.manifest import Project, sha256_file
 
 FREEZE_COMMAND = "mpltool freeze"
+EXPORT_COMMAND = "mpltool export --format onnx"
 OM_DIR = "om"
 LOG_DIR = "logs"
 WORK_DIR = "atc-work"
@@ -34,7 +37,15 @@ def _batch_one(shape):
 
 
 def _frozen_graph(project: Project, model) -> Dict[str, Any]:
-    """The .pb to convert and its input/output names: the freeze record's, or read from an explicit .pb."""
+    """The .pb to convert and its input/output names: the freeze record's, or read from an explicit .pb
+    (or .onnx: its one graph input)."""
+    if model is not None and onnx_check.is_onnx_path(model):
+        path = Path(str(model)).expanduser().absolute()
+        onnx_model = onnx_check.read_onnx(path)
+        given = onnx_check.graph_input(onnx_model, str(path))
+        return {"pb": path, "format": "onnx", "onnx": onnx_model, "input_name": given["name"],
+                "input_shape": _batch_one(given["shape"]), "output_names": [],
+                "io_source": "input of {}".format(path.name)}
     record = project.stage("freeze")
     if model is None:
         record = project.require_stage("freeze", FREEZE_COMMAND)
@@ -52,11 +63,11 @@ def _frozen_graph(project: Project, model) -> Dict[str, Any]:
     graph_def = graph_check.load_graph_def(pb)
     if model is None or explicit_but_recorded:
         io = record["io"]
-        return {"pb": pb, "graph_def": graph_def, "input_name": io["input_name"],
+        return {"pb": pb, "format": "pb", "graph_def": graph_def, "input_name": io["input_name"],
                 "input_shape": _batch_one(io["input_shape"]), "output_names": list(io.get("output_names") or []),
                 "io_source": "freeze record"}
     placeholder = graph_check.graph_input(graph_def)
-    return {"pb": pb, "graph_def": graph_def, "input_name": placeholder["name"],
+    return {"pb": pb, "format": "pb", "graph_def": graph_def, "input_name": placeholder["name"],
             "input_shape": _batch_one(placeholder["shape"]), "output_names": [],
             "io_source": "Placeholder in {}".format(pb.name)}
 
@@ -140,8 +151,14 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
     graph = _frozen_graph(project, model)
     pb = graph["pb"]
     requested_outputs = (options["--out_nodes"] or "").split(";")
-    report = graph_check.precheck_graph(graph["graph_def"], graph["input_name"], graph["input_shape"],
-                                        graph["output_names"] + [n for n in requested_outputs if n])
+    is_onnx = graph["format"] == "onnx"
+    model_key = "onnx" if is_onnx else "pb"  # the result's and the record's name for the model converted
+    if is_onnx:
+        report = onnx_check.precheck_onnx(graph["onnx"], graph["input_name"], graph["input_shape"],
+                                          graph["output_names"] + [n for n in requested_outputs if n])
+    else:
+        report = graph_check.precheck_graph(graph["graph_def"], graph["input_name"], graph["input_shape"],
+                                            graph["output_names"] + [n for n in requested_outputs if n])
     location, missing, ini_root = _locate_toolkit(atc, toolkit_root)
     om_base = _output_base(project, pb, output)
     om_path = om_base.with_name(om_base.name + ".om")
@@ -155,15 +172,17 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         return atc_tool.build_command(
             location.path if location else "atc", pb, base, choice.soc_version, report["input"]["name"],
             report["input"]["input_shape"], precision_mode=precision_mode, log_level=log_level,
-            out_nodes=out_nodes, output_type=output_type)
+            out_nodes=out_nodes, output_type=output_type,
+            framework=atc_tool.FRAMEWORK_ONNX if is_onnx else atc_tool.FRAMEWORK_TENSORFLOW)
 
     command = command_for(om_base)
     pb_sha256 = sha256_file(pb)
     result = {
         "project": str(project.dir),
         "mode": "check-only" if check_only else "convert",
-        "pb": project.relative(pb),
-        "pb_sha256": pb_sha256,
+        model_key: project.relative(pb),
+        model_key + "_sha256": pb_sha256,
+        "framework": atc_tool.FRAMEWORK_ONNX if is_onnx else atc_tool.FRAMEWORK_TENSORFLOW,
         "io_source": graph["io_source"],
         "om": project.relative(om_path),
         "om_sha256": None,
@@ -182,16 +201,16 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
     failed_check = None
     if not report["ok"]:
         failed_check = VerificationError(
-            "{} fails the ATC pre-check: {}".format(result["pb"], graph_check.problems_line(report["problems"])),
-            hint="re-run `{}` on an inference graph".format(FREEZE_COMMAND))
-    params = {"model": result["pb"], "output": result["om"], "soc": soc, "precision_mode": precision_mode,
+            "{} fails the ATC pre-check: {}".format(result[model_key], graph_check.problems_line(report["problems"])),
+            hint="re-run `{}` on an inference graph".format(EXPORT_COMMAND if is_onnx else FREEZE_COMMAND))
+    params = {"model": result[model_key], "output": result["om"], "soc": soc, "precision_mode": precision_mode,
               "log_level": log_level, "out_nodes": out_nodes, "output_type": output_type, "timeout": timeout,
               "atc": str(atc) if atc else None, "toolkit_root": str(toolkit_root) if toolkit_root else None,
               "check_only": check_only}
     fingerprint = _fingerprint(command.argv, location.path, pb_sha256) if (location and command) else None
     recorded = {
-        "mode": result["mode"], "soc_version": choice.soc_version, "soc_rule": choice.rule,
-        "command": result["command"], "argv": result["argv"], "atc_path": result["atc_path"],
+        "mode": result["mode"], "framework": result["framework"], "soc_version": choice.soc_version,
+        "soc_rule": choice.rule, "command": result["command"], "argv": result["argv"], "atc_path": result["atc_path"],
         "atc_rule": result["atc_rule"],
         "io": {"input_name": report["input"]["name"], "input_shape": report["input"]["input_shape"],
                "output_names": report["outputs"], "source": graph["io_source"]},
@@ -205,7 +224,7 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         # Recorded as its own stage, never as a conversion: `status` shows the command for a CANN host
         # and a real conversion recorded earlier stays as it was.
         with project.stage_run(CHECK_STAGE, params) as run:
-            run.inputs["pb"] = project.file_record(pb)
+            run.inputs[model_key] = project.file_record(pb)
             run.record.update(recorded)
         return result
 
@@ -216,7 +235,7 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         return result
 
     with project.stage_run("convert", params, force=force) as run:
-        run.inputs["pb"] = project.file_record(pb)
+        run.inputs[model_key] = project.file_record(pb)
         run.record.update(recorded)
         if failed_check:
             raise failed_check

@@ -1,0 +1,1 @@
+"""Exporting the frozen graph to other formats (ONNX) with a parity check, and running ONNX models."""

@@ -1,0 +1,173 @@
+"""`predict`: the top-k classes of image files, through any model the project has or the user names.
+
+Images (PNG, JPEG, BMP, GIF, any size) are decoded and resized exactly as `data prepare --images` does it
+(mpltool.data.folders.Decoder: TensorFlow's decoders, TF2's bilinear resize with antialias, rounded to
+uint8) to the model's input size, and fed as raw 0..255 pixels: every exported graph normalises inside.
+Models: the train record's best checkpoint of the target (default), `latest`, a checkpoint path, a
+frozen .pb (TensorFlow) or an .onnx (onnxruntime, the `onnx` extra). Nothing is recorded: predict only reads.
+"""
+
+import contextlib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mpltool.errors import InvalidInputError, MpltoolError, NonFiniteError, UsageError
+from mpltool.manifest import Project
+
+RECORDED = {None: "best", "ckpt": "best", "latest": "latest"}
+BATCH = 64
+
+
+def _top_k(value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError("--top-k must be a whole number, got {!r}".format(value))
+    if number < 1 or isinstance(value, bool) or number != float(value):
+        raise UsageError("--top-k must be a whole number >= 1, got {!r}".format(value))
+    return number
+
+
+def _check_files(images: Sequence) -> List[str]:
+    """The image paths as given, each an existing non-empty file (exit 3 naming the first that is not)."""
+    paths = [str(p) for p in images]
+    if not paths:
+        raise UsageError("give one or more image files")
+    for path in paths:
+        candidate = Path(path).expanduser()
+        if not candidate.exists():
+            raise InvalidInputError("cannot read image {}: no such file".format(path))
+        if not candidate.is_file():
+            raise InvalidInputError("cannot read image {}: not a file".format(path))
+        if candidate.stat().st_size == 0:
+            raise InvalidInputError("image {} is empty (0 bytes)".format(path))
+    return paths
+
+
+def _static_size(shape, what: str) -> Tuple[int, int]:
+    dims = list(shape or [])
+    if len(dims) != 3 or any(not isinstance(d, int) or d <= 0 for d in dims[:2]) or dims[2] not in (3, None):
+        raise InvalidInputError("{} has input shape {} per image; predict needs a static [height, width, 3]".format(
+            what, dims))
+    return int(dims[0]), int(dims[1])
+
+
+@contextlib.contextmanager
+def open_model(project: Project, model=None, target: Optional[str] = None):
+    """(network with predict(images) -> logits and num_classes, description, (height, width)) of the model."""
+    from mpltool.checkpoints import (checkpoint_variables, recorded_checkpoint, resolve_target,
+                                     user_checkpoint)
+    from mpltool.convert.onnx_check import is_onnx_path
+    from mpltool.eval.stage import is_frozen_graph_path
+
+    text = None if model is None else str(model)
+    if text is not None and (is_frozen_graph_path(text) or is_onnx_path(text)):
+        if target is not None:
+            raise UsageError("--target chooses a network of a checkpoint; {} holds one network".format(text))
+        path = Path(text).expanduser().absolute()
+        if not path.is_file():
+            raise InvalidInputError("no model file at {}".format(text))
+        described = {"kind": "onnx" if is_onnx_path(text) else "pb", "path": project.relative(path),
+                     "sha256": project.file_record(path)["sha256"]}
+        if described["kind"] == "onnx":
+            from mpltool.export.runtime import OnnxModel
+
+            network = OnnxModel(path, text)
+            size = _static_size(network.image_shape, text)
+        else:
+            from mpltool.models.inference import FrozenModel, read_graph_def
+
+            network = FrozenModel(read_graph_def(path), text, any_batch=True)
+            size = _static_size(network.input.shape.as_list()[1:], text)
+    else:
+        from mpltool.models.inference import CheckpointModel
+
+        target = resolve_target(project, target)
+        if text in RECORDED:
+            source = recorded_checkpoint(project, target, RECORDED[text])
+            source["variables"] = checkpoint_variables(source["prefix"])
+        else:
+            source = user_checkpoint(text)
+        network = CheckpointModel(source["prefix"], target, source["variables"], network=source["network"])
+        described = {"kind": "checkpoint", "target": target, "prefix": project.relative(source["prefix"]),
+                     "step": source["step"], "chosen": source["chosen"], "model": network.model_name}
+        size = _static_size(list(network.network["input_spec"]["shape"]), "model {}".format(network.model_name))
+    try:
+        yield network, described, size
+    finally:
+        network.close()
+
+
+def class_names(project: Project, count: int) -> Tuple[List[str], str]:
+    """(a name per class, where they came from): CIFAR's batches.meta.txt of the imported data, the
+    classes of imported image folders, else `class k` (also when their number is not the model's)."""
+    from mpltool.data.cifar import read_class_names
+
+    names, origin = None, "none"
+    try:
+        record = project.stage("data") or {}
+    except MpltoolError:
+        record = {}
+    if record.get("source") == "folders":
+        names, origin = record.get("classes"), "data record classes"
+    else:
+        meta = (record.get("outputs") or {}).get("batches_meta")
+        if meta:
+            names, origin = read_class_names(project.path(meta["path"])), "batches.meta.txt"
+    if not names or len(names) != count:
+        return ["class {}".format(k) for k in range(count)], "none"
+    return [str(name) for name in names], origin
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def decode_images(paths: Sequence[str], size: Tuple[int, int]) -> Tuple[np.ndarray, List[Tuple[int, int]]]:
+    """(uint8 [N, H, W, 3] resized as `data prepare --images` does, each file's own (height, width))."""
+    from mpltool.data.folders import Decoder
+
+    decoder = Decoder(tuple(size))
+    pixels, sizes = [], []
+    try:
+        for path in paths:
+            local = str(Path(path).expanduser())
+            pixels.append(decoder(local))  # exit 3 naming the file: unreadable, truncated, not an image
+            data = Path(local).read_bytes()
+            shape = decoder.session.run(decoder.shape, feed_dict={decoder.data: data})
+            sizes.append((int(shape[0]), int(shape[1])))
+    finally:
+        decoder.close()
+    return np.stack(pixels), sizes
+
+
+def predict(project_dir, images: Sequence, model=None, target: Optional[str] = None,
+            top_k: int = 5) -> Dict[str, Any]:
+    """The top-k classes and probabilities of each image file; `model` as `predict --model` takes it."""
+    from mpltool.eval.metrics import batched_logits
+
+    project = Project(project_dir)
+    top_k = _top_k(top_k)
+    paths = _check_files(images)
+    with open_model(project, model, target) as (network, described, size):
+        pixels, sizes = decode_images(paths, size)
+        logits = batched_logits(network.predict, pixels.astype(np.float32), BATCH)
+    if not np.isfinite(logits).all():
+        bad = [paths[i] for i in np.flatnonzero(~np.isfinite(logits).all(axis=1))]
+        raise NonFiniteError("the model gives non-finite logits for {}".format(", ".join(bad[:3])))
+    probabilities = softmax(logits)
+    count = probabilities.shape[1]
+    names, origin = class_names(project, count)
+    shown = min(top_k, count)
+    predictions = []
+    for path, (height, width), row in zip(paths, sizes, probabilities):
+        order = np.argsort(-row, kind="stable")[:shown]
+        predictions.append({"image": path, "height": height, "width": width,
+                            "top": [{"class": int(k), "name": names[k], "probability": float(row[k])}
+                                    for k in order]})
+    return {"project": str(project.dir), "model": described, "input_size": list(size), "classes": count,
+            "class_names": origin, "top_k": shown, "predictions": predictions}

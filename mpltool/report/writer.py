@@ -1,0 +1,653 @@
+"""`mpltool report`: one HTML page and its PNG figures in `<project>/report/`, from whatever the project holds.
+
+Read, never changed: the manifest (each stage's record, and `status`'s re-verification of every recorded
+file), `logs/metrics.csv`, the test set and the network eval ran (predictions.py). A stage that has not
+run is shown as "not run"; a project with only its data stage still gets a page.
+
+The report is a view, not a lifecycle stage: it records nothing in the manifest and takes no project lock,
+so it can be written while training runs (to look at the curves so far) and re-written as often as
+wanted without changing what `status` reports.
+
+Atomic: every file is written into a scratch folder inside the project (`.report-tmp-<pid>-*`), and the
+folder is renamed to `report/` only when complete (the previous report is moved aside first and
+removed after), so `report/` is never half-written. Leftover scratch folders of dead processes are swept.
+"""
+
+import datetime
+import html
+import os
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mpltool import __version__
+from mpltool.errors import MpltoolError, PrerequisiteError, UsageError
+from mpltool.manifest import MANIFEST_NAME, Project, atomic_write_bytes, fsync_dir, pid_alive
+from mpltool.report import curves as curve_data
+from mpltool.report import predictions as prediction_data
+from mpltool.signals import critical_section
+
+REPORT_DIR = "report"
+INDEX_NAME = "index.html"
+GENERATOR = "mpltool report"
+SCRATCH_PREFIX = ".report-tmp-"
+OLD_PREFIX = ".report-old-"
+DEFAULT_SAMPLES = 24
+MAX_SAMPLES = 600
+START_HINT = ("start one with `mpltool --project DIR data prepare --cifar PATH` (`mpltool data demo` writes demo "
+              "data), or point --project at an existing project")
+
+
+def write_report(project_dir, samples: int = DEFAULT_SAMPLES, force: bool = False,
+                 log: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
+    """Write `<project>/report/index.html` and its PNG files; return what was written and shown.
+
+    `samples`: how many test images the predictions figure shows (worst mistakes first; 0: none).
+    `force`: replace a `report/` folder that mpltool did not write. `log(line)` receives progress notes.
+    """
+    from mpltool.report.figures import require_matplotlib
+
+    project = Project(project_dir)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= MAX_SAMPLES:
+        raise UsageError("--samples must be a whole number from 0 to {}, got {!r}".format(MAX_SAMPLES, samples))
+    if not project.manifest_path.is_file():
+        raise PrerequisiteError("no mpltool project in {} (no {})".format(project.dir, MANIFEST_NAME),
+                                hint=START_HINT)
+    manifest = project.load()  # a corrupt manifest is exit 3 before anything is drawn
+    require_matplotlib()  # exit 5 naming the extra, before any work
+    report_dir = project.path(REPORT_DIR)
+    _check_report_dir(report_dir, force)
+    _sweep_leftovers(project.dir)
+
+    from mpltool.status import project_status
+
+    builder = _Builder(project, manifest, project_status(project.dir), log)
+    scratch = Path(tempfile.mkdtemp(prefix="{}{}-".format(SCRATCH_PREFIX, os.getpid()), dir=str(project.dir)))
+    try:
+        builder.scratch = scratch
+        builder.build(samples, report_dir / prediction_data.CACHE_NAME)
+        page = builder.page()
+        builder.add_file(INDEX_NAME, page.encode("utf-8"))
+        _replace_dir(scratch, report_dir, project.dir)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(str(scratch), ignore_errors=True)
+    index = report_dir / INDEX_NAME
+    return OrderedDict([
+        ("project", str(project.dir)), ("report_dir", str(report_dir)), ("index", str(index)),
+        ("files", sorted(builder.files)), ("figures", builder.figures), ("stages", builder.stage_rows),
+        ("curves", builder.curves_summary), ("predictions", builder.prediction_summary),
+        ("freeze_ops", builder.freeze_ops), ("warnings", builder.warnings)])
+
+
+# -- the report folder --------------------------------------------------------------------------------
+
+def _is_ours(report_dir: Path) -> bool:
+    index = report_dir / INDEX_NAME
+    try:
+        head = index.read_bytes()[:2000].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return 'name="generator" content="{}'.format(GENERATOR) in head
+
+
+def _check_report_dir(report_dir: Path, force: bool) -> None:
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UsageError("{} is a file, not the report folder".format(report_dir), hint="move it away and re-run")
+    if report_dir.is_dir() and any(report_dir.iterdir()) and not _is_ours(report_dir) and not force:
+        raise UsageError("refusing to replace {}: it holds files and no earlier `mpltool report` wrote it".format(
+            report_dir), hint="move it away, or pass --force to replace it")
+
+
+def _sweep_leftovers(project_dir: Path) -> None:
+    """Scratch and set-aside folders of report runs that died before cleaning up."""
+    for folder in project_dir.glob(".report-*"):
+        match = re.match(r"^\.report-(?:tmp|old)-(\d+)-", folder.name)
+        if folder.is_dir() and match and not (int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1)))):
+            shutil.rmtree(str(folder), ignore_errors=True)
+
+
+def _replace_dir(scratch: Path, final: Path, parent: Path) -> None:
+    """`scratch` becomes `final`; a previous `final` is set aside first and removed after. Signals are held
+    back meanwhile, so an interrupt cannot leave the project without its previous report and without the new one."""
+    old = None
+    with critical_section():
+        os.chmod(str(scratch), 0o777 & ~_umask())  # mkdtemp makes it 0700: a report is meant to be shared
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix="{}{}-".format(OLD_PREFIX, os.getpid()), dir=str(parent)))
+            os.rename(str(final), str(old / REPORT_DIR))
+        try:
+            os.rename(str(scratch), str(final))
+        except BaseException:
+            if old is not None:
+                os.rename(str(old / REPORT_DIR), str(final))
+            raise
+        fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(str(old), ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# -- facts --------------------------------------------------------------------------------------------
+
+def _utc(text) -> Optional[datetime.datetime]:
+    try:
+        return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        return None
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return "{}h {:02d}m {:02d}s".format(hours, minutes, secs)
+    if minutes:
+        return "{}m {:02d}s".format(minutes, secs)
+    return "{}s".format(secs)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "{:.6g}".format(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join("{} {}".format(k, _fmt(v)) for k, v in value.items()) if value else "-"
+    return str(value)
+
+
+def class_names(project: Project, manifest: Dict[str, Any], count: int) -> List[str]:
+    """`count` class names: image folders' recorded classes, CIFAR's batches.meta.txt as imported (when the
+    data record has it), else "class k" -- and "class k" for any label beyond the names found."""
+    from mpltool.data.cifar import read_class_names
+
+    record = (manifest.get("stages") or {}).get("data") or {}
+    names = []  # type: List[str]
+    if record.get("classes"):
+        names = [str(n) for n in record["classes"]]
+    else:
+        meta = (record.get("outputs") or {}).get("batches_meta")
+        if isinstance(meta, dict) and meta.get("path"):
+            try:
+                names = read_class_names(project.path(meta["path"])) or []
+            except OSError:
+                names = []
+    return [names[k] if k < len(names) else "class {}".format(k) for k in range(count)]
+
+
+class _Builder:
+    """Collects every section's facts and figures, then renders the page (page())."""
+
+    def __init__(self, project: Project, manifest: Dict[str, Any], status: Dict[str, Any],
+                 log: Callable[[str], None]):
+        self.project = project
+        self.manifest = manifest
+        self.stages = manifest.get("stages") or {}
+        self.status = status
+        self.log = log
+        self.scratch = None  # type: Optional[Path]
+        self.files = []  # type: List[str]
+        self.figures = []  # type: List[Dict[str, Any]]
+        self.warnings = []  # type: List[str]
+        self.sections = []  # type: List[str]
+        self.stage_rows = []  # type: List[Dict[str, Any]]
+        self.curves_summary = {}  # type: Dict[str, Any]
+        self.prediction_summary = {}  # type: Dict[str, Any]
+        self.freeze_ops = {}  # type: Dict[str, int]
+
+    # -- files --
+    def add_png(self, name: str, rendered, title: str, **extra) -> str:
+        from mpltool.report.figures import check_size
+
+        data, width, height = rendered
+        check_size(data, width, height)
+        atomic_write_bytes(self.scratch / name, data)
+        self.files.append(name)
+        figure = OrderedDict([("file", name), ("title", title), ("width", width), ("height", height)])
+        figure.update(extra)
+        self.figures.append(figure)
+        return '<figure><img src="{}" width="{}" height="{}" alt="{}"><figcaption>{}</figcaption></figure>'.format(
+            html.escape(name), width, height, html.escape(title), html.escape(title))
+
+    def add_file(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.scratch / name, data)
+        self.files.append(name)
+
+    # -- sections --
+    def build(self, samples: int, cache_path: Path) -> None:
+        self.sections.append(self.stages_section())
+        self.sections.append(self.data_section())
+        self.sections.append(self.train_section())
+        self.sections.append(self.eval_section(samples, cache_path))
+        self.sections.append(self.freeze_section())
+        self.sections.append(self.convert_section())
+
+    def stages_section(self) -> str:
+        from mpltool.status import STAGE_ORDER
+
+        by_name = {s["stage"]: s for s in self.status["stages"]}
+        names = list(STAGE_ORDER) + [n for n in by_name if n not in STAGE_ORDER]
+        rows = []
+        for name in names:
+            stage = by_name.get(name)
+            if stage is None:
+                row = OrderedDict([("stage", name), ("status", "not run"), ("started", None), ("ended", None),
+                                   ("seconds", None), ("outputs", "-"), ("metrics", "-"), ("error", None)])
+            else:
+                started, ended = _utc(stage["started"]), _utc(stage["ended"])
+                seconds = (ended - started).total_seconds() if started and ended else None
+                if seconds is None and started and stage["status"] == "running":
+                    seconds = (datetime.datetime.utcnow() - started).total_seconds()
+                row = OrderedDict([("stage", name), ("status", stage["status_text"]), ("started", stage["started"]),
+                                   ("ended", stage["ended"]), ("seconds", seconds),
+                                   ("outputs", stage["outputs_text"]), ("metrics", stage["metrics_text"]),
+                                   ("error", stage["error"])])
+            self.stage_rows.append(row)
+            rows.append([row["stage"], _status_cell(row["status"]), _fmt(row["started"]), _fmt(row["ended"]),
+                         _duration(row["seconds"]) + (" so far" if row["status"] == "running" else ""),
+                         html.escape(row["outputs"]), html.escape(row["metrics"])])
+        body = _table(["stage", "status", "started (UTC)", "ended (UTC)", "time", "outputs", "headline metrics"],
+                      rows, raw=True)
+        problems = self.status.get("problems") or []
+        notes = [n for n in self.status.get("notes") or [] if n not in problems]
+        if problems:
+            body += "<p class=bad>Problems (as <code>mpltool status</code> reports them):</p>" + _list(problems)
+        if notes:
+            body += _list(notes)
+        return _section("stages", "Stages", body)
+
+    def data_section(self) -> str:
+        record = self.stages.get("data")
+        if not record:
+            return _section("data", "Data", _not_run("data", "mpltool data prepare --cifar PATH"))
+        metrics = record.get("metrics") or {}
+        facts = OrderedDict([("status", record.get("status")), ("source", record.get("source") or "cifar"),
+                             ("imported from", (record.get("params") or {}).get("source"))])
+        split = record.get("split") or {}
+        if split:
+            facts["split"] = "{}{}, seed {}, {} labelled".format(split.get("method"), " " + split["name"]
+                                                                 if split.get("name") else "", split.get("seed"),
+                                                                 split.get("num_labelled"))
+        for key, value in metrics.items():
+            facts[key.replace("_", " ")] = value
+        if record.get("domains"):
+            target = ((self.stages.get("train") or {}).get("params") or {}).get("target_domain")
+            facts["domains"] = ", ".join("{}{}".format(d, " (held out: the test set)" if d == target else "")
+                                         for d in record["domains"])
+        if record.get("image_size"):
+            facts["image size"] = "x".join(str(v) for v in record["image_size"])
+        count = len(record.get("classes") or []) or 10
+        facts["classes"] = ", ".join(class_names(self.project, self.manifest, count))
+        body = _facts(facts)
+        files = record.get("files") or []
+        if files:
+            rows = [[f.get("name"), f.get("domain", ""), f.get("records"), _fmt(f.get("label_counts"))] for f in files]
+            body += _table(["file", "domain", "records", "images per class"], rows)
+        return _section("data", "Data", body)
+
+    def train_section(self) -> str:
+        record = self.stages.get("train")
+        parts = []
+        if not record:
+            parts.append(_not_run("train", "mpltool train --recipe NAME"))
+        else:
+            algorithm = record.get("algorithm") or {}
+            facts = OrderedDict([
+                ("status", record.get("status")), ("recipe", record.get("recipe")),
+                ("algorithm", algorithm.get("name") or (record.get("params") or {}).get("algorithm") or "mpl"),
+                ("model", record.get("model")), ("device", record.get("device")),
+                ("steps", "{} of {}".format(record.get("steps_done"), record.get("num_train_steps"))),
+                ("replicas", record.get("replicas")), ("overrides", record.get("overrides") or None),
+                ("error", record.get("error"))])
+            parts.append(_facts(OrderedDict((k, v) for k, v in facts.items() if v not in (None, "", {}))))
+            best = (record.get("checkpoints") or {}).get("best") or {}
+            if best:
+                rows = [[target, b.get("step"), _fmt(b.get("top1")), _fmt(b.get("valid_top1")), b.get("prefix")]
+                        for target, b in best.items() if b]
+                parts.append("<h3>Best checkpoints</h3>" + _table(
+                    ["network", "step", "test top-1", "valid top-1", "checkpoint"], rows))
+            metrics = record.get("metrics") or {}
+            if metrics:
+                parts.append("<h3>Final metrics</h3>" + _facts(metrics))
+        parts.append(self.curves_part())
+        return _section("train", "Training", "".join(parts))
+
+    def curves_part(self) -> str:
+        from mpltool.report import figures
+
+        path = self.project.path(curve_data.METRICS_CSV)
+        curves = curve_data.read_metrics_csv(path)
+        if curves is None or curves.rows == 0:
+            self.curves_summary = {"csv": None if curves is None else str(path), "rows": 0, "figures": []}
+            return "<h3>Training curves</h3><p class=muted>No training metrics yet ({} {}).</p>".format(
+                html.escape(curve_data.METRICS_CSV), "is missing" if curves is None else "has no rows")
+        groups = curve_data.plotted_groups(curves)
+        family = {f.key: f for f in curve_data.FAMILIES}
+        parts = ["<h3>Training curves</h3><p class=muted>{} rows of {}, steps {:g} to {:g}; every column is "
+                 "plotted, grouped by family.</p>".format(curves.rows, html.escape(curve_data.METRICS_CSV),
+                                                          min(curves.steps), max(curves.steps))]
+        for key, columns in groups.items():
+            lines = [(c,) + tuple(curve_data.series(curves, c)) for c in columns]
+            parts.append(self.add_png("curves-{}.png".format(key), figures.curve_figure(
+                family[key].title, family[key].ylabel, lines, family[key].panels), family[key].title,
+                columns=list(columns)))
+        empty = [c for c in curves.columns if c not in curve_data.NOT_PLOTTED and not curve_data.has_values(curves, c)]
+        if empty:
+            parts.append("<p class=muted>Columns without any value (not plotted): {}</p>".format(
+                html.escape(", ".join(empty))))
+        last = curve_data.last_values(curves)
+        parts.append("<details><summary>Last logged value of every column</summary>" + _table(
+            ["column", "figure", "step", "value", "points"],
+            [[c, "curves-{}.png".format(curve_data.family_of(c).key), v["step"], _fmt(v["value"]), v["points"]]
+             for c, v in last.items()]) + "</details>")
+        self.curves_summary = {"csv": str(path), "rows": curves.rows, "columns": list(curves.columns),
+                               "groups": groups, "empty_columns": empty}
+        return "".join(parts)
+
+    def eval_section(self, samples: int, cache_path: Path) -> str:
+        record = self.stages.get("eval")
+        parts = []
+        if not record:
+            parts.append(_not_run("eval", "mpltool eval"))
+        else:
+            source = record.get("source") or {}
+            facts = OrderedDict([("status", record.get("status")), ("model", _source_text(source))])
+            facts.update((k, v) for k, v in (record.get("metrics") or {}).items())
+            if record.get("error"):
+                facts["error"] = record["error"]
+            parts.append(_facts(facts))
+        parts.append(self.predictions_part(samples, cache_path))
+        return _section("eval", "Evaluation", "".join(parts))
+
+    def predictions_part(self, samples: int, cache_path: Path) -> str:
+        from mpltool.eval.metrics import metrics_from_logits
+        from mpltool.report import figures
+
+        try:
+            found = prediction_data.predictions(self.project, self.manifest, cache_path, self.log)
+        except prediction_data.Unavailable as exc:
+            self.prediction_summary = {"available": False, "reason": str(exc)}
+            return "<h3>Predictions</h3><p class=muted>No per-image predictions: {}</p>".format(html.escape(str(exc)))
+        source, labels, logits = found["source"], found["labels"], found["logits"]
+        self.add_file(prediction_data.CACHE_NAME, prediction_data.cache_bytes(found["key"], logits, labels))
+        try:
+            scores = metrics_from_logits(logits, labels, source["label_smoothing"])
+        except MpltoolError as exc:  # NaN logits: nothing to draw from them
+            self.prediction_summary = {"available": False, "reason": str(exc)}
+            return "<h3>Predictions</h3><p class=bad>{}</p>".format(html.escape(str(exc)))
+        num_classes = int(logits.shape[1])
+        names = class_names(self.project, self.manifest, num_classes)
+        predicted = logits.argmax(axis=1)
+        confidence = prediction_data.softmax(logits).max(axis=1)
+        matrix = prediction_data.confusion_matrix(labels, predicted, num_classes)
+        support = matrix.sum(axis=1)
+        per_class = [OrderedDict([("label", k), ("name", names[k]), ("images", int(support[k])),
+                                  ("correct", int(matrix[k, k])),
+                                  ("accuracy", float(matrix[k, k]) / float(support[k]) if support[k] else None)])
+                     for k in range(num_classes)]
+        top1 = float(np.trace(matrix)) / labels.shape[0]
+        notes = []
+        if source.get("note"):
+            notes.append(source["note"])
+        if found["changed"]:
+            text = ("the model files changed since the {} stage recorded them (sha256 differs): these predictions "
+                    "are of the files as they are now".format(source["origin"]))
+            notes.append(text)
+            self.warnings.append(text)
+        eval_top1 = source.get("eval_top1")
+        matches = None if eval_top1 is None else bool(abs(top1 - float(eval_top1)) < 1e-12)
+        if matches is False:
+            text = "the report's top-1 {:.4f} differs from the eval record's {:.4f}".format(top1, float(eval_top1))
+            notes.append(text)
+            self.warnings.append(text)
+        if found["cached"]:
+            self.log("predictions of {} read from the previous report (model and test files unchanged)".format(
+                prediction_data.describe(source)))
+        order = prediction_data.sample_order(labels, predicted, confidence, samples)
+        shown = [OrderedDict([("index", i), ("label", int(labels[i])), ("label_name", names[int(labels[i])]),
+                              ("prediction", int(predicted[i])), ("prediction_name", names[int(predicted[i])]),
+                              ("confidence", float(confidence[i])), ("correct", bool(predicted[i] == labels[i]))])
+                 for i in order]
+        self.prediction_summary = OrderedDict([
+            ("available", True), ("origin", source["origin"]), ("kind", source["kind"]),
+            ("target", source.get("target")), ("model", prediction_data.describe(source)),
+            ("model_files", [f for f, _ in found["model_files"]]), ("cached", found["cached"]),
+            ("model_changed", found["changed"]), ("images", int(labels.shape[0])), ("top1", top1),
+            ("top5", scores["top5"]), ("loss", scores["loss"]), ("correct_top1", int(np.trace(matrix))),
+            ("eval_top1", eval_top1), ("matches_eval", matches), ("classes", names),
+            ("confusion", matrix.tolist()), ("per_class", per_class), ("samples", shown)])
+
+        facts = OrderedDict([("network", prediction_data.describe(source)),
+                             ("from", "the eval record" if source["origin"] == "eval"
+                              else "the train record (eval has not run)"),
+                             ("test images", int(labels.shape[0])),
+                             ("top-1", "{:.4f} ({} right)".format(top1, int(np.trace(matrix)))),
+                             ("top-5", "{:.4f}".format(scores["top5"])), ("loss", "{:.4f}".format(scores["loss"])),
+                             ("eval record's top-1", eval_top1),
+                             ("computed", "cached (no network run)" if found["cached"] else "now")])
+        parts = ["<h3>Predictions on the test set</h3>", _facts(facts)]
+        if notes:
+            parts.append("<p class=bad>" + "<br>".join(html.escape(n) for n in notes) + "</p>")
+        parts.append(self.add_png("confusion.png", figures.confusion_figure(
+            matrix, names, "Confusion matrix ({} test images, top-1 {:.4f})".format(labels.shape[0], top1)),
+            "Confusion matrix: rows are true classes, columns predictions (shade: share of the row)"))
+        parts.append(self.add_png("per-class.png", figures.per_class_figure(
+            names, [c["accuracy"] for c in per_class], top1), "Per-class accuracy"))
+        parts.append(_table(["label", "class", "test images", "right", "accuracy"],
+                            [[c["label"], c["name"], c["images"], c["correct"],
+                              "-" if c["accuracy"] is None else "{:.4f}".format(c["accuracy"])] for c in per_class]))
+        if shown:
+            wrong = sum(1 for s in shown if not s["correct"])
+            caption = ("{} test images: {} wrong predictions, most confident first (the worst mistakes), then {} "
+                       "right ones, least confident first".format(len(shown), wrong, len(shown) - wrong))
+            parts.append("<h3>Sample predictions</h3>")
+            parts.append(self.add_png("samples.png", figures.samples_figure(found["images"], shown), caption,
+                                      indices=[s["index"] for s in shown]))
+        parts.append('<p class=muted>Raw logits and labels: <a href="{0}">{0}</a> (numpy .npz; also the cache a '
+                     're-run reads instead of running the network while the model and test files are '
+                     'unchanged).</p>'.format(prediction_data.CACHE_NAME))
+        return "".join(parts)
+
+    def freeze_section(self) -> str:
+        record = self.stages.get("freeze")
+        if not record:
+            return _section("freeze", "Freeze", _not_run("freeze", "mpltool freeze"))
+        source, io, parity = record.get("source") or {}, record.get("io") or {}, record.get("parity") or {}
+        pb = (record.get("outputs") or {}).get("pb") or {}
+        facts = OrderedDict([
+            ("status", record.get("status")), ("frozen graph", pb.get("path") or (record.get("params") or {}).get(
+                "output")), ("sha256", pb.get("sha256")),
+            ("size", "{:,} bytes".format(pb["size"]) if pb.get("size") else None),
+            ("from", "{} {} step {} ({})".format(source.get("target"), source.get("prefix"), source.get("step"),
+                                                 source.get("chosen")) if source else None),
+            ("input", "{} {} {} ({})".format(io.get("input_name"), io.get("input_shape"), io.get("input_dtype"),
+                                             io.get("input_range")) if io else None),
+            ("outputs", ", ".join("{} {}".format(n, s) for n, s in zip(io.get("output_names") or [],
+                                                                       io.get("output_shapes") or [])) or None),
+            ("weights checked", record.get("weights_checked")), ("error", record.get("error"))])
+        body = _facts(OrderedDict((k, v) for k, v in facts.items() if v is not None))
+        if parity:
+            body += "<h3>Parity: frozen graph vs checkpoint</h3>" + _facts(OrderedDict([
+                ("result", "passed" if parity.get("passed") else "FAILED"), ("test images", parity.get("images")),
+                ("max |logit difference|", parity.get("max_abs_logit_diff")), ("tolerance", parity.get("tolerance")),
+                ("top-1 agreement", parity.get("top1_agreement"))]))
+        body += self.op_summary(pb)
+        return _section("freeze", "Freeze", body)
+
+    def op_summary(self, pb: Dict[str, Any]) -> str:
+        """Op types of the frozen graph: from a convert pre-check of the same .pb (sha256) when one is
+        recorded, else read from the file."""
+        counts, origin = None, None
+        for name in ("convert", "convert-check"):
+            record = self.stages.get(name) or {}
+            checked = (record.get("inputs") or {}).get("pb") or {}
+            if pb.get("sha256") and checked.get("sha256") == pb["sha256"] and (record.get("precheck") or {}).get(
+                    "op_counts"):
+                counts, origin = record["precheck"]["op_counts"], "the {} pre-check of this .pb".format(name)
+                break
+        if counts is None and pb.get("path"):
+            path = self.project.path(pb["path"])
+            try:
+                from mpltool import graphdef
+
+                graph_def = graphdef.read_graph_def(path)
+            except (MpltoolError, OSError) as exc:
+                return "<p class=muted>Op summary unavailable: {}</p>".format(html.escape(str(exc)))
+            counts = {}
+            for node in graph_def.node:
+                counts[node.op] = counts.get(node.op, 0) + 1
+            origin = "read from {}".format(pb["path"])
+        if not counts:
+            return ""
+        rows = sorted(counts.items(), key=lambda item: (-int(item[1]), item[0]))
+        self.freeze_ops = OrderedDict((op, int(n)) for op, n in rows)
+        return "<h3>Op summary</h3><p class=muted>{} nodes, {} op types ({})</p>".format(
+            sum(int(v) for v in counts.values()), len(counts), html.escape(origin)) + _table(["op", "nodes"], rows)
+
+    def convert_section(self) -> str:
+        parts = []
+        for name in ("convert", "convert-check"):
+            record = self.stages.get(name)
+            if not record:
+                continue
+            precheck = record.get("precheck") or {}
+            om = (record.get("outputs") or {}).get("om") or {}
+            facts = OrderedDict([
+                ("stage", name), ("status", record.get("status")), ("mode", record.get("mode")),
+                ("frozen graph", ((record.get("inputs") or {}).get("pb") or {}).get("path")),
+                ("soc_version", "{} ({})".format(record.get("soc_version"), record.get("soc_rule"))),
+                ("atc", "{} ({})".format(record.get("atc_path"), record.get("atc_rule")) if record.get("atc_path")
+                 else "not found"),
+                ("atc version", record.get("atc_version")), ("exit status", record.get("exit_status")),
+                ("offline model", "{} (sha256 {})".format(om.get("path"), om.get("sha256")) if om else None),
+                ("atc seconds", (record.get("metrics") or {}).get("atc_seconds")), ("log", record.get("log")),
+                ("pre-check", "passed" if precheck.get("ok") else ("FAILED" if precheck else None)),
+                ("graph nodes", precheck.get("nodes")), ("error", record.get("error"))])
+            body = _facts(OrderedDict((k, v) for k, v in facts.items() if v is not None))
+            if record.get("command"):
+                body += "<p>atc command:</p><pre>{}</pre>".format(html.escape(str(record["command"])))
+            problems = precheck.get("problems") or []
+            if problems:
+                body += _list(["{}: {}".format(p.get("kind"), p.get("message")) for p in problems])
+            parts.append("<h3>{}</h3>".format("Conversion" if name == "convert" else "Pre-check only "
+                                               "(convert --check-only)") + body)
+        if not parts:
+            parts.append(_not_run("convert", "mpltool convert"))
+        return _section("convert", "Convert", "".join(parts))
+
+    # -- the page --
+    def page(self) -> str:
+        train = self.stages.get("train") or {}
+        title = "mpltool report: {}".format(self.project.dir.name)
+        generated = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
+        subtitle = "{} &middot; {}{} &middot; written {} by mpltool {}".format(
+            html.escape(str(self.project.dir)), html.escape(str(train.get("recipe") or "no training yet")),
+            " ({})".format(html.escape(str((train.get("algorithm") or {}).get("name")))) if train.get("algorithm")
+            else "", generated, html.escape(__version__))
+        nav = " &middot; ".join('<a href="#{0}">{1}</a>'.format(k, t) for k, t in (
+            ("stages", "Stages"), ("data", "Data"), ("train", "Training"), ("eval", "Evaluation"),
+            ("freeze", "Freeze"), ("convert", "Convert")))
+        warnings = ""
+        if self.warnings:
+            warnings = "<div class=warn>" + "<br>".join(html.escape(w) for w in self.warnings) + "</div>"
+        return PAGE.format(generator=GENERATOR, version=html.escape(__version__), title=html.escape(title),
+                           subtitle=subtitle, nav=nav, warnings=warnings, style=STYLE,
+                           sections="\n".join(self.sections))
+
+
+def _source_text(source: Dict[str, Any]) -> str:
+    if source.get("kind") == "pb":
+        return "frozen graph {}".format(source.get("path"))
+    if source:
+        return "{} {} (step {}, {})".format(source.get("target"), source.get("prefix"), source.get("step"),
+                                            source.get("chosen"))
+    return "-"
+
+
+# -- HTML pieces ----------------------------------------------------------------------------------------
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return '<section id="{}"><h2>{}</h2>{}</section>'.format(anchor, html.escape(title), body)
+
+
+def _not_run(stage: str, command: str) -> str:
+    return "<p class=notrun>not run: no '{}' stage yet (<code>{}</code>)</p>".format(html.escape(stage),
+                                                                                       html.escape(command))
+
+
+def _status_cell(status: str) -> str:
+    css = {"done": "ok", "not run": "notrun", "running": "run"}.get(status, "bad")
+    return '<span class="st {}">{}</span>'.format(css, html.escape(status))
+
+
+def _facts(facts: Dict[str, Any]) -> str:
+    return "<table class=facts>" + "".join("<tr><th>{}</th><td>{}</td></tr>".format(
+        html.escape(str(k)), html.escape(_fmt(v))) for k, v in facts.items()) + "</table>"
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], raw: bool = False) -> str:
+    """A table; cells escaped unless `raw` (then the caller escaped them)."""
+    head = "".join("<th>{}</th>".format(html.escape(c)) for c in columns)
+    body = "".join("<tr>{}</tr>".format("".join("<td>{}</td>".format(
+        c if raw else html.escape(_fmt(c))) for c in row)) for row in rows)
+    return "<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>".format(head, body)
+
+
+def _list(items: Sequence[str]) -> str:
+    return "<ul>" + "".join("<li>{}</li>".format(html.escape(str(i))) for i in items) + "</ul>"
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1000px;
+       padding: 0 20px 40px; color: #1d1d1f; }
+h1 { font-size: 22px; margin: 22px 0 2px; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 3px; margin-top: 30px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+table { border-collapse: collapse; margin: 6px 0 12px; } th, td { padding: 3px 9px; text-align: left;
+       vertical-align: top; border-bottom: 1px solid #e3e3e3; font-size: 13px; }
+thead th { background: #f3f3f3; } table.facts th { font-weight: 600; color: #444; white-space: nowrap; }
+td { word-break: break-word; }
+figure { margin: 10px 0 16px; } figcaption { color: #555; font-size: 12px; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: 8px; white-space: pre-wrap; word-break: break-all; font-size: 12px; }
+.muted { color: #666; } .ok { color: #1a7f37; font-weight: 600; } .bad { color: #b42318; }
+.notrun { color: #777; font-style: italic; } .run { color: #9a6700; font-weight: 600; }
+.warn { background: #fff4e5; border: 1px solid #f0c36d; padding: 8px 12px; margin: 12px 0; }
+nav { margin: 6px 0 0; } .sub { color: #666; font-size: 12px; } .st { white-space: nowrap; }
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="generator" content="{generator} {version}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<h1>{title}</h1>
+<div class=sub>{subtitle}</div>
+<nav>{nav}</nav>
+{warnings}
+{sections}
+</body>
+</html>
+"""
