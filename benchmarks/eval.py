@@ -49,6 +49,9 @@ def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
         with FrozenModel(frozen, "benchmark .pb", any_batch=True) as pb, \
                 FrozenModel(folded, "benchmark folded .pb", any_batch=True) as pb_folded:
             models = (("ckpt", ckpt), ("pb", pb), ("pb_folded", pb_folded))
+            onnx = _onnx_model(folded)  # what `export --format onnx` converts: the folded .pb
+            if onnx is not None:
+                models += (("onnx", onnx),)
             runs = {name: [] for name, _ in models}
             logits = {}
             for _, model in models:
@@ -61,9 +64,23 @@ def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
             for name, model in models:
                 logits[name] = model.predict(pixels[:batch])
     sizes = {"pb": len(frozen.SerializeToString()), "pb_folded": len(folded.SerializeToString())}
+    compared = [name for name, _ in models if name != "ckpt"]
     return {"images_per_second": {k: float(np.median(v)) for k, v in runs.items()}, "sizes": sizes,
             "folded_batch_norms": len(names),
-            "max_abs_logit_diff": {k: float(np.abs(logits[k] - logits["ckpt"]).max()) for k in ("pb", "pb_folded")}}
+            "max_abs_logit_diff": {k: float(np.abs(logits[k] - logits["ckpt"]).max()) for k in compared}}
+
+
+def _onnx_model(graph_def):
+    """The graph as onnxruntime runs it, or None (said once) when the `onnx` extra is not installed."""
+    from mpltool.errors import ToolMissingError
+    from mpltool.export.runtime import OnnxModel, convert_graph_def
+
+    try:
+        proto = convert_graph_def(graph_def, 11, "benchmark .pb")
+        return OnnxModel(proto.SerializeToString(), "benchmark .onnx")
+    except ToolMissingError as exc:
+        print("no ONNX column: {}".format(exc.message))
+        return None
 
 
 def main():
@@ -83,9 +100,12 @@ def main():
     print("ratio .pb/checkpoint = {:.2f}, folded .pb/checkpoint = {:.2f} (target > 1.0); folded/unfolded "
           "= {:.2f}".format(speed["pb"] / speed["ckpt"], speed["pb_folded"] / speed["ckpt"],
                             speed["pb_folded"] / speed["pb"]))
-    print("size: .pb {} bytes, folded {} bytes; max |dlogit| vs checkpoint: .pb {:.3g}, folded {:.3g}".format(
-        result["sizes"]["pb"], result["sizes"]["pb_folded"], result["max_abs_logit_diff"]["pb"],
-        result["max_abs_logit_diff"]["pb_folded"]))
+    if "onnx" in speed:
+        print("ONNX (onnxruntime, from the folded .pb) {:.0f} images/s: onnx/checkpoint = {:.2f}, onnx/folded .pb "
+              "= {:.2f}".format(speed["onnx"], speed["onnx"] / speed["ckpt"], speed["onnx"] / speed["pb_folded"]))
+    print("size: .pb {} bytes, folded {} bytes; max |dlogit| vs checkpoint: {}".format(
+        result["sizes"]["pb"], result["sizes"]["pb_folded"],
+        ", ".join("{} {:.3g}".format(k, v) for k, v in result["max_abs_logit_diff"].items())))
 
 
 if __name__ == "__main__":
