@@ -129,19 +129,9 @@ class OnnxModel:
                 "output_names": [o.name for o in outputs], "output_shapes": [list(o.shape) for o in outputs]}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        if not self.static_batch:
-            return self._run(images)
-        parts = []
-        for start in range(0, images.shape[0], self.static_batch):
-            chunk = images[start:start + self.static_batch]
-            valid = chunk.shape[0]
-            if valid < self.static_batch:
-                chunk = np.concatenate([chunk, np.zeros((self.static_batch - valid,) + chunk.shape[1:], np.float32)])
-            parts.append(self._run(chunk)[:valid])
-        if not parts:
-            return np.zeros((0, self.num_classes or 0), np.float32)
-        return np.concatenate(parts)
+        from mpltool.models.inference import run_at_static_batch
+
+        return run_at_static_batch(self._run, images, self.static_batch, self.num_classes)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         try:

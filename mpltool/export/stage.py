@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from mpltool.data.stage import load_test_set
-from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError, VerificationError
-from mpltool.freeze.stage import parity_check
+from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
+from mpltool.freeze.stage import parity_check, record_parity
 from mpltool.manifest import Project, atomic_write_bytes
 
 FORMATS = ("onnx",)
@@ -119,19 +119,8 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
                 FrozenModel(graph_def, str(pb), any_batch=True) as reference:
             run.record["io"] = exported.describe()
             parity = parity_check(exported, reference.predict, images[:count], tolerance, progress)
-        run.record["parity"] = parity
-        run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"],
-                            "top1_agreement": parity["top1_agreement"], "parity_images": parity["images"],
-                            "seconds": time.perf_counter() - started})
-        if not parity["passed"]:
-            rejected = output.with_name(output.stem + ".rejected.onnx")
-            staged.replace(rejected)
-            raise VerificationError(
-                "parity check failed: the ONNX model differs from {} by up to {:.3g} in logits (tolerance {:g}) "
-                "on {} test images, top-1 agreement {:.4f}".format(
-                    project.relative(pb), parity["max_abs_logit_diff"], tolerance, parity["images"],
-                    parity["top1_agreement"]),
-                hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
+        record_parity(run, parity, started, staged, output, "the ONNX model differs from {}".format(
+            project.relative(pb)))
     return {"onnx": str(output), "sha256": run.outputs["onnx"]["sha256"], "size": run.outputs["onnx"]["size"],
             "format": format, "source": run.record["source"], "io": run.record["io"], "model": run.record["onnx"],
             "parity": parity, "onnx_stack": run.record["onnx_stack"], "seconds": run.metrics["seconds"],

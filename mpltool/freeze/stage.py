@@ -67,6 +67,22 @@ def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], 
             "tolerance": float(tolerance), "passed": bool(max_diff <= tolerance)}
 
 
+def record_parity(run, parity: Dict[str, Any], started: float, staged: Path, output: Path, differs: str) -> None:
+    """Parity into the stage's record and metrics; a failed check (exit 7) keeps the staged file beside the
+    output as `<name>.rejected<suffix>` and leaves the output as it was. `differs`: "the X differs from Y"."""
+    run.record["parity"] = parity
+    run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"], "top1_agreement": parity["top1_agreement"],
+                        "parity_images": parity["images"], "seconds": time.perf_counter() - started})
+    if not parity["passed"]:
+        rejected = output.with_name(output.stem + ".rejected" + output.suffix)
+        staged.replace(rejected)
+        raise VerificationError(
+            "parity check failed: {} by up to {:.3g} in logits (tolerance {:g}) on {} test images, top-1 agreement "
+            "{:.4f}".format(differs, parity["max_abs_logit_diff"], parity["tolerance"], parity["images"],
+                            parity["top1_agreement"]),
+            hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
+
+
 def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, batch: int = 1, output=None,
            parity_images: int = 1000, tolerance: float = 1e-4, force: bool = False,
            progress: Optional[Callable[[int, int], None]] = None, fold: bool = True) -> Dict[str, Any]:
@@ -150,18 +166,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
                 CheckpointModel(prefix, target, source["variables"], network=network) as reference:
             run.record["io"] = describe_io(frozen, network["input_spec"])
             parity = parity_check(frozen, reference.predict, images[:count], tolerance, progress)
-        run.record["parity"] = parity
-        run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"],
-                            "top1_agreement": parity["top1_agreement"], "parity_images": parity["images"],
-                            "seconds": time.perf_counter() - started})
-        if not parity["passed"]:
-            rejected = output.with_name(output.stem + ".rejected.pb")
-            staged.replace(rejected)
-            raise VerificationError(
-                "parity check failed: the frozen graph differs from checkpoint {} by up to {:.3g} in logits "
-                "(tolerance {:g}) on {} test images, top-1 agreement {:.4f}".format(
-                    prefix, parity["max_abs_logit_diff"], tolerance, parity["images"], parity["top1_agreement"]),
-                hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
+        record_parity(run, parity, started, staged, output, "the frozen graph differs from checkpoint {}".format(
+            prefix))
     return {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],
             "source": run.record["source"], "io": run.record["io"], "parity": parity,
             "weights_checked": run.record["weights_checked"], "folded_batch_norms": len(folded),

@@ -153,6 +153,24 @@ class CheckpointModel(_OwnsSession):
 
 
 
+def run_at_static_batch(run, images: np.ndarray, static_batch: Optional[int], num_classes: Optional[int]) -> np.ndarray:
+    """`run(images)` -> logits for a model whose input may have a static batch: images in chunks of that
+    batch, the last one padded with zeros and its padding dropped (any batch: one call)."""
+    images = np.asarray(images, np.float32)
+    if not static_batch:
+        return run(images)
+    parts = []
+    for start in range(0, images.shape[0], static_batch):
+        chunk = images[start:start + static_batch]
+        valid = chunk.shape[0]
+        if valid < static_batch:
+            chunk = np.concatenate([chunk, np.zeros((static_batch - valid,) + chunk.shape[1:], np.float32)])
+        parts.append(run(chunk)[:valid])
+    if not parts:
+        return np.zeros((0, num_classes or 0), np.float32)
+    return np.concatenate(parts)
+
+
 def _first_line(exc: Exception) -> str:
     text = getattr(exc, "message", None) or str(exc)
     text = text.strip()
@@ -220,20 +238,7 @@ class FrozenModel(_OwnsSession):
         return self.graph.get_tensor_by_name("frozen/{}:0".format(name))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        if not self.static_batch:
-            return self._run(images)
-        count = images.shape[0]
-        parts = []
-        for start in range(0, count, self.static_batch):
-            chunk = images[start:start + self.static_batch]
-            valid = chunk.shape[0]
-            if valid < self.static_batch:
-                chunk = np.concatenate([chunk, np.zeros((self.static_batch - valid,) + chunk.shape[1:], np.float32)])
-            parts.append(self._run(chunk)[:valid])
-        if not parts:
-            return np.zeros((0, self.num_classes or 0), np.float32)
-        return np.concatenate(parts)
+        return run_at_static_batch(self._run, images, self.static_batch, self.num_classes)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         try:
