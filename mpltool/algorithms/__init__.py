@@ -55,7 +55,8 @@ Streams = collections.namedtuple("Streams", [
     "labelled_strong",  # the labelled images get the recipe's strong view (`augment`) instead of flip/crop
     "weak_views",       # 0: each unlabelled image as the (ori, aug) pair; K > 0: K weak views (flip, reflect crop)
     "pair_views",       # BYOL: each unlabelled image as two views of byol_views.byol_view, the labelled
-                        # ones as crop/flip/resize (its linear evaluation's augmentation)
+                        # ones as crop/flip/resize (its linear evaluation's augmentation); a dict gives
+                        # the views' options (min_crop)
     "per_domain",       # MASF: B labelled images from EACH source domain per step (batch.domain_images)
 ])
 Streams.__new__.__defaults__ = (False, 0, False, False)

@@ -227,7 +227,8 @@ def _register():
 
         name = "byol"
         description = "BYOL self-supervised pre-training, then linear evaluation of the frozen encoder"
-        fields = ("byol_pretrain_steps", "byol_lr", "byol_target_decay", "byol_target_schedule",
+        fields = ("byol_pretrain_steps", "byol_lr", "byol_target_decay", "byol_target_schedule", "byol_min_crop",
+                  "byol_grayscale",
                   "byol_hidden_units", "byol_projection_units", "linear_lr", "linear_lr_end")
         ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
                           "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
@@ -240,7 +241,8 @@ def _register():
         progress_metrics = ("byol_loss", "linear_ce", "linear_accuracy")
 
         def streams(self, recipe):
-            return Streams(unlabelled=1, pair_views=True)
+            return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,
+                                                     "grayscale_p": recipe.byol_grayscale})
 
         def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
             from mpltool.algorithms.common import network_variables, trainable, wrapped

@@ -64,19 +64,22 @@ def to_unit_float(image):
     return tf.cast(tf.cast(image, tf.float64) / 255.0, tf.float32)
 
 
-def min_crop_side(size):
-    """round(13/32 · S), half up, at least 1: the reference's 13 at S = 32."""
-    return max(1, int(math.floor(MIN_CROP_SIDE_32 * size / 32.0 + 0.5)))
+REFERENCE_MIN_CROP = MIN_CROP_SIDE_32 / 32.0  # the reference's shortest crop side, as a fraction of S
 
 
-def crop_size(size, seed=None):
+def min_crop_side(size, min_crop=REFERENCE_MIN_CROP):
+    """round(min_crop · S), half up, at least 1: the reference's 13 at S = 32 (min_crop = 13/32)."""
+    return max(1, int(math.floor(min_crop * size + 0.5)))
+
+
+def crop_size(size, seed=None, min_crop=REFERENCE_MIN_CROP):
     """int32 [2] (height, width) of one random crop of an S x S image (S = `size`).
 
     a ~ U{min_crop_side(S), ..., S}; b = floor(a · u) with u ~ U[0.67, 1) in float32, so b < a (the
     int cast truncates, which is floor for positive values); (height, width) = (a, b), swapped with p 0.5.
     Uses op seeds seed+0 (a), +1 (u), +2 (swap).
     """
-    a = tf.random.uniform([], min_crop_side(size), size + 1, tf.int32, seed=derived_seed(seed, 0))
+    a = tf.random.uniform([], min_crop_side(size, min_crop), size + 1, tf.int32, seed=derived_seed(seed, 0))
     a_float = tf.cast(a, tf.float32)
     b = tf.cast(a_float * tf.random.uniform([], CROP_RATIO_LOW, 1.0, seed=derived_seed(seed, 1)), tf.int32)
     swap = tf.random.uniform([], seed=derived_seed(seed, 2)) < 0.5
@@ -103,11 +106,11 @@ def resize(image, size):
     return out
 
 
-def random_crop_flip_resize(image, seed=None):
+def random_crop_flip_resize(image, seed=None, min_crop=REFERENCE_MIN_CROP):
     """Steps 1-3 on a float [0, 1] S x S x 3 image: crop (seed+0..2 size, +3 offset), flip (+4, +5),
     resize back to S x S."""
     size = int(image.shape[0])
-    height_width = crop_size(size, seed=seed)
+    height_width = crop_size(size, seed=seed, min_crop=min_crop)
     crop = tf.image.random_crop(image, tf.concat([height_width, [3]], 0), seed=derived_seed(seed, 3))
     crop = random_flip(crop, seed=derived_seed(seed, 4))
     return resize(crop, size)
@@ -150,30 +153,32 @@ def random_grayscale(image, p=GRAYSCALE_P, seed=None):
 
 
 @_no_autograph
-def byol_view(image, seed=None):
+def byol_view(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCALE_P):
     """One BYOL pretraining view (steps 1-5) of a uint8 [S, S, 3] image: float32 [S, S, 3] in [0, 255].
 
     Op seeds: seed+1..6 crop/flip/resize, seed+7..11 colour jitter, seed+12 grayscale.
     """
     image, _ = _check_image(image)
-    x = random_crop_flip_resize(to_unit_float(image), seed=derived_seed(seed, _CROP_FLIP_OFFSET))
+    x = random_crop_flip_resize(to_unit_float(image), seed=derived_seed(seed, _CROP_FLIP_OFFSET), min_crop=min_crop)
     x = random_color_jitter(x, seed=derived_seed(seed, _JITTER_OFFSET))
-    x = random_grayscale(x, seed=derived_seed(seed, _GRAYSCALE_OFFSET))
+    x = random_grayscale(x, p=grayscale_p, seed=derived_seed(seed, _GRAYSCALE_OFFSET))
     return x * 255.0
 
 
 @_no_autograph
-def byol_pair(image, seed=None):
+def byol_pair(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCALE_P):
     """(view1, view2): two independent byol_views of one image, the second with its op seeds
     _VIEW_SEED_STRIDE (16) past the first's, so no op seed is shared. Unseeded, TF gives every op its
     own seed from the graph seed."""
-    return (byol_view(image, seed=derived_seed(seed, 0)),
-            byol_view(image, seed=derived_seed(seed, _VIEW_SEED_STRIDE)))
+    return (byol_view(image, seed=derived_seed(seed, 0), min_crop=min_crop, grayscale_p=grayscale_p),
+            byol_view(image, seed=derived_seed(seed, _VIEW_SEED_STRIDE), min_crop=min_crop, grayscale_p=grayscale_p))
 
 
 @_no_autograph
-def crop_flip_resize_view(image, seed=None):
+def crop_flip_resize_view(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=None):
     """Steps 1-3 only (the reference's linear-evaluation training augmentation): uint8 [S, S, 3] in,
-    float32 [S, S, 3] in [0, 255] out. Same op seeds as byol_view's first three steps."""
+    float32 [S, S, 3] in [0, 255] out. Same op seeds as byol_view's first three steps. `grayscale_p` is
+    accepted (the views share one options dict) and not used: the linear evaluation sees colour."""
     image, _ = _check_image(image)
-    return random_crop_flip_resize(to_unit_float(image), seed=derived_seed(seed, _CROP_FLIP_OFFSET)) * 255.0
+    return random_crop_flip_resize(to_unit_float(image), seed=derived_seed(seed, _CROP_FLIP_OFFSET),
+                                   min_crop=min_crop) * 255.0

@@ -63,6 +63,7 @@ class TrainInput:
 
         # Distinct op seeds per stream: with only a graph-level seed, random ops inside different map
         # functions can receive the same seeds and draw correlated numbers.
+        view_options = pair_views if isinstance(pair_views, dict) else {}  # e.g. BYOL's min_crop
         labelled_seed = augment.derived_seed(seed, 101)
         unlabelled_seed = augment.derived_seed(seed, 202)
 
@@ -70,7 +71,7 @@ class TrainInput:
             if pair_views:
                 from mpltool.data import byol_views
 
-                return normalize(byol_views.crop_flip_resize_view(image, seed=labelled_seed)), label
+                return normalize(byol_views.crop_flip_resize_view(image, seed=labelled_seed, **view_options)), label
             if labelled_strong:
                 view = strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
             elif weak_views:
@@ -83,7 +84,8 @@ class TrainInput:
             if pair_views:
                 from mpltool.data import byol_views
 
-                return tuple(normalize(view) for view in byol_views.byol_pair(image, seed=unlabelled_seed))
+                return tuple(normalize(view) for view in byol_views.byol_pair(image, seed=unlabelled_seed,
+                                                                              **view_options))
             if weak_views:
                 return tuple(normalize(augment.weak_view(image, seed=augment.derived_seed(unlabelled_seed, 11 * k)))
                              for k in range(weak_views))

@@ -206,6 +206,10 @@ FIELDS = [
     Field("byol_target_decay", "float", 0.99, "BYOL: target EMA decay τ (cosine: its base τ_0)", **UNIT),
     Field("byol_target_schedule", "str", "constant", "BYOL: τ constant (the reference) or cosine from τ_0 to 1 "
           "over pre-training (the paper)", choices=("constant", "cosine")),
+    Field("byol_min_crop", "float", 0.40625, "BYOL: shortest side of a view's random crop, as a fraction of the "
+          "image side (the reference: 13/32 = 0.40625)", low=0.0, high=1.0, low_open=True),
+    Field("byol_grayscale", "float", 0.2, "BYOL: probability that a pre-training view is made grayscale (the "
+          "reference: 0.2; 1 removes colour from every view)", **UNIT),
     Field("byol_hidden_units", "int", 256, "BYOL: hidden width of the projector and predictor", low=1, high=65536),
     Field("byol_projection_units", "int", 128, "BYOL: output width of the projector and predictor", low=1,
           high=65536),
