@@ -388,10 +388,12 @@ def test_freeze_passes_force(monkeypatch, tmp_path, extra, force):
         "pb": "frozen/x.pb", "sha256": "ab" * 32,
         "io": {"input_name": "images", "input_shape": [1, 32, 32, 3], "input_dtype": "float32",
                "input_range": "0..255", "output_names": ["logits"], "output_shapes": [[1, 10]]},
-        "parity": {"max_abs_logit_diff": 0.0, "tolerance": 1e-4, "images": 5, "top1_agreement": 1.0}})
+        "parity": {"max_abs_logit_diff": 0.0, "tolerance": 1e-4, "images": 5, "top1_agreement": 1.0},
+        "folded_batch_norms": 3})
     result = invoke("--project", str(tmp_path), "freeze", *extra)
     assert result.exit_code == 0, result.stderr
-    assert seen["force"] is force
+    assert seen["force"] is force and seen["fold"] is True
+    assert "3 batch norm(s) into their convolutions" in result.stdout
     assert "next" in result.stdout and "mpltool --project {} convert".format(tmp_path) in result.stdout
 
 
