@@ -18,7 +18,7 @@ import numpy as np
 
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
-from mpltool.freeze.stage import parity_check, record_parity
+from mpltool.freeze.stage import parity_check, record_parity, whole_number
 from mpltool.manifest import Project, atomic_write_bytes
 
 FORMATS = ("onnx",)
@@ -30,16 +30,6 @@ OPSETS = (11, 15)
 # onnxruntime and TensorFlow sum in different orders (MLAS vs Eigen/oneDNN kernels): logits agree to ~1e-6
 # relative, so the default allows 1e-3 absolute where freeze (TF against TF) allows 1e-4.
 DEFAULT_TOLERANCE = 1e-3
-
-
-def _number(value, what: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError("{} must be a whole number, got {!r}".format(what, value))
-    if number < minimum or isinstance(value, bool) or number != float(value):
-        raise UsageError("{} must be a whole number >= {}, got {!r}".format(what, minimum, value))
-    return number
 
 
 def _frozen_source(project: Project, model) -> Dict[str, Any]:
@@ -74,8 +64,8 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
     project = Project(project_dir)
     if format not in FORMATS:
         raise UsageError("unknown export format {!r}; mpltool exports {}".format(format, ", ".join(FORMATS)))
-    parity_images = _number(parity_images, "parity images", 0)
-    opset = _number(opset, "opset", 1)
+    parity_images = whole_number(parity_images, "parity images", 0)
+    opset = whole_number(opset, "opset", 1)
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise UsageError("--opset {} is outside {}..{}, the ONNX opsets atc reads".format(opset, *OPSETS))
     try:

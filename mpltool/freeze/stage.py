@@ -101,8 +101,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
 
     project = Project(project_dir)
     target = resolve_target(project, target)
-    batch = _positive_int(batch, "batch", 1)
-    parity_images = _positive_int(parity_images, "parity images", 0)
+    batch = whole_number(batch, "batch", 1)
+    parity_images = whole_number(parity_images, "parity images", 0)
     try:
         tolerance = float(tolerance)
     except (TypeError, ValueError):
@@ -175,7 +175,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
             "project": str(project.dir)}
 
 
-def _positive_int(value, what: str, minimum: int) -> int:
+def whole_number(value, what: str, minimum: int) -> int:
+    """An option's value as an int >= minimum (a bool, a fraction or text is a usage error, exit 2)."""
     try:
         number = int(value)
     except (TypeError, ValueError):
