@@ -1,7 +1,7 @@
 """BYOL's building blocks (Grill et al. 2020) as TF1 graph functions, after garder14/byol-tensorflow2.
 
-Reference files (/work/shared/reference/byol-masf.md, section 1): losses.py (the loss), models.py (the
-heads), pretraining.py (symmetrised loss, target EMA), linearevaluation.py (the probe's learning rate).
+Reference files of garder14/byol-tensorflow2 (facts and derivations: docs/byol.md): losses.py (the loss),
+models.py (the heads), pretraining.py (symmetrised loss, target EMA), linearevaluation.py (the probe's rate).
 
 One step, as the reference runs it: p1 = q(g(f(x1))), p2 = q(g(f(x2))) from the online networks;
 z1t = g_t(f_t(x1)), z2t = g_t(f_t(x2)) from the target (batch norm in training mode, no gradient);

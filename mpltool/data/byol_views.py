@@ -1,6 +1,6 @@
 """BYOL's two-view augmentation (Grill et al. 2020) as garder14/byol-tensorflow2 does it on CIFAR-10.
 
-Reference: augmentation.py of that repository (docs: /work/shared/reference/byol-masf.md, section 1).
+Reference: augmentation.py of that repository (facts: docs/byol.md, section 3).
 One view of an image, in this order:
 
 1. crop: a = random int in [round(13/32·S), S] (13..32 for S = 32), b = floor(a·U(0.67, 1)), swap
