@@ -9,8 +9,10 @@ loss = byol_loss(p1, p2, z1t, z2t); Adam on f, g, q; then target_update with dec
 the reference; the paper's cosine schedule is target_decay's "cosine").
 """
 
+import collections
 import math
 
+from mpltool.algorithms import Algorithm, Phase, Step, Streams, register_algorithm
 from mpltool.models import layers
 from mpltool.tfv1 import tf
 
@@ -199,134 +201,123 @@ TARGET_PROJECTOR = "target_projector"  # g_t, an EMA of g
 PREDICTOR = "predictor"                # q (online only)
 
 
-def _register():
-    """The algorithm class, registered on import (kept below the building blocks it wires)."""
-    import collections
+@register_algorithm
+class Byol(Algorithm):
+    """Two phases in one run, each with its own steps, schedule, optimizer and checkpoints:
 
-    from mpltool.algorithms import Algorithm, Phase, Step, Streams, register_algorithm
+    1. pre-training (global steps [0, P), P = byol_pretrain_steps): for each unlabelled image two
+       views x1, x2; p_i = q(g(f(x_i))) and z_it = g_t(f_t(x_i)) (target BN in training mode, no
+       gradient); loss = byol_loss(p1, p2, z1t, z2t); Adam at byol_lr on f, g, q; then
+       target ← τ·target + (1 − τ)·online over f and g, BN moving statistics included.
+    2. linear evaluation (steps [P, num_train_steps)): f frozen (inference mode: moving BN statistics,
+       no gradient to it), a linear classifier on f's features trained with softmax CE by Adam at the
+       reference's polynomial decay over this phase's steps, on the labelled records with crop/flip/
+       resize. The classifier is the network's own head, so `online` is encoder + head: what eval
+       scores and freeze exports.
 
-    @register_algorithm
-    class Byol(Algorithm):
-        """Two phases in one run, each with its own steps, schedule, optimizer and checkpoints:
+    Divergences from garder14/byol-tensorflow2, on purpose: the target starts as a copy of the online
+    networks (the paper; the reference starts it at random), and one Adam update covers f, g and q
+    (the reference applies one Adam instance three times a step, so its bias correction counts 3 per
+    step).
+    """
 
-        1. pre-training (global steps [0, P), P = byol_pretrain_steps): for each unlabelled image two
-           views x1, x2; p_i = q(g(f(x_i))) and z_it = g_t(f_t(x_i)) (target BN in training mode, no
-           gradient); loss = byol_loss(p1, p2, z1t, z2t); Adam at byol_lr on f, g, q; then
-           target ← τ·target + (1 − τ)·online over f and g, BN moving statistics included.
-        2. linear evaluation (steps [P, num_train_steps)): f frozen (inference mode: moving BN statistics,
-           no gradient to it), a linear classifier on f's features trained with softmax CE by Adam at the
-           reference's polynomial decay over this phase's steps, on the labelled records with crop/flip/
-           resize. The classifier is the network's own head, so `online` is encoder + head: what eval
-           scores and freeze exports.
+    name = "byol"
+    description = "BYOL self-supervised pre-training, then linear evaluation of the frozen encoder"
+    fields = ("byol_pretrain_steps", "byol_lr", "byol_target_decay", "byol_target_schedule", "byol_min_crop",
+              "byol_grayscale",
+              "byol_hidden_units", "byol_projection_units", "linear_lr", "linear_lr_end")
+    ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
+                      "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
+                      "augment_layers", "augment_overflow", "ema_decay")
+    networks = (ONLINE, TARGET, PROJECTOR, TARGET_PROJECTOR, PREDICTOR)
+    eval_targets = (ONLINE,)
+    default_target = ONLINE
+    metric_names = ("byol_loss", "learning_rate", "target_decay", "grad_norm", "linear_ce", "linear_accuracy",
+                    "linear_lr")
+    progress_metrics = ("byol_loss", "linear_ce", "linear_accuracy")
 
-        Divergences from garder14/byol-tensorflow2, on purpose: the target starts as a copy of the online
-        networks (the paper; the reference starts it at random), and one Adam update covers f, g and q
-        (the reference applies one Adam instance three times a step, so its bias correction counts 3 per
-        step).
-        """
+    def streams(self, recipe):
+        return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,
+                                                 "grayscale_p": recipe.byol_grayscale})
 
-        name = "byol"
-        description = "BYOL self-supervised pre-training, then linear evaluation of the frozen encoder"
-        fields = ("byol_pretrain_steps", "byol_lr", "byol_target_decay", "byol_target_schedule", "byol_min_crop",
-                  "byol_grayscale",
-                  "byol_hidden_units", "byol_projection_units", "linear_lr", "linear_lr_end")
-        ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
-                          "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
-                          "augment_layers", "augment_overflow", "ema_decay")
-        networks = (ONLINE, TARGET, PROJECTOR, TARGET_PROJECTOR, PREDICTOR)
-        eval_targets = (ONLINE,)
-        default_target = ONLINE
-        metric_names = ("byol_loss", "learning_rate", "target_decay", "grad_norm", "linear_ce", "linear_accuracy",
-                        "linear_lr")
-        progress_metrics = ("byol_loss", "linear_ce", "linear_accuracy")
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
+        from mpltool.algorithms.common import network_variables, trainable, wrapped
+        from mpltool.algorithms.schedules import replica_scale
 
-        def streams(self, recipe):
-            return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,
-                                                     "grayscale_p": recipe.byol_grayscale})
+        pretrain = int(recipe.byol_pretrain_steps)
+        view1, view2 = batch.unlabelled_views
+        head_scope = "{}/{}/head/".format(ONLINE, model.name)
 
-        def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-            from mpltool.algorithms.common import network_variables, trainable, wrapped
-            from mpltool.algorithms.schedules import replica_scale
+        # -- phase 1: pre-training
+        updates = []  # BN moving statistics of the online networks (both views, as Keras' calls)
 
-            pretrain = int(recipe.byol_pretrain_steps)
-            view1, view2 = batch.unlabelled_views
-            head_scope = "{}/{}/head/".format(ONLINE, model.name)
+        def online(x):
+            output = model(x, training=True, scope=ONLINE)
+            updates.extend(output.bn_updates)
+            z = mlp_head(output.features, recipe.byol_hidden_units, recipe.byol_projection_units, True,
+                         updates, PROJECTOR, bn_momentum=model.bn_momentum)
+            return mlp_head(z, recipe.byol_hidden_units, recipe.byol_projection_units, True, updates,
+                            PREDICTOR, bn_momentum=model.bn_momentum)
 
-            # -- phase 1: pre-training
-            updates = []  # BN moving statistics of the online networks (both views, as Keras' calls)
+        def target(x):
+            discarded = []  # the target's statistics come from the EMA, not from its own calls
+            h = model(x, training=True, scope=TARGET).features
+            return mlp_head(h, recipe.byol_hidden_units, recipe.byol_projection_units, True, discarded,
+                            TARGET_PROJECTOR, bn_momentum=model.bn_momentum)
 
-            def online(x):
-                output = model(x, training=True, scope=ONLINE)
-                updates.extend(output.bn_updates)
-                z = mlp_head(output.features, recipe.byol_hidden_units, recipe.byol_projection_units, True,
-                             updates, PROJECTOR, bn_momentum=model.bn_momentum)
-                return mlp_head(z, recipe.byol_hidden_units, recipe.byol_projection_units, True, updates,
-                                PREDICTOR, bn_momentum=model.bn_momentum)
+        p1, p2 = online(view1), online(view2)
+        z1t, z2t = target(view1), target(view2)
+        loss = byol_loss(p1, p2, z1t, z2t)
+        everything = tf.global_variables()
+        encoder_targets, encoder_onlines = pair_variables(ONLINE, TARGET, everything)
+        projector_targets, projector_onlines = pair_variables(PROJECTOR, TARGET_PROJECTOR, everything)
+        target_variables = encoder_targets + projector_targets
+        online_variables = encoder_onlines + projector_onlines
+        trainable_names = set(v.op.name for v in tf.trainable_variables())
+        learned = [v for v in network_variables(ONLINE) + network_variables(PROJECTOR)
+                   + network_variables(PREDICTOR)
+                   if v.op.name in trainable_names and not v.op.name.startswith(head_scope)]
+        # The target networks are never trained by an optimizer: out of the trainable collection.
+        collection = tf.get_collection_ref(tf.GraphKeys.TRAINABLE_VARIABLES)
+        collection[:] = [v for v in collection if not v.op.name.startswith((TARGET + "/", TARGET_PROJECTOR + "/"))]
+        learning_rate = tf.constant(float(recipe.byol_lr) * replica_scale(recipe), name="byol_learning_rate")
+        optimizer = wrapped(tf.train.AdamOptimizer(learning_rate), optimizer_wrapper)
+        gradients = [g for g, _ in optimizer.compute_gradients(loss, var_list=learned)]
+        gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, learned)]
+        gradients = tf.tuple(gradients, control_inputs=updates)
+        update = optimizer.apply_gradients(list(zip(gradients, learned)))
+        decay = target_decay(global_step, pretrain, recipe.byol_target_decay, recipe.byol_target_schedule)
+        with tf.control_dependencies([update]):
+            ema = target_update(target_variables, online_variables, decay)
+        with tf.control_dependencies([ema]):
+            pretrain_op = tf.group(tf.assign_add(global_step, 1), name="pretrain_op")
+        pretrain_metrics = collections.OrderedDict([
+            ("byol_loss", loss), ("learning_rate", learning_rate), ("target_decay", decay),
+            ("grad_norm", tf.global_norm(gradients))])
 
-            def target(x):
-                discarded = []  # the target's statistics come from the EMA, not from its own calls
-                h = model(x, training=True, scope=TARGET).features
-                return mlp_head(h, recipe.byol_hidden_units, recipe.byol_projection_units, True, discarded,
-                                TARGET_PROJECTOR, bn_momentum=model.bn_momentum)
+        # -- phase 2: linear evaluation of the frozen encoder
+        logits = model(batch.labelled_images, training=False, scope=ONLINE).logits
+        labels = tf.one_hot(batch.labels, recipe.num_classes, dtype=logits.dtype)
+        ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits))
+        head = [v for v in network_variables(ONLINE) if v.op.name.startswith(head_scope)
+                and v.op.name in trainable_names]
+        linear_steps = max(int(recipe.num_train_steps) - pretrain, 1)
+        linear_lr = linear_eval_learning_rate(tf.maximum(global_step - pretrain, 0), linear_steps,
+                                              start=recipe.linear_lr, end=recipe.linear_lr_end)
+        head_optimizer = wrapped(tf.train.AdamOptimizer(linear_lr), optimizer_wrapper)
+        with tf.control_dependencies([head_optimizer.minimize(ce, var_list=head)]):
+            linear_op = tf.group(tf.assign_add(global_step, 1), name="linear_op")
+        correct = tf.equal(tf.argmax(logits, axis=-1), tf.cast(batch.labels, tf.int64))
+        linear_metrics = collections.OrderedDict([
+            ("linear_ce", ce), ("linear_accuracy", tf.reduce_mean(tf.cast(correct, tf.float32))),
+            ("linear_lr", linear_lr)])
 
-            p1, p2 = online(view1), online(view2)
-            z1t, z2t = target(view1), target(view2)
-            loss = byol_loss(p1, p2, z1t, z2t)
-            everything = tf.global_variables()
-            encoder_targets, encoder_onlines = pair_variables(ONLINE, TARGET, everything)
-            projector_targets, projector_onlines = pair_variables(PROJECTOR, TARGET_PROJECTOR, everything)
-            target_variables = encoder_targets + projector_targets
-            online_variables = encoder_onlines + projector_onlines
-            trainable_names = set(v.op.name for v in tf.trainable_variables())
-            learned = [v for v in network_variables(ONLINE) + network_variables(PROJECTOR)
-                       + network_variables(PREDICTOR)
-                       if v.op.name in trainable_names and not v.op.name.startswith(head_scope)]
-            # The target networks are never trained by an optimizer: out of the trainable collection.
-            collection = tf.get_collection_ref(tf.GraphKeys.TRAINABLE_VARIABLES)
-            collection[:] = [v for v in collection if not v.op.name.startswith((TARGET + "/", TARGET_PROJECTOR + "/"))]
-            learning_rate = tf.constant(float(recipe.byol_lr) * replica_scale(recipe), name="byol_learning_rate")
-            optimizer = wrapped(tf.train.AdamOptimizer(learning_rate), optimizer_wrapper)
-            gradients = [g for g, _ in optimizer.compute_gradients(loss, var_list=learned)]
-            gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, learned)]
-            gradients = tf.tuple(gradients, control_inputs=updates)
-            update = optimizer.apply_gradients(list(zip(gradients, learned)))
-            decay = target_decay(global_step, pretrain, recipe.byol_target_decay, recipe.byol_target_schedule)
-            with tf.control_dependencies([update]):
-                ema = target_update(target_variables, online_variables, decay)
-            with tf.control_dependencies([ema]):
-                pretrain_op = tf.group(tf.assign_add(global_step, 1), name="pretrain_op")
-            pretrain_metrics = collections.OrderedDict([
-                ("byol_loss", loss), ("learning_rate", learning_rate), ("target_decay", decay),
-                ("grad_norm", tf.global_norm(gradients))])
+        def as_float(metrics):
+            return collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in metrics.items())
 
-            # -- phase 2: linear evaluation of the frozen encoder
-            logits = model(batch.labelled_images, training=False, scope=ONLINE).logits
-            labels = tf.one_hot(batch.labels, recipe.num_classes, dtype=logits.dtype)
-            ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits))
-            head = [v for v in network_variables(ONLINE) if v.op.name.startswith(head_scope)
-                    and v.op.name in trainable_names]
-            linear_steps = max(int(recipe.num_train_steps) - pretrain, 1)
-            linear_lr = linear_eval_learning_rate(tf.maximum(global_step - pretrain, 0), linear_steps,
-                                                  start=recipe.linear_lr, end=recipe.linear_lr_end)
-            head_optimizer = wrapped(tf.train.AdamOptimizer(linear_lr), optimizer_wrapper)
-            with tf.control_dependencies([head_optimizer.minimize(ce, var_list=head)]):
-                linear_op = tf.group(tf.assign_add(global_step, 1), name="linear_op")
-            correct = tf.equal(tf.argmax(logits, axis=-1), tf.cast(batch.labels, tf.int64))
-            linear_metrics = collections.OrderedDict([
-                ("linear_ce", ce), ("linear_accuracy", tf.reduce_mean(tf.cast(correct, tf.float32))),
-                ("linear_lr", linear_lr)])
-
-            def as_float(metrics):
-                return collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in metrics.items())
-
-            phases = (Phase("pretrain", pretrain, pretrain_op, as_float(pretrain_metrics), False),
-                      Phase("linear", None, linear_op, as_float(linear_metrics), True))
-            # byol_pretrain_steps = 0: the pre-training phase is empty, the linear evaluation of a random
-            # encoder runs alone (its graph is built all the same: the metrics CSV keeps its columns).
-            return Step(train_op=phases[0].train_op, metrics=phases[0].metrics,
-                        init_ops=[target_init(target_variables, online_variables)], phases=phases)
-
-    return Byol
-
-
-Byol = _register()
+        phases = (Phase("pretrain", pretrain, pretrain_op, as_float(pretrain_metrics), False),
+                  Phase("linear", None, linear_op, as_float(linear_metrics), True))
+        # byol_pretrain_steps = 0: the pre-training phase is empty, the linear evaluation of a random
+        # encoder runs alone (its graph is built all the same: the metrics CSV keeps its columns).
+        return Step(train_op=phases[0].train_op, metrics=phases[0].metrics,
+                    init_ops=[target_init(target_variables, online_variables)], phases=phases)

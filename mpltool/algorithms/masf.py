@@ -22,6 +22,7 @@ same code in these respects.
 import collections
 import contextlib
 
+from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm
 from mpltool.models.layers import leaky_relu
 from mpltool.tfv1 import tf
 
@@ -298,128 +299,117 @@ MODEL_SCOPE = "model"
 METRIC_SCOPE = "metric"
 
 
-def _register():
-    """The algorithm class, registered on import (kept below the building blocks it wires)."""
-    from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm
+@register_algorithm
+class Masf(Algorithm):
+    """One MASF iteration per step (the module docstring's steps 1-6), on B images from each source
+    domain. With D > 3 source domains the episode's three are drawn from all D.
 
-    @register_algorithm
-    class Masf(Algorithm):
-        """One MASF iteration per step (the module docstring's steps 1-6), on B images from each source
-        domain. With D > 3 source domains the episode's three are drawn from all D.
+    The three Adam updates compute their gradients at the same θ and φ, none writes a variable
+    before every gradient exists (tf.tuple), and they apply in turn (a, b, c): the reference runs
+    them in one session.run without any order between them, so its result depends on the scheduler. The episode is drawn in the graph
+    (the reference: numpy's permutation per iteration).
+    """
 
-        The three Adam updates compute their gradients at the same θ and φ, none writes a variable
-        before every gradient exists (tf.tuple), and they apply in turn (a, b, c): the reference runs
-        them in one session.run without any order between them, so its result depends on the scheduler. The episode is drawn in the graph
-        (the reference: numpy's permutation per iteration).
-        """
+    name = "masf"
+    description = "MASF: episodic domain generalisation (task loss, global class alignment, local triplet loss)"
+    fields = ("masf_inner_lr", "masf_outer_lr", "masf_metric_lr", "masf_clip_norm", "masf_margin",
+              "masf_temperature", "masf_global_weight", "masf_local_weight", "pretrained")
+    ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
+                      "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
+                      "augment_layers", "augment_overflow", "ema_decay")
+    networks = (MODEL_SCOPE, METRIC_SCOPE)
+    eval_targets = (MODEL_SCOPE,)
+    default_target = MODEL_SCOPE
+    metric_names = ("loss", "task_ce", "global_loss", "local_loss", "accuracy", "domain_a", "domain_a1",
+                    "domain_b")
+    progress_metrics = ("task_ce", "global_loss", "local_loss")
 
-        name = "masf"
-        description = "MASF: episodic domain generalisation (task loss, global class alignment, local triplet loss)"
-        fields = ("masf_inner_lr", "masf_outer_lr", "masf_metric_lr", "masf_clip_norm", "masf_margin",
-                  "masf_temperature", "masf_global_weight", "masf_local_weight", "pretrained")
-        ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
-                          "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
-                          "augment_layers", "augment_overflow", "ema_decay")
-        networks = (MODEL_SCOPE, METRIC_SCOPE)
-        eval_targets = (MODEL_SCOPE,)
-        default_target = MODEL_SCOPE
-        metric_names = ("loss", "task_ce", "global_loss", "local_loss", "accuracy", "domain_a", "domain_a1",
-                        "domain_b")
-        progress_metrics = ("task_ce", "global_loss", "local_loss")
+    def streams(self, recipe):
+        return Streams(unlabelled=0, per_domain=True)
 
-        def streams(self, recipe):
-            return Streams(unlabelled=0, per_domain=True)
+    def warnings(self, recipe):
+        if recipe.pretrained:
+            return []
+        return ["no pretrained weights: {} starts from scratch (the reference starts from ImageNet's "
+                "bvlc_alexnet.npy: --set pretrained=PATH/bvlc_alexnet.npy)".format(recipe.model)]
 
-        def warnings(self, recipe):
-            if recipe.pretrained:
-                return []
-            return ["no pretrained weights: {} starts from scratch (the reference starts from ImageNet's "
-                    "bvlc_alexnet.npy: --set pretrained=PATH/bvlc_alexnet.npy)".format(recipe.model)]
+    def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
+        from mpltool.algorithms.common import accuracy, network_variables, trainable, wrapped
+        from mpltool.errors import UsageError
 
-        def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-            import collections
+        domains = len(batch.domain_images or ())
+        if domains < 3:
+            raise UsageError("masf needs 3 or more source domains (2 meta-train + 1 meta-test per step); this "
+                             "run has {}".format(domains), hint="prepare image folders with 4 or more domains "
+                                                                "and hold one out with target_domain")
+        permutation = episode_domains(domains, seed=recipe.seed + 505)
+        episode = select_episode(tf.stack(batch.domain_images), tf.stack(batch.domain_labels), permutation)
+        a, a1, b = episode.meta_train_a, episode.meta_train_a1, episode.meta_test_b
+        num_classes = recipe.num_classes
 
-            from mpltool.algorithms.common import accuracy, network_variables, trainable, wrapped
-            from mpltool.errors import UsageError
+        def forward(images):
+            return model(images, training=True, scope=MODEL_SCOPE)
 
-            domains = len(batch.domain_images or ())
-            if domains < 3:
-                raise UsageError("masf needs 3 or more source domains (2 meta-train + 1 meta-test per step); this "
-                                 "run has {}".format(domains), hint="prepare image folders with 4 or more domains "
-                                                                    "and hold one out with target_domain")
-            permutation = episode_domains(domains, seed=recipe.seed + 505)
-            episode = select_episode(tf.stack(batch.domain_images), tf.stack(batch.domain_labels), permutation)
-            a, a1, b = episode.meta_train_a, episode.meta_train_a1, episode.meta_test_b
-            num_classes = recipe.num_classes
+        def per_example_ce(images, labels):
+            logits = forward(images).logits
+            onehot = tf.one_hot(labels, num_classes, dtype=logits.dtype)
+            return tf.nn.softmax_cross_entropy_with_logits_v2(labels=onehot, logits=logits), logits
 
-            def forward(images):
-                return model(images, training=True, scope=MODEL_SCOPE)
+        # Task loss at θ (update a) and the inner step to θ'.
+        ce_a, logits_a = per_example_ce(a.images, a.labels)
+        ce_a1, logits_a1 = per_example_ce(a1.images, a1.labels)
+        task_ce = 0.5 * (tf.reduce_mean(ce_a) + tf.reduce_mean(ce_a1))
+        model_vars = trainable(network_variables(MODEL_SCOPE))
+        theta_prime = fast_weights(inner_objective(ce_a, ce_a1), model_vars, recipe.masf_inner_lr,
+                                   recipe.masf_clip_norm)
+        # Global and local alignment at θ' (fresh forward passes, their own dropout draws).
+        with use_weights(theta_prime):
+            global_loss, _, _ = global_alignment_loss(
+                forward(b.images).logits, b.labels, forward(a.images).logits, a.labels,
+                forward(a1.images).logits, a1.labels, num_classes, recipe.masf_temperature)
+            metric_images, metric_labels = metric_batch(episode, recipe.batch_size // 3)
+            embeddings = metric_network(forward(metric_images).features, scope=METRIC_SCOPE)
+        local_loss = triplet_semihard_loss(metric_labels, embeddings, recipe.masf_margin)
+        metric_vars = trainable(network_variables(METRIC_SCOPE))
+        lists = update_variable_lists(model_vars, metric_vars)
+        meta_loss = recipe.masf_global_weight * global_loss + recipe.masf_local_weight * local_loss
+        weighted_local = recipe.masf_local_weight * local_loss
 
-            def per_example_ce(images, labels):
-                logits = forward(images).logits
-                onehot = tf.one_hot(labels, num_classes, dtype=logits.dtype)
-                return tf.nn.softmax_cross_entropy_with_logits_v2(labels=onehot, logits=logits), logits
+        def gradients_of(loss, variables):
+            grads = tf.gradients(loss, variables)
+            return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
 
-            # Task loss at θ (update a) and the inner step to θ'.
-            ce_a, logits_a = per_example_ce(a.images, a.labels)
-            ce_a1, logits_a1 = per_example_ce(a1.images, a1.labels)
-            task_ce = 0.5 * (tf.reduce_mean(ce_a) + tf.reduce_mean(ce_a1))
-            model_vars = trainable(network_variables(MODEL_SCOPE))
-            theta_prime = fast_weights(inner_objective(ce_a, ce_a1), model_vars, recipe.masf_inner_lr,
-                                       recipe.masf_clip_norm)
-            # Global and local alignment at θ' (fresh forward passes, their own dropout draws).
-            with use_weights(theta_prime):
-                global_loss, _, _ = global_alignment_loss(
-                    forward(b.images).logits, b.labels, forward(a.images).logits, a.labels,
-                    forward(a1.images).logits, a1.labels, num_classes, recipe.masf_temperature)
-                metric_images, metric_labels = metric_batch(episode, recipe.batch_size // 3)
-                embeddings = metric_network(forward(metric_images).features, scope=METRIC_SCOPE)
-            local_loss = triplet_semihard_loss(metric_labels, embeddings, recipe.masf_margin)
-            metric_vars = trainable(network_variables(METRIC_SCOPE))
-            lists = update_variable_lists(model_vars, metric_vars)
-            meta_loss = recipe.masf_global_weight * global_loss + recipe.masf_local_weight * local_loss
-            weighted_local = recipe.masf_local_weight * local_loss
+        task_grads = gradients_of(task_ce, lists.task)
+        meta_grads = [tf.clip_by_norm(g, recipe.masf_clip_norm) for g in gradients_of(meta_loss, lists.meta)]
+        metric_grads = gradients_of(weighted_local, lists.metric)
+        everything = tf.tuple(task_grads + meta_grads + metric_grads)
+        task_grads = everything[:len(task_grads)]
+        meta_grads = everything[len(task_grads):len(task_grads) + len(meta_grads)]
+        metric_grads = everything[len(task_grads) + len(meta_grads):]
+        optimizers = [wrapped(tf.train.AdamOptimizer(rate, name=name), optimizer_wrapper)
+                      for rate, name in ((recipe.masf_outer_lr, "AdamTask"), (recipe.masf_outer_lr, "AdamMeta"),
+                                         (recipe.masf_metric_lr, "AdamMetric"))]
+        # Applied one after another: (a) and (b) both write θ, (b) and (c) both write φ, and two Adam
+        # ops writing one variable at once could lose an update. The sum is what the reference
+        # intends; the order does not change it, since every gradient was taken before.
+        updates = []
+        for optimizer, grads, variables in zip(optimizers, (task_grads, meta_grads, metric_grads),
+                                               (lists.task, lists.meta, lists.metric)):
+            with tf.control_dependencies(updates[-1:]):
+                updates.append(optimizer.apply_gradients(list(zip(grads, variables))))
+        with tf.control_dependencies(updates):
+            train_op = tf.group(tf.assign_add(global_step, 1), name="train_op")
+        labels_ab = tf.concat([a.labels, a1.labels], axis=0)
+        metrics = collections.OrderedDict([
+            ("loss", task_ce + meta_loss), ("task_ce", task_ce), ("global_loss", global_loss),
+            ("local_loss", local_loss), ("accuracy", accuracy(labels_ab, tf.concat([logits_a, logits_a1], 0))),
+            ("domain_a", permutation[0]), ("domain_a1", permutation[1]), ("domain_b", permutation[2])])
+        metrics = collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in metrics.items())
+        init_ops, init_feed = [], None
+        if recipe.pretrained:
+            from mpltool.models.pretrained import load_npy_weights
 
-            def gradients_of(loss, variables):
-                grads = tf.gradients(loss, variables)
-                return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-
-            task_grads = gradients_of(task_ce, lists.task)
-            meta_grads = [tf.clip_by_norm(g, recipe.masf_clip_norm) for g in gradients_of(meta_loss, lists.meta)]
-            metric_grads = gradients_of(weighted_local, lists.metric)
-            everything = tf.tuple(task_grads + meta_grads + metric_grads)
-            task_grads = everything[:len(task_grads)]
-            meta_grads = everything[len(task_grads):len(task_grads) + len(meta_grads)]
-            metric_grads = everything[len(task_grads) + len(meta_grads):]
-            optimizers = [wrapped(tf.train.AdamOptimizer(rate, name=name), optimizer_wrapper)
-                          for rate, name in ((recipe.masf_outer_lr, "AdamTask"), (recipe.masf_outer_lr, "AdamMeta"),
-                                             (recipe.masf_metric_lr, "AdamMetric"))]
-            # Applied one after another: (a) and (b) both write θ, (b) and (c) both write φ, and two Adam
-            # ops writing one variable at once could lose an update. The sum is what the reference
-            # intends; the order does not change it, since every gradient was taken before.
-            updates = []
-            for optimizer, grads, variables in zip(optimizers, (task_grads, meta_grads, metric_grads),
-                                                   (lists.task, lists.meta, lists.metric)):
-                with tf.control_dependencies(updates[-1:]):
-                    updates.append(optimizer.apply_gradients(list(zip(grads, variables))))
-            with tf.control_dependencies(updates):
-                train_op = tf.group(tf.assign_add(global_step, 1), name="train_op")
-            labels_ab = tf.concat([a.labels, a1.labels], axis=0)
-            metrics = collections.OrderedDict([
-                ("loss", task_ce + meta_loss), ("task_ce", task_ce), ("global_loss", global_loss),
-                ("local_loss", local_loss), ("accuracy", accuracy(labels_ab, tf.concat([logits_a, logits_a1], 0))),
-                ("domain_a", permutation[0]), ("domain_a1", permutation[1]), ("domain_b", permutation[2])])
-            metrics = collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in metrics.items())
-            init_ops, init_feed = [], None
-            if recipe.pretrained:
-                from mpltool.models.pretrained import load_npy_weights
-
-                weights = load_npy_weights(recipe.pretrained, "{}/{}".format(MODEL_SCOPE, model.name),
-                                           network_variables(MODEL_SCOPE))
-                init_ops, init_feed = list(weights.ops), weights.feed_dict
-            return Step(train_op=train_op, metrics=metrics, init_ops=init_ops, init_feed=init_feed)
-
-    return Masf
-
-
-Masf = _register()
+            weights = load_npy_weights(recipe.pretrained, "{}/{}".format(MODEL_SCOPE, model.name),
+                                       network_variables(MODEL_SCOPE))
+            init_ops, init_feed = list(weights.ops), weights.feed_dict
+        return Step(train_op=train_op, metrics=metrics, init_ops=init_ops, init_feed=init_feed)

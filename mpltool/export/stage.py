@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
-from mpltool.freeze.stage import parity_check, record_parity, whole_number
+from mpltool.freeze.stage import parity_check, parity_tolerance, record_parity, whole_number
 from mpltool.manifest import Project, atomic_write_bytes
 
 FORMATS = ("onnx",)
@@ -68,12 +66,7 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
     opset = whole_number(opset, "opset", 1)
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise UsageError("--opset {} is outside {}..{}, the ONNX opsets atc reads".format(opset, *OPSETS))
-    try:
-        tolerance = float(tolerance)
-    except (TypeError, ValueError):
-        raise UsageError("tolerance must be a number, got {!r}".format(tolerance))
-    if not np.isfinite(tolerance) or tolerance < 0:
-        raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(tolerance))
+    tolerance = parity_tolerance(tolerance)
     runtime.require(purpose="export --format onnx")  # exit 5 before any file is read
     source = _frozen_source(project, model)
     pb = source["pb"]

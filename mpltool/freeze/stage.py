@@ -103,12 +103,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
     target = resolve_target(project, target)
     batch = whole_number(batch, "batch", 1)
     parity_images = whole_number(parity_images, "parity images", 0)
-    try:
-        tolerance = float(tolerance)
-    except (TypeError, ValueError):
-        raise UsageError("tolerance must be a number, got {!r}".format(tolerance))
-    if not np.isfinite(tolerance) or tolerance < 0:
-        raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(tolerance))
+    tolerance = parity_tolerance(tolerance)
     if batch > MAX_BATCH:
         raise UsageError("--batch {} is above the limit of {}".format(batch, MAX_BATCH))
     images, _, test_files = load_test_set(project)
@@ -173,6 +168,17 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
             "weights_checked": run.record["weights_checked"], "folded_batch_norms": len(folded),
             "seconds": run.metrics["seconds"],
             "project": str(project.dir)}
+
+
+def parity_tolerance(value) -> float:
+    """--tolerance as a finite float >= 0 (anything else is a usage error, exit 2)."""
+    try:
+        tolerance = float(value)
+    except (TypeError, ValueError):
+        raise UsageError("tolerance must be a number, got {!r}".format(value))
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(value))
+    return tolerance
 
 
 def whole_number(value, what: str, minimum: int) -> int:
