@@ -33,10 +33,15 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(script, measurement, args, python=None):
-    """Run `script --child measurement args` in a fresh interpreter and return its JSON result."""
+def child(script, measurement, args, python=None, env=None, source=None):
+    """Run `script --child measurement args` in a fresh interpreter and return its JSON result.
+
+    `env`: variables added to this process's environment (e.g. mpltool/tuning.py's); `source`: another
+    checkout whose mpltool the child imports instead of this one (a baseline measured side by side)."""
     command = [python or sys.executable, script, "--child", measurement, json.dumps(args)]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = [source] if source else []
+    env = dict(os.environ, **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join(path + [ROOT, os.environ.get("PYTHONPATH", "")])
     out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     if out.returncode != 0:
         raise RuntimeError("{} {} failed:\n{}".format(script, measurement, out.stderr.decode()[-3000:]))

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import common
-from train_step import mpl_step
+from train_step import algorithm_step
 
 
 def pipeline(batch=64, uda_data=7, batches=20, images=5000):
@@ -29,6 +29,14 @@ def pipeline(batch=64, uda_data=7, batches=20, images=5000):
         seconds = common.timed(lambda: session.run(source.batch), warmup=3, repeat=batches)
     per_step = batch + batch * uda_data
     return {"seconds_per_batch": seconds, "images_per_second": per_step / seconds, "images_per_step": per_step}
+
+
+
+
+def mpl_step(batch, uda_data, repeat):
+    seconds = algorithm_step("mpl-wrn28-2", ["batch_size={}".format(batch), "uda_data={}".format(uda_data)],
+                             repeat=repeat)["seconds"]["train"]
+    return {"seconds": seconds, "steps_per_second": 1.0 / seconds}
 
 
 MEASUREMENTS = {"pipeline": pipeline, "mpl": mpl_step}

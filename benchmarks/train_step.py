@@ -1,102 +1,258 @@
-"""Training speed against this machine's own limit (the targets are ratios measured in one run).
+"""Training speed and memory of every algorithm's step, against this machine's own limit.
 
-(a) plain WRN-28-2 forward+backward images/s at batch 64 (one Nesterov step);
-(b) the MPL step at the recipe's batch (64, uda_data 7) and at a smaller one, inputs held in memory so the
-    figure is compute only (benchmarks/input_pipeline.py measures the input side);
-(c) ideal/measured, where the ideal MPL step time is the plain step time scaled by the pass count of
-    docs/mpl-reference.md §5: 4,480 forward-equivalents per MPL step vs 3 x 64 = 192 in a plain step.
-    Target >= 0.8: no wasted passes, no host round-trips.
-Peak RSS of each configuration is its own process's. `--compare PYTHON` repeats (a) and (b) under another
-interpreter (e.g. a venv with tensorflow-cpu) in the same run, so the wheels are compared as a ratio.
+For each configuration (each algorithm's demo and full recipe, and the MPL step at 16/7 too):
+  (a) the plain forward+backward step of the recipe's network on its B labelled images (one Nesterov
+      step): seconds per image, the cost one forward-equivalent pass of one image is measured in;
+  (b) the algorithm's step (every phase of it) with its inputs held in memory, so the figure is compute
+      only (benchmarks/input_pipeline.py measures the input side): median seconds, images/s (the images
+      it consumes: labelled, unlabelled, per-domain), and the process's peak RSS;
+  (c) ideal/measured, where ideal = (a) x the step's forward-equivalents / 3 (Algorithm.
+      forward_equivalents: a fwd+bwd pass counts 3). 1.0 means the step costs exactly its passes.
+Each measurement runs in its own process, with the settings `mpltool train` runs with (mpltool/tuning.py:
+allocator, threads) unless --tuning off; --tuning both measures each configuration both ways.
 
-Re-measure: .venv/bin/python benchmarks/train_step.py [--compare .venv-tfcpu/bin/python] [--repeat N]
+--baseline DIR runs the same configurations from another checkout (e.g. `git worktree add /tmp/base
+<commit>`), as it ran (no tuning), interleaved with this tree for --rounds rounds; medians and ratios
+are printed, so a change is judged by figures taken side by side. --compare PYTHON repeats everything
+under another interpreter (e.g. a venv with tensorflow-cpu).
+
+Re-measure: .venv/bin/python benchmarks/train_step.py [--only mpl] [--baseline DIR --rounds 3]
+            [--tuning both] [--compare .venv-tfcpu/bin/python]
 """
 
 import argparse
+import os
+import statistics
 import sys
 
 import numpy as np
 
 import common
 
-FORWARD_EQUIVALENTS_MPL = lambda b, u: (b + 2 * u * b) * 3 + (u * b + b) * 3 + b  # noqa: E731
+# (label, recipe, overrides): each algorithm at its demo and its full batch size.
+CONFIGS = [
+    ("mpl 64/7", "mpl-wrn28-2", []),
+    ("mpl 16/7", "mpl-wrn28-2", ["batch_size=16"]),
+    ("mpl demo", "mpl-demo", []),
+    ("uda 64/7", "uda-wrn28-2", []),
+    ("uda demo", "uda-demo", []),
+    ("supervised 64", "supervised-wrn28-2", []),
+    ("supervised demo", "supervised-demo", []),
+    ("mixmatch 64", "mixmatch-cifar10-250", []),
+    ("mixmatch demo", "mixmatch-demo", []),
+    ("byol 512", "byol-resnet18", []),
+    ("byol demo", "byol-demo", []),
+    ("masf 126", "masf-pacs-alexnet", []),
+    ("masf demo", "masf-demo", []),
+]
+SOURCE_DOMAINS = 3  # MASF: PACS's four domains, one held out
 
 
-def plain_step(batch=64, model="wrn-28-2", repeat=5):
+class InMemory:
+    """Input tensors held in non-trainable local variables, loaded once: the step reads them as it would
+    read a prefetched batch, and the GraphDef stays small however large the batch is."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.RandomState(seed)
+        self.loads = []
+
+    def images(self, count, shape):
+        return self._variable(self.rng.randn(count, *shape).astype(np.float32))
+
+    def labels(self, count, num_classes):
+        return self._variable(self.rng.randint(0, num_classes, count).astype(np.int64))
+
+    def _variable(self, array):
+        from mpltool.tfv1 import tf
+
+        value = tf.placeholder(tf.as_dtype(array.dtype), array.shape)
+        variable = tf.Variable(value, trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES],
+                               name="benchmark_input")
+        self.loads.append((variable.initializer, value, array))
+        return variable.read_value()
+
+    def load(self, session):
+        for initializer, value, array in self.loads:
+            session.run(initializer, feed_dict={value: array})
+
+
+def step_batch(streams, recipe, shape, memory):
+    """A Batch as the input pipeline would give the algorithm's streams, in memory."""
+    from mpltool.data.pipeline import Batch
+
+    b = recipe.batch_size
+    fields = {"labelled_images": memory.images(b, shape), "labels": memory.labels(b, recipe.num_classes),
+              "ori_images": None, "aug_images": None}
+    unlabelled = b * int(streams.unlabelled)
+    if unlabelled and streams.weak_views:
+        fields["unlabelled_views"] = tuple(memory.images(unlabelled, shape) for _ in range(streams.weak_views))
+    elif unlabelled and streams.pair_views:
+        fields["unlabelled_views"] = (memory.images(unlabelled, shape), memory.images(unlabelled, shape))
+    elif unlabelled:
+        fields["ori_images"], fields["aug_images"] = memory.images(unlabelled, shape), memory.images(unlabelled, shape)
+    if streams.per_domain:
+        fields["domain_images"] = tuple(memory.images(b, shape) for _ in range(SOURCE_DOMAINS))
+        fields["domain_labels"] = tuple(memory.labels(b, recipe.num_classes) for _ in range(SOURCE_DOMAINS))
+    return Batch(**fields)
+
+
+def images_per_step(streams, batch_size):
+    """Distinct images one step consumes (views of one image count once)."""
+    if streams.per_domain:
+        return batch_size * SOURCE_DOMAINS
+    return batch_size * (1 + int(streams.unlabelled))
+
+
+def algorithm_step(recipe, overrides, repeat=3, warmup=1):
+    """Median seconds of each phase's training op."""
+    from mpltool.algorithms import get_algorithm, phases_of
     from mpltool.models import build_model
+    from mpltool.recipes import load_recipe
     from mpltool.tfv1 import tf
 
-    net = build_model(model)
-    rng = np.random.RandomState(0)
-    images = tf.constant(rng.randn(batch, 32, 32, 3).astype(np.float32))
-    labels = tf.constant(rng.randint(0, 10, batch))
+    recipe = load_recipe(recipe, overrides)
+    algorithm = get_algorithm(recipe.algorithm)
+    tf.set_random_seed(recipe.seed)
+    model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate, bn_momentum=recipe.bn_momentum)
+    memory = InMemory()
+    batch = step_batch(algorithm.streams(recipe), recipe, tuple(model.input_spec.shape), memory)
+    step = algorithm.build_step(model, recipe, batch, tf.train.get_or_create_global_step())
+    seconds = {}
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        memory.load(session)
+        if step.init_ops:
+            session.run(step.init_ops, feed_dict=step.init_feed)
+        for phase in phases_of(step):
+            fetches = {"train": phase.train_op, "metrics": phase.metrics}
+            seconds[phase.name] = common.timed(lambda: session.run(fetches), warmup=warmup, repeat=repeat)
+    return {"seconds": seconds}
+
+
+def plain_step(recipe, overrides, repeat=5):
+    """One Nesterov fwd+bwd step of the recipe's network on B in-memory labelled images."""
+    from mpltool.models import build_model
+    from mpltool.recipes import load_recipe
+    from mpltool.tfv1 import tf
+
+    recipe = load_recipe(recipe, overrides)
+    net = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate)
+    memory = InMemory()
+    images = memory.images(recipe.batch_size, tuple(net.input_spec.shape))
+    labels = memory.labels(recipe.batch_size, recipe.num_classes)
     out = net(images, True, "net")
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=out.logits))
     with tf.control_dependencies(out.bn_updates):
         train = tf.train.MomentumOptimizer(0.01, 0.9, use_nesterov=True).minimize(loss)
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
+        memory.load(session)
         seconds = common.timed(lambda: session.run(train), warmup=2, repeat=repeat)
-    return {"seconds": seconds, "images_per_second": batch / seconds, "tensorflow": tf.VERSION}
+    return {"seconds": seconds, "per_image": seconds / recipe.batch_size, "tensorflow": tf.VERSION}
 
 
-def mpl_step(batch=64, uda_data=7, model="wrn-28-2", repeat=3, feedback="reference"):
-    from mpltool.models import build_model
+MEASUREMENTS = {"step": algorithm_step, "plain": plain_step}
+
+
+def run_config(recipe, overrides, python, env, source, repeat):
+    args = {"recipe": recipe, "overrides": overrides}
+    plain = common.child(__file__, "plain", args, python, env=env, source=source)
+    step = common.child(__file__, "step", dict(args, repeat=repeat), python, env=env, source=source)
+    return plain, step
+
+
+def expected(recipe_name, overrides):
+    """(forward-equivalents per phase, images per step) from this tree's algorithms."""
+    from mpltool.algorithms import get_algorithm
     from mpltool.recipes import load_recipe
-    from mpltool.tfv1 import tf
-    from mpltool.algorithms.mpl import build_mpl_step
 
-    recipe = load_recipe("mpl-wrn28-2", ["model=" + model, "batch_size={}".format(batch),
-                                         "uda_data={}".format(uda_data), "mpl_feedback=" + feedback])
-    rng = np.random.RandomState(0)
-    unlabelled = batch * uda_data
-    const = lambda n: tf.constant(rng.randn(n, 32, 32, 3).astype(np.float32))  # noqa: E731
-    net = build_model(model, dropout_rate=recipe.dropout_rate)
-    step = build_mpl_step(net, recipe, const(batch), tf.constant(rng.randint(0, 10, batch)), const(unlabelled),
-                          const(unlabelled), tf.train.get_or_create_global_step())
-    fetches = {"train": step.train_op, "metrics": step.metrics}
-    with tf.Session() as session:
-        session.run(tf.global_variables_initializer())
-        session.run(step.ema_init_op)
-        seconds = common.timed(lambda: session.run(fetches), warmup=1, repeat=repeat)
-    return {"seconds": seconds, "steps_per_second": 1.0 / seconds}
+    recipe = load_recipe(recipe_name, overrides)
+    algorithm = get_algorithm(recipe.algorithm)
+    return algorithm.forward_equivalents(recipe), images_per_step(algorithm.streams(recipe), recipe.batch_size)
 
 
-MEASUREMENTS = {"plain": plain_step, "mpl": mpl_step}
+def summarise(runs, forward_equivalents, images):
+    """Medians over rounds of one configuration under one setting."""
+    plains = [plain for plain, _ in runs]
+    per_image = statistics.median(p["per_image"] for p in plains)
+    phases = {}
+    for name in runs[0][1]["seconds"]:
+        seconds = statistics.median(step["seconds"][name] for _, step in runs)
+        fwd = forward_equivalents.get(name)
+        ideal = per_image * fwd / 3.0 if fwd else None
+        phases[name] = {"seconds": seconds, "images_per_second": images / seconds,
+                        "ideal_over_measured": ideal / seconds if ideal else None}
+    return {"phases": phases, "peak_rss_mib": statistics.median(step["peak_rss_mib"] for _, step in runs),
+            "plain_per_image_ms": per_image * 1e3, "tensorflow": plains[0]["tensorflow"]}
 
 
-def report(python, label, repeat):
-    plain = common.child(__file__, "plain", {"repeat": repeat + 2}, python)
-    rows = []
-    for batch in (64, 16):
-        mpl = common.child(__file__, "mpl", {"batch": batch, "uda_data": 7, "repeat": repeat}, python)
-        ideal = plain["seconds"] * FORWARD_EQUIVALENTS_MPL(batch, 7) / (3.0 * 64)
-        rows.append((batch, mpl, ideal))
-    print("== {} (TensorFlow {}) ==".format(label, plain["tensorflow"]))
-    print("(a) plain WRN-28-2 fwd+bwd, batch 64: {:.3f} s/step = {:.1f} images/s, peak RSS {:.0f} MiB".format(
-        plain["seconds"], plain["images_per_second"], plain["peak_rss_mib"]))
-    for batch, mpl, ideal in rows:
-        print("(b) MPL step, batch {} uda_data 7: {:.3f} s/step, peak RSS {:.0f} MiB".format(
-            batch, mpl["seconds"], mpl["peak_rss_mib"]))
-        print("(c)   ideal {:.3f} s/step ({} forward-equivalents) -> ideal/measured = {:.2f} (target >= 0.8)".format(
-            ideal, FORWARD_EQUIVALENTS_MPL(batch, 7), ideal / mpl["seconds"]))
-    return plain, rows
+def print_table(label, results):
+    print("== {} ==".format(label))
+    print("{:16s} {:9s} {:>9s} {:>9s} {:>10s} {:>14s} {:>12s}".format(
+        "config", "phase", "s/step", "images/s", "peak MiB", "plain ms/img", "ideal/meas."))
+    for name, result in results.items():
+        for phase, figures in result["phases"].items():
+            ratio = figures["ideal_over_measured"]
+            print("{:16s} {:9s} {:9.3f} {:9.1f} {:10.0f} {:14.2f} {:>12s}".format(
+                name, phase, figures["seconds"], figures["images_per_second"], result["peak_rss_mib"],
+                result["plain_per_image_ms"], "{:.2f}".format(ratio) if ratio else "-"))
+
+
+def print_ratios(label, results, baseline):
+    print("== {}: this tree / baseline (medians; below 1 is better) ==".format(label))
+    for name, result in results.items():
+        if name not in baseline:
+            continue
+        for phase, figures in result["phases"].items():
+            before = baseline[name]["phases"].get(phase)
+            if before:
+                print("{:16s} {:9s} time {:.2f}x  peak RSS {:.2f}x  ({:.3f} s vs {:.3f} s, {:.0f} vs {:.0f} MiB)".format(
+                    name, phase, figures["seconds"] / before["seconds"],
+                    result["peak_rss_mib"] / baseline[name]["peak_rss_mib"], figures["seconds"], before["seconds"],
+                    result["peak_rss_mib"], baseline[name]["peak_rss_mib"]))
 
 
 def main():
     common.child_main(MEASUREMENTS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", help="another Python with a TF 1.15 wheel (e.g. tensorflow-cpu)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated substrings of the configurations to run")
+    parser.add_argument("--repeat", type=int, default=3, help="timed steps per measurement (median)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians over rounds)")
+    parser.add_argument("--tuning", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout, run untuned beside this tree")
+    parser.add_argument("--compare", metavar="PYTHON", help="another Python with a TF 1.15 wheel")
     args = parser.parse_args()
-    print("machine: " + common.machine())
-    plain, rows = report(sys.executable, "this interpreter", args.repeat)
+    from mpltool import tuning
+
+    wanted = [s for s in args.only.split(",") if s]
+    configs = [c for c in CONFIGS if not wanted or any(w in c[0] for w in wanted)]
+    settings = []  # (label, python, env additions, source tree)
+    tuned = tuning.tuned_environment(os.environ)
+    if args.tuning in ("on", "both"):
+        settings.append(("this tree, tuned", sys.executable, tuned, None))
+    if args.tuning in ("off", "both"):
+        settings.append(("this tree, untuned", sys.executable, {}, None))
+    if args.baseline:
+        settings.append(("baseline {}".format(args.baseline), sys.executable, {}, os.path.abspath(args.baseline)))
     if args.compare:
-        other_plain, other_rows = report(args.compare, args.compare, args.repeat)
-        print("== speed-up of this interpreter's TF over {} ==".format(args.compare))
-        print("plain step: {:.2f}x".format(other_plain["seconds"] / plain["seconds"]))
-        for (batch, mpl, _), (_, other, _) in zip(rows, other_rows):
-            print("MPL step batch {}: {:.2f}x".format(batch, other["seconds"] / mpl["seconds"]))
+        settings.append(("{}, tuned".format(args.compare), args.compare, tuned, None))
+    print("machine: " + common.machine())
+    print("tuned settings: " + (", ".join("{}={}".format(k, v) for k, v in sorted(tuned.items())) or "none"))
+    runs = {(s[0], c[0]): [] for s in settings for c in configs}
+    for round_index in range(args.rounds):
+        for label, recipe, overrides in configs:
+            for name, python, env, source in settings:  # interleaved: every setting once per round
+                runs[(name, label)].append(run_config(recipe, overrides, python, env, source, args.repeat))
+    tables = {}
+    for name, _, _, _ in settings:
+        tables[name] = {}
+        for label, recipe, overrides in configs:
+            forward_equivalents, images = expected(recipe, overrides)
+            tables[name][label] = summarise(runs[(name, label)], forward_equivalents, images)
+        print_table("{} (TensorFlow {})".format(name, next(iter(tables[name].values()))["tensorflow"]), tables[name])
+    first = settings[0][0]
+    for name, _, _, _ in settings[1:]:
+        print_ratios("{} vs {}".format(first, name), tables[first], tables[name])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from mpltool import __version__, errors
+from mpltool import __version__, errors, tuning
 from mpltool.console import Output
 from mpltool.errors import EXIT_CODE_MEANINGS, ExitCode, MpltoolError
 from mpltool.signals import terminate_as_interrupt
@@ -337,8 +337,11 @@ def recipes_show(ctx, name, overrides):
               "(0-7, 0,1,2,3 ...), gradients all-reduced over HCCL.")
 @click.option("--rank-table", type=click.Path(dir_okay=False), default=None,
               help="Ascend: the HCCL rank table [default: written from /etc/hccn.conf for --devices].")
+@click.option("--no-tuning", is_flag=True, help="Run with the process as started: no preloaded allocator, "
+              "TensorFlow's default thread pools (same as MPLTOOL_TUNING=off; docs/performance.md).")
 @command
-def train(ctx, recipe, overrides, device, extend_steps, force, nproc, oversubscribe, devices, rank_table):
+def train(ctx, recipe, overrides, device, extend_steps, force, nproc, oversubscribe, devices, rank_table,
+          no_tuning):
     """Train the recipe's algorithm; resumes from the latest checkpoint. --nproc/--devices: data-parallel."""
     from mpltool.train.stage import train as train_stage
 
@@ -522,6 +525,7 @@ def predict_command(ctx, images, model, target, top_k):
 def run():
     """The console script. After an interrupt, exit without running finalizers: TensorFlow objects that
     the interrupt cut off half-built would print "Exception ignored ... Traceback" lines at shutdown."""
+    tuning.reexec_tuned(sys.argv[1:])  # `train` only: an allocator and thread settings (docs/performance.md)
     try:
         main(prog_name="mpltool")
     except SystemExit as exc:

@@ -72,6 +72,8 @@ def test_freeze_writes_a_clean_pb_and_records_it(trained, frozen):
     assert not [op for op in ops if op.startswith(("Variable", "Assign", "Random")) or "Ref" in op
                 or op in ("Switch", "Merge", "IteratorGetNext")]
     assert forbidden_ops(graph_def) == []
+    # training-only attributes (layers.leaky_relu's gradient override) never reach a deployable graph
+    assert not [node.name for node in graph_def.node if any(key.startswith("_") for key in node.attr)]
     record = frozen["record"]
     assert record["status"] == "done"
     assert record["outputs"]["pb"] == {"path": "frozen/{}-ema-step3.pb".format(MODEL), "size": pb.stat().st_size,

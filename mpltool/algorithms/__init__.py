@@ -87,6 +87,13 @@ class Algorithm(abc.ABC):
         `optimizer_wrapper` wraps every optimizer (NPU loss scale, the data-parallel all-reduce);
         `replicas` (mpltool.parallel) all-reduces what the step needs identical on every replica."""
 
+    def forward_equivalents(self, recipe) -> Dict[str, int]:
+        """Phase name -> images' worth of forward passes one step costs, counting a forward+backward
+        pass as 3 (backward ≈ 2 forwards: input and weight gradients). benchmarks/train_step.py divides
+        it into the plain fwd+bwd step's cost to get the ideal step time this step is measured against.
+        Empty: not counted."""
+        return {}
+
     def warnings(self, recipe) -> Sequence[str]:
         """What `train` should warn about before this recipe runs (nothing by default)."""
         return []

@@ -240,6 +240,12 @@ class Byol(Algorithm):
         return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,
                                                  "grayscale_p": recipe.byol_grayscale})
 
+    def forward_equivalents(self, recipe):
+        # Pre-training: the online encoder's fwd+bwd on both views of B images and the target's forward
+        # on both (the MLP heads are negligible). Linear evaluation: one inference forward of B images.
+        b = recipe.batch_size
+        return {"pretrain": 3 * 2 * b + 2 * b, "linear": b}
+
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import network_variables, trainable, wrapped
         from mpltool.algorithms.schedules import replica_scale

@@ -43,33 +43,51 @@ def make_optimizer(learning_rate, recipe):
                                       use_locking=True)
 
 
-def gradient_step(loss, variables, optimizer, recipe, loss_scale, check_overflow, dependencies):
-    """(update op, global gradient norm, overflow flag or None) of one network.
+Gradients = collections.namedtuple("Gradients", ["values", "norm"])  # clipped, weight-decayed; global norm
+
+
+def network_gradients(loss, variables, optimizer, recipe, loss_scale=1.0):
+    """One network's gradients as its update applies them: (loss·scale)′ / scale + weight decay, clipped.
 
     With a loss scale the gradients come from loss·scale (fp16 backward passes keep small gradients)
-    and are unscaled before weight decay and clipping. With the overflow check, a step whose gradients
-    are not finite applies nothing to this network: no weight and no momentum change. (The BN
-    statistics in `dependencies` still update: an overflow happens in the scaled backward pass, after a
-    finite forward pass.)
+    and are unscaled before weight decay and clipping. Separate from `apply_gradients` so that a step can
+    finish a backward pass (and free its activations) long before the update it feeds may run.
     """
     scaled = loss * loss_scale if loss_scale != 1.0 else loss
     gradients = [g for g, _ in optimizer.compute_gradients(scaled, var_list=variables)]
     if loss_scale != 1.0:
         gradients = [None if g is None else g / loss_scale for g in gradients]
     gradients = add_weight_decay(variables, gradients, recipe.weight_decay)
-    gradients, norm = tf.clip_by_global_norm(gradients, recipe.grad_bound)
-    # The dependencies gate the gradients themselves, so they hold whatever a (wrapped) optimizer's
-    # apply_gradients builds, inside the overflow cond or not.
+    values, norm = tf.clip_by_global_norm(gradients, recipe.grad_bound)
+    return Gradients(values, norm)
+
+
+def apply_gradients(gradients, variables, optimizer, check_overflow, dependencies):
+    """(update op, overflow flag or None): the update, run after `dependencies`.
+
+    The dependencies gate the gradients themselves, so they hold whatever a (wrapped) optimizer's
+    apply_gradients builds, inside the overflow cond or not. With the overflow check, a step whose
+    gradients are not finite applies nothing to this network: no weight and no momentum change. (The BN
+    statistics in `dependencies` still update: an overflow happens in the scaled backward pass, after a
+    finite forward pass.)
+    """
     with tf.control_dependencies(dependencies):
-        gradients = [tf.identity(g) for g in gradients]
+        values = [tf.identity(g) for g in gradients.values]
 
     def apply():
-        return optimizer.apply_gradients(list(zip(gradients, variables)))
+        return optimizer.apply_gradients(list(zip(values, variables)))
 
     if not check_overflow:
-        return apply(), norm, None
-    finite = tf.is_finite(norm)
-    return tf.cond(finite, apply, tf.no_op), norm, 1.0 - tf.cast(finite, tf.float32)
+        return apply(), None
+    finite = tf.is_finite(gradients.norm)
+    return tf.cond(finite, apply, tf.no_op), 1.0 - tf.cast(finite, tf.float32)
+
+
+def gradient_step(loss, variables, optimizer, recipe, loss_scale, check_overflow, dependencies):
+    """(update op, global gradient norm, overflow flag or None) of one network."""
+    gradients = network_gradients(loss, variables, optimizer, recipe, loss_scale)
+    update, overflow = apply_gradients(gradients, variables, optimizer, check_overflow, dependencies)
+    return update, gradients.norm, overflow
 
 
 def wrapped(optimizer, wrapper):

@@ -333,6 +333,14 @@ class Masf(Algorithm):
         return ["no pretrained weights: {} starts from scratch (the reference starts from ImageNet's "
                 "bvlc_alexnet.npy: --set pretrained=PATH/bvlc_alexnet.npy)".format(recipe.model)]
 
+    def forward_equivalents(self, recipe):
+        # At θ: a forward of A and A' (2B) and two backward passes over them (the task loss and the inner
+        # step's sum: 2 × 2 × 2B). At θ': forwards of B, A, A' and the metric batch (3·(B//3)), and one
+        # backward through all four.
+        b = recipe.batch_size
+        at_theta_prime = 3 * b + 3 * (b // 3)
+        return {"train": 2 * b + 8 * b + 3 * at_theta_prime}
+
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import accuracy, network_variables, trainable, wrapped
         from mpltool.errors import UsageError

@@ -137,6 +137,11 @@ class MixMatch(SingleNetwork):
     def streams(self, recipe):
         return Streams(unlabelled=1, weak_views=recipe.mixmatch_views)
 
+    def forward_equivalents(self, recipe):
+        # K guessing forwards of B images (no gradient), then K + 1 fwd+bwd calls of B mixed images.
+        b, k = recipe.batch_size, recipe.mixmatch_views
+        return {"train": k * b + 3 * (k + 1) * b}
+
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import (MODEL_SCOPE, build_ema, network_variables, soft_cross_entropy,
                                                trainable, wrapped)

@@ -60,9 +60,9 @@ alone (fetching a late metric such as `h` alone would run the student update wit
 import collections
 
 from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm, schedules
-from mpltool.algorithms.common import (accuracy, batch_size_of, build_ema, gradient_step, make_optimizer,
-                                       network_variables, smooth_labels, soft_cross_entropy, trainable, uda_loss,
-                                       wrapped)
+from mpltool.algorithms.common import (accuracy, apply_gradients, batch_size_of, build_ema, gradient_step,
+                                       make_optimizer, network_gradients, network_variables, smooth_labels,
+                                       soft_cross_entropy, trainable, uda_loss, wrapped)
 from mpltool.tfv1 import tf
 
 FEEDBACK_MODES = ("reference", "paper")
@@ -131,8 +131,24 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
         # Stopping the gradient at z keeps the value and makes the reference's zero gradient exact.
         mpl_ce = tf.reduce_mean(soft_cross_entropy(pseudo, tf.stop_gradient(z_aug)))
 
+    # The teacher's backward pass, first when it can be: in `reference` mode ∇L_T = ∇(uda·CE_u + CE_l),
+    # exactly (h′·CE_mpl has no gradient path: both its factors stop it), and the teacher's weights do
+    # not change before its update, so its gradients can be computed before the student exists. The
+    # student's forward then waits for them: the teacher's activations of all B + 2U images are freed
+    # before the student's B + U are made, instead of both being held until the end of the step (the
+    # peak RSS, docs/performance.md). Only the update (10) waits for the student. In `paper` mode the
+    # gradient needs h′, known only after the student's update, so the backward pass stays in 10.
+    uda_weight = schedules.uda_weight(step, recipe)
+    teacher_own_loss = tf.cast(uda_weight, dtype) * unlabelled_ce + labelled_ce
+    teacher_optimizer = wrapped(make_optimizer(teacher_lr, recipe), optimizer_wrapper)
+    teacher_weights = trainable(teacher_variables)
+    teacher_gradients = None if paper else network_gradients(
+        teacher_own_loss, teacher_weights, teacher_optimizer, recipe, loss_scale)
+
     # 4. Student forward on [u_aug, l]: pseudo-label loss and the labelled CE before the update.
-    student = model(tf.concat([aug_images, labelled_images], axis=0), training=True, scope=STUDENT_SCOPE)
+    with tf.control_dependencies([] if paper else teacher_gradients.values):
+        student_images = tf.concat([aug_images, labelled_images], axis=0)
+    student = model(student_images, training=True, scope=STUDENT_SCOPE)
     student_variables = network_variables(STUDENT_SCOPE)
     s_u, s_l_old = tf.split(student.logits, [num_unlabelled, num_labelled], axis=0)
     student_loss = tf.reduce_mean(soft_cross_entropy(smooth_labels(pseudo, recipe.label_smoothing), s_u))
@@ -175,13 +191,15 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
     # port does (and with them the student's second-pass statistics when kept, as the port does). h′ is a
     # dependency even where the MPL gradient is structurally zero, so the student half above always runs
     # first and within this one op.
-    uda_weight = schedules.uda_weight(step, recipe)
     mpl_term = h_prime * mpl_ce
-    teacher_loss = tf.cast(uda_weight, dtype) * unlabelled_ce + labelled_ce + mpl_term
-    teacher_optimizer = wrapped(make_optimizer(teacher_lr, recipe), optimizer_wrapper)
-    teacher_update, teacher_grad_norm, teacher_overflow = gradient_step(
-        teacher_loss, trainable(teacher_variables), teacher_optimizer, recipe, loss_scale, check_overflow,
+    teacher_loss = teacher_own_loss + mpl_term
+    if paper:
+        teacher_gradients = network_gradients(teacher_loss, teacher_weights, teacher_optimizer, recipe,
+                                              loss_scale)
+    teacher_update, teacher_overflow = apply_gradients(
+        teacher_gradients, teacher_weights, teacher_optimizer, check_overflow,
         dependencies=list(teacher.bn_updates) + second_pass_bn_updates + [h_prime])
+    teacher_grad_norm = teacher_gradients.norm
     with tf.control_dependencies([teacher_update, step]):
         train_op = tf.group(tf.assign_add(global_step, 1), name="mpl_train_op")
 
@@ -232,6 +250,12 @@ class MetaPseudoLabels(Algorithm):
 
     def streams(self, recipe):
         return Streams(unlabelled=recipe.uda_data)
+
+    def forward_equivalents(self, recipe):
+        # Teacher fwd+bwd on [l, u_ori, u_aug], student fwd+bwd on [u_aug, l], the second student
+        # forward on l (docs/mpl-reference.md §5): 4,480 at B = 64, U = 7B.
+        b, u = recipe.batch_size, recipe.batch_size * recipe.uda_data
+        return {"train": 3 * (b + 2 * u) + 3 * (u + b) + b}
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         step = build_mpl_step(model, recipe, batch.labelled_images, batch.labels, batch.ori_images,

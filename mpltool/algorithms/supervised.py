@@ -15,6 +15,9 @@ class Supervised(SingleNetwork):
         # it; `augment: none` (the supervised recipes) keeps flip/pad/crop.
         return Streams(unlabelled=0, labelled_strong=recipe.augment != "none")
 
+    def forward_equivalents(self, recipe):
+        return {"train": 3 * recipe.batch_size}  # one fwd+bwd pass over B labelled images
+
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms.common import single_network_step
 

@@ -18,6 +18,10 @@ class Uda(SingleNetwork):
     def streams(self, recipe):
         return Streams(unlabelled=recipe.uda_data)
 
+    def forward_equivalents(self, recipe):
+        b = recipe.batch_size
+        return {"train": 3 * (b + 2 * b * recipe.uda_data)}  # one fwd+bwd pass on [l, u_ori, u_aug]
+
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
         from mpltool.algorithms import schedules
         from mpltool.algorithms.common import single_network_step, uda_loss

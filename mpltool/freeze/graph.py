@@ -18,12 +18,17 @@ from mpltool.models.inference import INPUT_NAME, OUTPUT_NAMES
 from mpltool.tfv1 import tf
 
 MAX_OPS_SHOWN = 4
+GRADIENT_ATTR = "_gradient_op_type"
 
 
 def freeze_graph_def(session, graph) -> "tf.GraphDef":
     """Variables -> constants, keeping only what `logits` and `probs` need (`input` and the weights)."""
     constant = tf.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), list(OUTPUT_NAMES))
-    return tf.graph_util.extract_sub_graph(constant, list(OUTPUT_NAMES))
+    frozen = tf.graph_util.extract_sub_graph(constant, list(OUTPUT_NAMES))
+    for node in frozen.node:  # training-only metadata (layers.leaky_relu's gradient): no converter needs it
+        if GRADIENT_ATTR in node.attr:
+            del node.attr[GRADIENT_ATTR]
+    return frozen
 
 
 def check_frozen_graph(graph_def, what: str) -> None:

@@ -29,7 +29,7 @@ STOP_GRACE_SECONDS = 10  # SIGTERM, then SIGKILL: a rank blocked in an all-reduc
 
 
 def check_nproc(nproc: int, oversubscribe: bool) -> None:
-    cores = os.cpu_count() or 1
+    cores = parallel.available_cores()
     if nproc < 1:
         raise UsageError("--nproc must be at least 1, got {}".format(nproc))
     if nproc > cores and not oversubscribe:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from mpltool import npu, parallel
+from mpltool import npu, parallel, tuning
 from mpltool.data.stage import load_prepared, split_domains, training_data
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
@@ -257,7 +257,7 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                            "network": {"model": resolved.model, "num_classes": resolved.num_classes,
                                        "input_spec": spec_record(input_spec(resolved.model))},
                            "replicas": replicas.size, "global_batch_size": resolved.batch_size * replicas.size,
-                           "parallel": replicas.describe(),
+                           "parallel": replicas.describe(), "runtime": tuning.describe(),
                            "num_train_steps": resolved.num_train_steps,
                            "domains": ({"source": data["source_domains"], "target": data["target_domain"]}
                                        if data["source_domains"] else None),
