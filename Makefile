@@ -74,12 +74,17 @@ which-python:
 	$(CHECK_PYTHON)
 	@echo "PYTHON=$(PYTHON) ($(PYTHON_FROM)); installation $(PYTHON_HOME); venv fingerprint $(FINGERPRINT)"
 
+# Two workers, each test file on one worker (its module fixtures built once): the suite is mostly
+# single-threaded Python and TensorFlow start-up, so two of them fill the 2 cores. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+TEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q $(TEST_PARALLEL)
 
 # Everything but the end-to-end tests marked slow (training, subprocess pipelines, the wheel build).
 test-fast: $(STAMP)
-	$(VPY) -m pytest -q -m "not slow"
+	$(VPY) -m pytest -q $(TEST_PARALLEL) -m "not slow"
 
 demo: $(STAMP)
 	@VPY="$(VPY)" DEMO="$(DEMO)" RECIPE="$(RECIPE)" sh scripts/demo.sh

@@ -1,12 +1,21 @@
 """Fixtures shared by the test files (helpers without pytest state are in helpers.py)."""
 
-import shutil
-from pathlib import Path
+import os
 
-import pytest
+# `make test` runs two pytest workers (pytest-xdist) on this machine's 2 cores: each worker and the
+# processes it starts get one thread for TensorFlow's and OpenMP's pools instead of one per core, so the
+# workers do not oversubscribe the cores. Set before anything imports TensorFlow; a value given is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(_name, "1")
 
-from cifar_fixtures import make_cifar_dir
-from helpers import graph_runner, invoke
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cifar_fixtures import make_cifar_dir  # noqa: E402
+from helpers import graph_runner, invoke  # noqa: E402
 
 
 @pytest.fixture(scope="module")
