@@ -108,7 +108,9 @@ def test_train_records_the_runtime_it_ran_with_and_no_tuning_turns_it_off(prepar
     """A real `mpltool train`: the re-executed process says what it ran with (the allocator as the
     loader mapped it), and `--no-tuning` leaves the process as started."""
     installed = tuning.find_allocator()
-    environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", tuning.APPLIED_ENV, tuning.TUNING_ENV)}
+    ours = ("LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+            "KMP_BLOCKTIME", tuning.APPLIED_ENV, tuning.TUNING_ENV)
+    environ = {k: v for k, v in os.environ.items() if k not in ours}  # as a user's shell starts it
     args = ["train", "--device", "cpu", "--recipe", "mpl-demo"] + sets("num_train_steps=1", "eval_every=1",
                                                                        "save_every=1")
     done = mpltool(prepared_copy, *args, env=environ)
@@ -116,7 +118,7 @@ def test_train_records_the_runtime_it_ran_with_and_no_tuning_turns_it_off(prepar
     runtime = manifest(prepared_copy)["stages"]["train"]["runtime"]
     assert runtime["tuning"] == "applied"
     assert runtime["allocator"] == (installed[0] if installed else "system malloc")
-    assert runtime["omp_threads"] == str(parallel.available_cores())
+    assert runtime["omp_threads"] == runtime["intra_op_threads"] == str(parallel.available_cores())
     done = mpltool(prepared_copy, *(args + ["--no-tuning", "--set", "num_train_steps=2"]), env=environ)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     runtime = manifest(prepared_copy)["stages"]["train"]["runtime"]

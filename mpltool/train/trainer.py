@@ -399,13 +399,15 @@ class TrainingSession:
             target_dir.mkdir(parents=True, exist_ok=True)
             prefix = self.graph.best_saver.save(self.session, str(target_dir / "model.ckpt"), global_step=self.step,
                                                 write_meta_graph=False)
-            for old in target_dir.glob("model.ckpt-*"):  # the new best is complete: drop the old
-                if not old.name.startswith(Path(prefix).name + "."):
-                    old.unlink()
             info = {"prefix": prefix, "top1": top1, "top5": results[target]["top5"], "selected_on": on}
             if on == "valid":
                 info["valid_top1"] = score
             self.on_checkpoint("best-" + target, self.step, info)
+            # Only once the manifest names the new best: a full disk can fail that record, and the files
+            # it still names must then be there (seen: the old best deleted first, the record failed).
+            for old in target_dir.glob("model.ckpt-*"):
+                if not old.name.startswith(Path(prefix).name + "."):
+                    old.unlink()
 
 
 def run_training(recipe, device: str, data: Dict[str, np.ndarray], workdir: Path, restore_from: Optional[str],
