@@ -61,14 +61,19 @@ def disabled(environ: Mapping[str, str]) -> bool:
     return environ.get(TUNING_ENV, "").strip().lower() in OFF_VALUES
 
 
-def preloaded_allocator(environ: Mapping[str, str]) -> Optional[str]:
-    """The allocator LD_PRELOAD already names (the user's, or ours), if any."""
-    preload = environ.get("LD_PRELOAD", "")
+def _allocator_in(names: Sequence[str]) -> Optional[str]:
+    """The allocator of ALLOCATORS one of these library paths is (any version suffix), if any."""
+    basenames = [os.path.basename(path) for path in names]
     for name, files, _ in ALLOCATORS:
-        if any(os.path.basename(entry).startswith(f.split(".so")[0] + ".so") for entry in preload.split(":")
-               for f in files):
+        stems = set(f.split(".so")[0] + ".so" for f in files)  # libjemalloc.so.2 -> libjemalloc.so
+        if any(base.startswith(stem) for base in basenames for stem in stems):
             return name
     return None
+
+
+def preloaded_allocator(environ: Mapping[str, str]) -> Optional[str]:
+    """The allocator LD_PRELOAD already names (the user's, or ours), if any."""
+    return _allocator_in(environ.get("LD_PRELOAD", "").split(":"))
 
 
 def tuned_environment(environ: Mapping[str, str], processes: int = 1, cores: Optional[int] = None,
@@ -143,7 +148,10 @@ def reexec_tuned(argv: Sequence[str], environ=None) -> None:
     env[APPLIED_ENV] = ",".join(sorted(added))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "mpltool"] + list(argv), env)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "mpltool"] + list(argv), env)
+    except OSError:
+        return  # the interpreter cannot be executed again (removed, no permission): train as started
 
 
 def loaded_allocator(maps_path: str = "/proc/self/maps") -> Optional[str]:
@@ -153,10 +161,7 @@ def loaded_allocator(maps_path: str = "/proc/self/maps") -> Optional[str]:
             mapped = handle.read()
     except OSError:
         return None
-    for name, files, _ in ALLOCATORS:
-        if any("/" + f.split(".so")[0] + ".so" in mapped for f in files):
-            return name
-    return None
+    return _allocator_in([line.split()[-1] for line in mapped.splitlines() if "/" in line])
 
 
 def describe(environ=None) -> Dict[str, object]:

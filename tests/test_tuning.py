@@ -124,3 +124,12 @@ def test_train_records_the_runtime_it_ran_with_and_no_tuning_turns_it_off(prepar
     runtime = manifest(prepared_copy)["stages"]["train"]["runtime"]
     assert runtime == {"tuning": "not applied", "allocator": "system malloc", "intra_op_threads": "default",
                        "inter_op_threads": "default", "omp_threads": "default"}
+
+
+def test_a_failed_reexec_trains_as_started(monkeypatch):
+    def refuse(path, args, env):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "execve", refuse)
+    monkeypatch.setattr(tuning, "find_allocator", lambda dirs=None: JEMALLOC)
+    assert tuning.reexec_tuned(["train"], environ={}) is None  # no traceback: the command runs untuned
