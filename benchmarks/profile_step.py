@@ -1,23 +1,26 @@
 """Where one training step's time and memory go: TF's own step stats, grouped by pass, and page faults.
 
-One traced step (RunOptions FULL_TRACE, after warm-up steps) of an algorithm's training op, the inputs
-held in memory as in benchmarks/train_step.py. Printed:
+One traced step (RunOptions FULL_TRACE, after warm-up steps) of a recipe's training op (its first phase),
+built and fed in memory exactly as benchmarks/train_step.py times it. Printed:
   - op time by pass (teacher/student forward, each backward, optimizer...) and the op types that cost most;
   - the allocator's live bytes over the step, rebuilt from its allocation records: the peak, which op was
     running at that moment, and what the live bytes at the peak belong to (by pass);
   - minor/major page faults and peak RSS of an untraced step, and the optional chrome://tracing timeline.
 
-Re-measure: .venv/bin/python benchmarks/profile_step.py [--batch 64] [--uda-data 7] [--timeline out.json]
+Re-measure: .venv/bin/python benchmarks/profile_step.py [--recipe mpl-wrn28-2] [--batch 16] [--set k=v]
+            [--timeline out.json]
             (run once per batch size; each run is its own process, so its peak RSS is its own)
 """
 
 import argparse
 import collections
+import os
 import re
 import resource
 import time
 
 import common
+from train_step import build_step, initialise
 
 PASS_PATTERNS = [  # first match wins; names as the graph builders in mpltool/algorithms create them
     ("optimizer/apply", re.compile(r"(^|/)(Momentum|Adam|update_|clip_by_global_norm|ema_update|AddN)")),
@@ -38,24 +41,6 @@ def pass_of(node_name):
     return "other"
 
 
-def build(batch, uda_data, feedback):
-    import numpy as np
-    from mpltool.algorithms.mpl import build_mpl_step
-    from mpltool.models import build_model
-    from mpltool.recipes import load_recipe
-    from mpltool.tfv1 import tf
-
-    recipe = load_recipe("mpl-wrn28-2", ["batch_size={}".format(batch), "uda_data={}".format(uda_data),
-                                         "mpl_feedback=" + feedback])
-    rng = np.random.RandomState(0)
-    const = lambda n: tf.constant(rng.randn(n, 32, 32, 3).astype(np.float32))  # noqa: E731
-    net = build_model(recipe.model, dropout_rate=recipe.dropout_rate)
-    unlabelled = batch * uda_data
-    step = build_mpl_step(net, recipe, const(batch), tf.constant(rng.randint(0, 10, batch)), const(unlabelled),
-                          const(unlabelled), tf.train.get_or_create_global_step())
-    return step
-
-
 def memory_timeline(step_stats):
     """[(micros, +/-bytes, node)] from every allocator's allocation records, in time order."""
     events = []
@@ -68,14 +53,16 @@ def memory_timeline(step_stats):
     return events
 
 
-def profile(batch=64, uda_data=7, feedback="reference", timeline=None, warmup=2):
+def profile(recipe="mpl-wrn28-2", overrides=(), timeline=None, warmup=2):
+    """One traced step of the recipe's first phase (build_step: the benchmark's in-memory inputs)."""
+    from mpltool.algorithms import phases_of
     from mpltool.tfv1 import tf
 
-    step = build(batch, uda_data, feedback)
-    fetches = {"train": step.train_op, "metrics": step.metrics}
+    step, memory = build_step(recipe, list(overrides))
+    phase = phases_of(step)[0]
+    fetches = {"train": phase.train_op, "metrics": phase.metrics}
     with tf.Session() as session:
-        session.run(tf.global_variables_initializer())
-        session.run(step.ema_init_op)
+        initialise(session, step, memory)
         for _ in range(warmup):
             session.run(fetches)
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -108,7 +95,7 @@ def profile(batch=64, uda_data=7, feedback="reference", timeline=None, warmup=2)
             peak_owners = dict(owner_live)
     total_op = sum(by_pass.values()) or 1
     return {
-        "batch": batch, "uda_data": uda_data, "seconds_untraced": seconds,
+        "seconds_untraced": seconds,
         "minor_faults": after.ru_minflt - before.ru_minflt, "major_faults": after.ru_majflt - before.ru_majflt,
         "op_seconds_by_pass": {k: v / 1e6 for k, v in by_pass.most_common()},
         "op_share_by_pass": {k: round(v / total_op, 3) for k, v in by_pass.most_common()},
@@ -132,16 +119,25 @@ def _write_timeline(step_stats, path):
 def main():
     common.child_main({"profile": profile})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--uda-data", type=int, default=7)
-    parser.add_argument("--feedback", default="reference")
+    parser.add_argument("--recipe", default="mpl-wrn28-2")
+    parser.add_argument("--batch", type=int, default=None, help="batch_size [the recipe's]")
+    parser.add_argument("--uda-data", type=int, default=None, help="uda_data [the recipe's]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other recipe override, e.g. mpl_feedback=paper")
     parser.add_argument("--timeline", help="also write a chrome://tracing JSON file here")
+    parser.add_argument("--no-tuning", action="store_true", help="profile without mpltool/tuning.py's settings")
     args = parser.parse_args()
-    result = common.child(__file__, "profile", {"batch": args.batch, "uda_data": args.uda_data,
-                                                "feedback": args.feedback, "timeline": args.timeline})
+    overrides = list(args.overrides)
+    overrides += ["batch_size={}".format(args.batch)] if args.batch else []
+    overrides += ["uda_data={}".format(args.uda_data)] if args.uda_data else []
+    from mpltool import tuning
+
+    tuned = {} if args.no_tuning else tuning.tuned_environment(os.environ)  # as `mpltool train` runs
+    result = common.child(__file__, "profile", {"recipe": args.recipe, "overrides": overrides,
+                                                "timeline": args.timeline}, env=tuned)
     print("machine: " + common.machine())
-    print("MPL step, batch {} uda_data {}: {:.2f} s untraced, peak RSS {:.0f} MiB".format(
-        args.batch, args.uda_data, result["seconds_untraced"], result["peak_rss_mib"]))
+    print("{} {}: one step {:.2f} s untraced, peak RSS {:.0f} MiB".format(
+        args.recipe, " ".join(overrides), result["seconds_untraced"], result["peak_rss_mib"]))
     print("page faults in one untraced step: {} minor, {} major".format(result["minor_faults"],
                                                                         result["major_faults"]))
     print("op time by pass (sum of op durations; ops overlap on 2 threads):")

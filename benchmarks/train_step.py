@@ -103,9 +103,9 @@ def images_per_step(streams, batch_size):
     return batch_size * (1 + int(streams.unlabelled))
 
 
-def algorithm_step(recipe, overrides, repeat=3, warmup=1):
-    """Median seconds of each phase's training op."""
-    from mpltool.algorithms import get_algorithm, phases_of
+def build_step(recipe, overrides):
+    """(step, InMemory) of the recipe's algorithm in the default graph, its inputs held in memory."""
+    from mpltool.algorithms import get_algorithm
     from mpltool.models import build_model
     from mpltool.recipes import load_recipe
     from mpltool.tfv1 import tf
@@ -116,13 +116,28 @@ def algorithm_step(recipe, overrides, repeat=3, warmup=1):
     model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate, bn_momentum=recipe.bn_momentum)
     memory = InMemory()
     batch = step_batch(algorithm.streams(recipe), recipe, tuple(model.input_spec.shape), memory)
-    step = algorithm.build_step(model, recipe, batch, tf.train.get_or_create_global_step())
+    return algorithm.build_step(model, recipe, batch, tf.train.get_or_create_global_step()), memory
+
+
+def initialise(session, step, memory):
+    """Variables, the in-memory inputs, and the step's own init ops (EMA copies, pretrained weights)."""
+    from mpltool.tfv1 import tf
+
+    session.run(tf.global_variables_initializer())
+    memory.load(session)
+    if step.init_ops:
+        session.run(step.init_ops, feed_dict=step.init_feed)
+
+
+def algorithm_step(recipe, overrides, repeat=3, warmup=1):
+    """Median seconds of each phase's training op."""
+    from mpltool.algorithms import phases_of
+    from mpltool.tfv1 import tf
+
+    step, memory = build_step(recipe, overrides)
     seconds = {}
     with tf.Session() as session:
-        session.run(tf.global_variables_initializer())
-        memory.load(session)
-        if step.init_ops:
-            session.run(step.init_ops, feed_dict=step.init_feed)
+        initialise(session, step, memory)
         for phase in phases_of(step):
             fetches = {"train": phase.train_op, "metrics": phase.metrics}
             seconds[phase.name] = common.timed(lambda: session.run(fetches), warmup=warmup, repeat=repeat)
@@ -199,7 +214,7 @@ def print_table(label, results):
 
 
 def print_ratios(label, results, baseline):
-    print("== {}: this tree / baseline (medians; below 1 is better) ==".format(label))
+    print("== {}: first / second (medians; below 1 is better) ==".format(label))
     for name, result in results.items():
         if name not in baseline:
             continue
