@@ -343,6 +343,7 @@ def recipes_show(ctx, name, overrides):
 def train(ctx, recipe, overrides, device, extend_steps, force, nproc, oversubscribe, devices, rank_table,
           no_tuning):
     """Train the recipe's algorithm; resumes from the latest checkpoint. --nproc/--devices: data-parallel."""
+    # no_tuning took effect before click ran: run() hands the argv to tuning.reexec_tuned first.
     from mpltool.train.stage import train as train_stage
 
     def progress_factory(total):
