@@ -94,7 +94,7 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
         run.record["onnx_stack"] = runtime.versions()
         staged = run.stage_output("onnx", output)
         model_proto = runtime.convert_graph_def(graph_def, opset, str(pb))
-        atomic_write_bytes(staged, model_proto.SerializeToString())
+        atomic_write_bytes(staged, model_proto.SerializeToString(deterministic=True))
 
         written = staged.read_bytes()
         run.record["onnx"] = dict(runtime.check_model(written, str(output)), opset=opset)

@@ -150,7 +150,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         if fold:
             graph_def, folded = simplify_for_inference(graph_def, OUTPUT_NAMES)
         run.record["folded_batch_norms"] = len(folded)
-        atomic_write_bytes(staged, graph_def.SerializeToString())
+        # deterministic: attribute maps in a fixed order, so the same checkpoint always gives the same bytes
+        atomic_write_bytes(staged, graph_def.SerializeToString(deterministic=True))
 
         written = parse_graph_def(staged.read_bytes(), str(output))
         check_frozen_graph(written, str(output))
