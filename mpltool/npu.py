@@ -8,7 +8,7 @@ and the next import raise something else (docs/ascend-port.md §3).
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mpltool import parallel
+from mpltool import tuning
 from mpltool.errors import ToolMissingError, UsageError
 
 DEVICES = ("auto", "cpu", "gpu", "npu")
@@ -72,9 +72,9 @@ def session_config(device: str, recipe: Any):
     config = tf.ConfigProto(allow_soft_placement=True)
     if device == "gpu":
         config.gpu_options.allow_growth = True
-    local = parallel.local_processes()
+    local = tuning.job_processes_on_host()
     if device == "cpu" and local > 1:
-        threads = parallel.threads_per_process(local)
+        threads = tuning.threads_per_process(local)
         config.intra_op_parallelism_threads = threads
         config.inter_op_parallelism_threads = threads
     if device != "npu":

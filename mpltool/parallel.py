@@ -146,24 +146,6 @@ def horovod_available() -> Optional[str]:
     return None
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask: a container or taskset may allow fewer)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def threads_per_process(processes: int, cores: Optional[int] = None) -> int:
-    """This host's cores shared among `processes` processes on it, instead of each taking all of them."""
-    return max(1, (cores or available_cores()) // max(1, processes))
-
-
-def local_processes() -> int:
-    """How many processes of this job run on this host (horovodrun says; 1 otherwise)."""
-    return int(os.environ.get("HOROVOD_LOCAL_SIZE") or 1)
-
-
 def launched_by_horovod() -> bool:
     return "HOROVOD_RANK" in os.environ
 

@@ -57,6 +57,24 @@ def find_allocator(dirs: Optional[Sequence[str]] = None) -> Optional[Tuple[str, 
     return None
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container or taskset may allow fewer)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(processes: int, cores: Optional[int] = None) -> int:
+    """This host's cores shared among `processes` processes on it, instead of each taking all of them."""
+    return max(1, (cores or available_cores()) // max(1, processes))
+
+
+def job_processes_on_host() -> int:
+    """How many processes of this job run on this host (horovodrun says; 1 otherwise)."""
+    return int(os.environ.get("HOROVOD_LOCAL_SIZE") or 1)
+
+
 def disabled(environ: Mapping[str, str]) -> bool:
     return environ.get(TUNING_ENV, "").strip().lower() in OFF_VALUES
 
@@ -86,8 +104,6 @@ def tuned_environment(environ: Mapping[str, str], processes: int = 1, cores: Opt
     core the next op's threads need. `allocator`: find_allocator()'s answer (default: look it up; False:
     none).
     """
-    from mpltool.parallel import threads_per_process
-
     threads = threads_per_process(processes, cores)
     wanted = {
         "TF_NUM_INTRAOP_THREADS": str(threads),
@@ -119,7 +135,7 @@ def command_of(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def local_processes(argv: Sequence[str]) -> int:
+def processes_of_command(argv: Sequence[str]) -> int:
     """`train --nproc N` runs N processes on this host, which share its cores."""
     for index, token in enumerate(argv):
         value = None
@@ -141,7 +157,7 @@ def reexec_tuned(argv: Sequence[str], environ=None) -> None:
     environ = os.environ if environ is None else environ
     if command_of(argv) != "train" or NO_TUNING_FLAG in argv or disabled(environ) or environ.get(APPLIED_ENV):
         return
-    added = tuned_environment(environ, processes=local_processes(argv))
+    added = tuned_environment(environ, processes=processes_of_command(argv))
     if not added:
         return
     env = dict(environ, **added)

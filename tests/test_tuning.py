@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mpltool import parallel, tuning
+from mpltool import tuning
 from helpers import manifest, mpltool, sets
 
 JEMALLOC = ("jemalloc", "/opt/lib/libjemalloc.so.2", {"MALLOC_CONF": tuning.JEMALLOC_CONF})
@@ -63,8 +63,8 @@ def test_the_subcommand_is_found_after_global_options(argv, command):
 
 @pytest.mark.parametrize("argv,processes", [
     (["train"], 1), (["train", "--nproc", "2"], 2), (["train", "--nproc=4"], 4), (["train", "--nproc", "x"], 1)])
-def test_local_processes_from_nproc(argv, processes):
-    assert tuning.local_processes(argv) == processes
+def test_processes_of_command_from_nproc(argv, processes):
+    assert tuning.processes_of_command(argv) == processes
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_train_reexecutes_once_with_the_settings(execs):
     (path, args, env), = execs
     assert args[1:] == ["-m", "mpltool", "--project", "p", "train", "--nproc", "2"]
     assert env["PATH"] == "/bin" and env["LD_PRELOAD"] == "/opt/lib/libjemalloc.so.2"
-    assert env["OMP_NUM_THREADS"] == str(max(1, parallel.available_cores() // 2))
+    assert env["OMP_NUM_THREADS"] == str(max(1, tuning.available_cores() // 2))
     assert env[tuning.APPLIED_ENV].split(",") == sorted(k for k in env if k not in ("PATH", tuning.APPLIED_ENV))
     tuning.reexec_tuned(["train"], environ=env)  # the re-executed process
     assert len(execs) == 1
@@ -118,7 +118,7 @@ def test_train_records_the_runtime_it_ran_with_and_no_tuning_turns_it_off(prepar
     runtime = manifest(prepared_copy)["stages"]["train"]["runtime"]
     assert runtime["tuning"] == "applied"
     assert runtime["allocator"] == (installed[0] if installed else "system malloc")
-    assert runtime["omp_threads"] == runtime["intra_op_threads"] == str(parallel.available_cores())
+    assert runtime["omp_threads"] == runtime["intra_op_threads"] == str(tuning.available_cores())
     done = mpltool(prepared_copy, *(args + ["--no-tuning", "--set", "num_train_steps=2"]), env=environ)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     runtime = manifest(prepared_copy)["stages"]["train"]["runtime"]

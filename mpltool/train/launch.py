@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from mpltool import parallel, ranktable
+from mpltool import parallel, ranktable, tuning
 from mpltool.errors import ToolFailedError, ToolMissingError, UsageError
 from mpltool.manifest import Project, atomic_write_bytes, utc_now
 
@@ -29,7 +29,7 @@ STOP_GRACE_SECONDS = 10  # SIGTERM, then SIGKILL: a rank blocked in an all-reduc
 
 
 def check_nproc(nproc: int, oversubscribe: bool) -> None:
-    cores = parallel.available_cores()
+    cores = tuning.available_cores()
     if nproc < 1:
         raise UsageError("--nproc must be at least 1, got {}".format(nproc))
     if nproc > cores and not oversubscribe:
@@ -75,7 +75,7 @@ def run_horovod(project: Project, nproc: int, worker: Sequence[str], echo: Calla
     started = utc_now()
     lines = []  # type: List[str]
     # MKL's OpenMP pool, like TF's (npu.session_config), gets this host's cores shared among the processes.
-    threads = str(parallel.threads_per_process(nproc))
+    threads = str(tuning.threads_per_process(nproc))
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
     process = subprocess.Popen(horovod_command(nproc, worker), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=env)
