@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpltool.data.augment import CIFAR_MEAN, CIFAR_STD
+from mpltool.models import CIFAR_MEAN, CIFAR_STD
 from mpltool.data.cifar import write_cifar_file
 from mpltool.manifest import Project
 from mpltool.models import build_model

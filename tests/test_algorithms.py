@@ -89,7 +89,7 @@ def test_supervised_builds_no_unlabelled_stream():
 
 
 def test_the_recipes_overflow_mode_reaches_the_unlabelled_views(monkeypatch):
-    from mpltool.data import augment
+    from mpltool.data import views as augment
     from mpltool.data.pipeline import TrainInput
     from mpltool.tfv1 import tf
 
@@ -149,8 +149,8 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
 @pytest.mark.parametrize("policy, expected", [("randaugment", "aug_view"), ("autoaugment", "autoaugment_view"),
                                               ("none", "labelled_view")])
 def test_the_augment_key_picks_the_strong_view(monkeypatch, policy, expected):
-    from mpltool.data import augment
-    from mpltool.data.pipeline import strong_view
+    from mpltool.data import views as augment
+    from mpltool.data.views import strong_view
 
     called = []
     for name in ("aug_view", "autoaugment_view", "labelled_view"):

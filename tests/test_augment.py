@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mpltool.data import augment as A
+from mpltool.data.augment import ops, randaugment
+from mpltool.data import views
 from mpltool.errors import UsageError
 from helpers import dataset_samples
 from mpltool.tfv1 import tf
@@ -168,35 +169,35 @@ def _jitter_candidates(img, pad=4, fill=128):
 
 
 def test_op_parameters_at_magnitude_16_match_the_reference_numbers():
-    assert A.op_parameters("Rotate", 16) == pytest.approx((48.0,))
-    assert A.op_parameters("ShearX", 16) == pytest.approx((0.48,))
-    assert A.op_parameters("ShearY", 16) == pytest.approx((0.48,))
-    assert A.op_parameters("TranslateX", 16) == pytest.approx((6.4,))
-    assert A.op_parameters("TranslateY", 16) == pytest.approx((6.4,))
+    assert randaugment.op_parameters("Rotate", 16) == pytest.approx((48.0,))
+    assert randaugment.op_parameters("ShearX", 16) == pytest.approx((0.48,))
+    assert randaugment.op_parameters("ShearY", 16) == pytest.approx((0.48,))
+    assert randaugment.op_parameters("TranslateX", 16) == pytest.approx((6.4,))
+    assert randaugment.op_parameters("TranslateY", 16) == pytest.approx((6.4,))
     for name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        assert A.op_parameters(name, 16) == pytest.approx((2.98,))
-    assert A.op_parameters("Posterize", 16) == (6,)
-    assert A.op_parameters("Solarize", 16) == (409,)
-    assert A.op_parameters("Cutout", 16) == (12,)
+        assert randaugment.op_parameters(name, 16) == pytest.approx((2.98,))
+    assert randaugment.op_parameters("Posterize", 16) == (6,)
+    assert randaugment.op_parameters("Solarize", 16) == (409,)
+    assert randaugment.op_parameters("Cutout", 16) == (12,)
     for name in ("AutoContrast", "Equalize", "Invert"):
-        assert A.op_parameters(name, 16) == ()
+        assert randaugment.op_parameters(name, 16) == ()
     # Translate and cutout scale with image_size // 8, like the reference's constants.
-    assert A.op_parameters("TranslateX", 16, image_size=64) == pytest.approx((12.8,))
-    assert A.op_parameters("Cutout", 10) == (8,)
+    assert randaugment.op_parameters("TranslateX", 16, image_size=64) == pytest.approx((12.8,))
+    assert randaugment.op_parameters("Cutout", 10) == (8,)
 
 
 def test_op_list_and_signed_ops_are_the_references():
-    assert A.RANDAUGMENT_OPS == (
+    assert randaugment.RANDAUGMENT_OPS == (
         "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
         "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout")
-    assert A.SIGNED_OPS == {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
+    assert ops.SIGNED_OPS == {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
 
 
 def test_op_parameters_rejects_unknown_op_and_negative_magnitude():
     with pytest.raises(UsageError, match="unknown augmentation op 'Mirror'"):
-        A.op_parameters("Mirror", 16)
+        randaugment.op_parameters("Mirror", 16)
     with pytest.raises(UsageError, match="magnitude must be >= 0"):
-        A.op_parameters("Rotate", -1)
+        randaugment.op_parameters("Rotate", -1)
 
 
 # -------------------------------------------------------------------------------------- pixel ops
@@ -205,18 +206,18 @@ def test_op_parameters_rejects_unknown_op_and_negative_magnitude():
 def test_pixel_ops_match_numpy(run):
     assert (IMG >= 153).any() and (IMG < 153).any()
     got = run(lambda: {
-        "invert": A.invert(IMG),
-        "posterize": A.posterize(IMG, 6),
-        "solarize_409": A.solarize(IMG, 409),
-        "solarize_153": A.solarize(IMG, 153),
-        "auto_contrast": A.auto_contrast(IMG),
-        "equalize": A.equalize(IMG),
-        "color": A.color(IMG, 2.98),
-        "contrast": A.contrast(IMG, 2.98),
-        "brightness": A.brightness(IMG, 2.98),
-        "sharpness": A.sharpness(IMG, 2.98),
-        "brightness_half": A.brightness(IMG, 0.5),
-        "sharpness_blur": A.sharpness(IMG, 0.0),
+        "invert": ops.invert(IMG),
+        "posterize": ops.posterize(IMG, 6),
+        "solarize_409": ops.solarize(IMG, 409),
+        "solarize_153": ops.solarize(IMG, 153),
+        "auto_contrast": ops.auto_contrast(IMG),
+        "equalize": ops.equalize(IMG),
+        "color": ops.color(IMG, 2.98),
+        "contrast": ops.contrast(IMG, 2.98),
+        "brightness": ops.brightness(IMG, 2.98),
+        "sharpness": ops.sharpness(IMG, 2.98),
+        "brightness_half": ops.brightness(IMG, 0.5),
+        "sharpness_blur": ops.sharpness(IMG, 0.0),
     })
     np.testing.assert_array_equal(got["invert"], 255 - IMG)
     np.testing.assert_array_equal(got["posterize"], (IMG >> 2) << 2)
@@ -242,7 +243,7 @@ def test_flat_channels_and_constant_images_pass_through(run):
     flat = IMG.copy()
     flat[..., 1] = 77
     constant = np.full((H, W, 3), 200, np.uint8)
-    got = run(lambda: (A.auto_contrast(flat), A.equalize(constant)))
+    got = run(lambda: (ops.auto_contrast(flat), ops.equalize(constant)))
     np.testing.assert_array_equal(got[0], np_auto_contrast(flat))
     assert (got[0][..., 1] == 77).all()
     np.testing.assert_array_equal(got[1], constant)
@@ -302,7 +303,7 @@ CROSSING_AT = {("Brightness", 100): (0, 0), ("Brightness", 86): (0, 1), ("Bright
                ("Contrast", 0): (0, 0), ("Contrast", 3): (0, 1), ("Contrast", 200): (0, 2),
                ("Sharpness", 0): (5, 5), ("Sharpness", 200): (6, 6), ("Sharpness", 255): (20, 20)}
 CHANNEL_OF = {("Color", 0): 0, ("Color", 255): 2}
-COLOUR_FNS = {"Color": A.color, "Contrast": A.contrast, "Brightness": A.brightness, "Sharpness": A.sharpness}
+COLOUR_FNS = {"Color": ops.color, "Contrast": ops.contrast, "Brightness": ops.brightness, "Sharpness": ops.sharpness}
 
 
 @pytest.mark.parametrize("overflow", ["wrap", "clip"])
@@ -347,8 +348,8 @@ def test_blend_factors_0_and_1_return_the_images_and_tensor_factors_match(run, o
     rng = np.random.RandomState(12)
     a, b = (rng.randint(0, 256, (4, 4, 3)).astype(np.uint8) for _ in range(2))
     factors = [0.0, 1.0, 0.5, 2.98, -0.5]
-    got = run(lambda: ([A.blend(a, b, f, overflow) for f in factors],
-                       [A.blend(a, b, tf.constant(f), overflow) for f in factors]))
+    got = run(lambda: ([ops.blend(a, b, f, overflow) for f in factors],
+                       [ops.blend(a, b, tf.constant(f), overflow) for f in factors]))
     for f, static, dynamic in zip(factors, *got):
         np.testing.assert_array_equal(static, np_blend(a, b, f, overflow), err_msg=str(f))
         np.testing.assert_array_equal(dynamic, static, err_msg=str(f))
@@ -359,9 +360,9 @@ def test_blend_factors_0_and_1_return_the_images_and_tensor_factors_match(run, o
 def test_unknown_overflow_mode_is_refused():
     with tf.Graph().as_default():
         with pytest.raises(UsageError, match="overflow must be one of wrap, clip"):
-            A.brightness(IMG, 2.0, overflow="saturate")
+            ops.brightness(IMG, 2.0, overflow="saturate")
         with pytest.raises(UsageError, match="overflow"):
-            A.randaugment(IMG, overflow="modulo")
+            randaugment.randaugment(IMG, overflow="modulo")
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -369,12 +370,12 @@ def test_unknown_overflow_mode_is_refused():
 
 def test_geometric_ops_match_numpy_nearest_neighbour_with_fill_128(run):
     got = run(lambda: {
-        "rotate": A.rotate(IMG, 48.0),
-        "rotate_neg": A.rotate(IMG, -48.0),
-        "shear_x": A.shear_x(IMG, 0.48),
-        "shear_y": A.shear_y(IMG, -0.48),
-        "translate_x": A.translate_x(IMG, 6.4),
-        "translate_y": A.translate_y(IMG, -6.4),
+        "rotate": ops.rotate(IMG, 48.0),
+        "rotate_neg": ops.rotate(IMG, -48.0),
+        "shear_x": ops.shear_x(IMG, 0.48),
+        "shear_y": ops.shear_y(IMG, -0.48),
+        "translate_x": ops.translate_x(IMG, 6.4),
+        "translate_y": ops.translate_y(IMG, -6.4),
     })
     np.testing.assert_array_equal(got["rotate"], np_rotate(IMG, 48.0))
     np.testing.assert_array_equal(got["rotate_neg"], np_rotate(IMG, -48.0))
@@ -394,8 +395,8 @@ def test_geometric_ops_match_numpy_nearest_neighbour_with_fill_128(run):
 
 
 def test_half_pixel_shifts_round_away_from_zero_like_the_contrib_kernel(run):
-    got = run(lambda: (A.translate_x(IMG, 0.5), A.translate_x(IMG, 1), A.translate_y(IMG, -0.5),
-                       A.translate_x(IMG, 1.5), A.translate_x(IMG, 2)))
+    got = run(lambda: (ops.translate_x(IMG, 0.5), ops.translate_x(IMG, 1), ops.translate_y(IMG, -0.5),
+                       ops.translate_x(IMG, 1.5), ops.translate_x(IMG, 2)))
     np.testing.assert_array_equal(got[0], got[1])  # x + 0.5 -> x + 1 for every x (half to even: x or x + 1)
     np.testing.assert_array_equal(got[3], got[4])
     # y - 0.5 rounds to y for y >= 1 but to -1 (outside) for y = 0: only the top row becomes fill.
@@ -404,7 +405,7 @@ def test_half_pixel_shifts_round_away_from_zero_like_the_contrib_kernel(run):
 
 
 def test_rotate_by_90_and_0_degrees(run):
-    got = run(lambda: (A.rotate(IMG, 90), A.rotate(IMG, 0), A.rotate(IMG[:16], 90.0)))
+    got = run(lambda: (ops.rotate(IMG, 90), ops.rotate(IMG, 0), ops.rotate(IMG[:16], 90.0)))
     np.testing.assert_array_equal(got[0], np.rot90(IMG))  # counter-clockwise, like np.rot90
     np.testing.assert_array_equal(got[1], IMG)
     # Non-square input: the shape stays, and the result matches the centred-rotation formula.
@@ -413,8 +414,8 @@ def test_rotate_by_90_and_0_degrees(run):
 
 
 def test_cutout_at_fills_a_square_clipped_at_the_borders(run):
-    got = run(lambda: (A.cutout_at(IMG, 2, 30, 12), A.cutout_at(IMG, 16, 10, 5, fill=0),
-                       A.cutout_at(IMG, 40, 40, 12)))
+    got = run(lambda: (ops.cutout_at(IMG, 2, 30, 12), ops.cutout_at(IMG, 16, 10, 5, fill=0),
+                       ops.cutout_at(IMG, 40, 40, 12)))
     np.testing.assert_array_equal(got[0], np_cutout(IMG, 2, 30, 12))
     assert (got[0][:8, 24:] == 128).all()
     assert (got[0][8:] == IMG[8:]).all() and (got[0][:, :24] == IMG[:, :24]).all()
@@ -436,7 +437,7 @@ def _decode_cutout(image, sample, size):
 
 
 def test_random_cutout_centres_cover_the_whole_image(run):
-    samples = run(lambda: _samples(lambda x: A.random_cutout(x, 16), IMG_NO_FILL, 300))
+    samples = run(lambda: _samples(lambda x: ops.random_cutout(x, 16), IMG_NO_FILL, 300))
     centres = np.array([_decode_cutout(IMG_NO_FILL, s, 16) for s in samples])
     assert centres.min() == 0 and centres.max() == H - 1
     assert len(set(centres[:, 0].tolist())) >= 28 and len(set(centres[:, 1].tolist())) >= 28
@@ -455,8 +456,8 @@ def _decode_jitters(image, samples, pad=4, fill=128):
 
 
 def test_flip_pad_crop_draws_every_offset_and_flip_with_fill_128(run):
-    samples, zeros = run(lambda: (_samples(A.flip_pad_crop, COORDS, 300),
-                                  _samples(A.flip_pad_crop, np.zeros((H, W, 3), np.uint8), 64)))
+    samples, zeros = run(lambda: (_samples(ops.flip_pad_crop, COORDS, 300),
+                                  _samples(ops.flip_pad_crop, np.zeros((H, W, 3), np.uint8), 64)))
     draws = _decode_jitters(COORDS, samples)
     assert {flip for flip, _, _ in draws} == {False, True}
     assert {dy for _, dy, _ in draws} == set(range(-4, 5))
@@ -466,7 +467,7 @@ def test_flip_pad_crop_draws_every_offset_and_flip_with_fill_128(run):
 
 
 def test_flip_pad_crop_pad_and_fill_arguments(run):
-    samples = run(lambda: _samples(lambda x: A.flip_pad_crop(x, pad=2, fill=9), COORDS, 100))
+    samples = run(lambda: _samples(lambda x: ops.flip_pad_crop(x, pad=2, fill=9), COORDS, 100))
     draws = set(_decode_jitters(COORDS, samples, pad=2, fill=9))
     assert {dy for _, dy, _ in draws} == set(range(-2, 3))
     assert {dx for _, _, dx in draws} == set(range(-2, 3))
@@ -474,19 +475,19 @@ def test_flip_pad_crop_pad_and_fill_arguments(run):
 
 def test_labelled_and_ori_views_are_jitter_only(run):
     zeros = np.zeros((H, W, 3), np.uint8)
-    labelled, ori, coords = run(lambda: (_samples(A.labelled_view, zeros, 64),
-                                         _samples(A.ori_view, zeros, 64),
-                                         _samples(A.labelled_view, COORDS, 32)))
-    for views in (labelled, ori):
-        assert views.shape == (64, H, W, 3) and views.dtype == np.uint8
-        assert set(np.unique(views).tolist()) == {0, 128}
-        assert (views == 128).any(axis=(1, 2, 3)).mean() > 0.8  # only shift (0, 0) shows no fill
+    labelled, ori, coords = run(lambda: (_samples(views.labelled_view, zeros, 64),
+                                         _samples(views.ori_view, zeros, 64),
+                                         _samples(views.labelled_view, COORDS, 32)))
+    for samples in (labelled, ori):
+        assert samples.shape == (64, H, W, 3) and samples.dtype == np.uint8
+        assert set(np.unique(samples).tolist()) == {0, 128}
+        assert (samples == 128).any(axis=(1, 2, 3)).mean() > 0.8  # only shift (0, 0) shows no fill
     _decode_jitters(COORDS, coords)
 
 
 def test_aug_view_is_built_from_the_same_ori_image(run):
     # num_layers=0 leaves cutout + jitter, so every aug pixel that is not fill must be a jitter of ori.
-    ori, aug = run(lambda: _samples(lambda x: A.unlabelled_views(x, num_layers=0), COORDS, 48))
+    ori, aug = run(lambda: _samples(lambda x: views.unlabelled_views(x, num_layers=0), COORDS, 48))
     _decode_jitters(COORDS, ori)
     for ori_view, aug_view in zip(ori, aug):
         kept = aug_view[..., 2] != 128
@@ -498,7 +499,7 @@ def test_aug_view_is_built_from_the_same_ori_image(run):
 
 
 def test_unlabelled_views_full_pipeline_shapes_and_change(run):
-    ori, aug = run(lambda: _samples(A.unlabelled_views, IMG, 64))
+    ori, aug = run(lambda: _samples(views.unlabelled_views, IMG, 64))
     assert ori.shape == aug.shape == (64, H, W, 3)
     assert ori.dtype == aug.dtype == np.uint8
     assert np.mean([not np.array_equal(o, a) for o, a in zip(ori, aug)]) > 0.9
@@ -509,16 +510,16 @@ def test_unlabelled_views_full_pipeline_shapes_and_change(run):
 
 
 def test_randaugment_with_p_zero_returns_the_input_unchanged(run):
-    samples = run(lambda: _samples(lambda x: A.randaugment(x, prob_range=(0, 0)), IMG, 64))
+    samples = run(lambda: _samples(lambda x: randaugment.randaugment(x, prob_range=(0, 0)), IMG, 64))
     for sample in samples:
         np.testing.assert_array_equal(sample, IMG)
 
 
 def test_randaugment_with_p_one_always_applies(run):
     once, twice, full = run(lambda: (
-        _samples(lambda x: A.randaugment(x, num_layers=1, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
-        _samples(lambda x: A.randaugment(x, num_layers=2, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
-        _samples(lambda x: A.randaugment(x, prob_range=(1, 1)), IMG, 32)))
+        _samples(lambda x: randaugment.randaugment(x, num_layers=1, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
+        _samples(lambda x: randaugment.randaugment(x, num_layers=2, prob_range=(1, 1), ops=("Invert",)), IMG, 16),
+        _samples(lambda x: randaugment.randaugment(x, prob_range=(1, 1)), IMG, 32)))
     for sample in once:
         np.testing.assert_array_equal(sample, 255 - IMG)
     for sample in twice:
@@ -529,32 +530,32 @@ def test_randaugment_with_p_one_always_applies(run):
 
 def test_randaugment_applies_with_probability_p(run):
     samples = run(lambda: _samples(
-        lambda x: A.randaugment(x, num_layers=1, prob_range=(0.5, 0.5), ops=("Invert",)), IMG, 400))
+        lambda x: randaugment.randaugment(x, num_layers=1, prob_range=(0.5, 0.5), ops=("Invert",)), IMG, 400))
     inverted = sum(np.array_equal(s, 255 - IMG) for s in samples)
     unchanged = sum(np.array_equal(s, IMG) for s in samples)
     assert inverted + unchanged == 400
     assert 150 <= inverted <= 250
 
 
-@pytest.mark.parametrize("name", A.RANDAUGMENT_OPS)
+@pytest.mark.parametrize("name", randaugment.RANDAUGMENT_OPS)
 def test_randaugment_applies_each_op_with_the_reference_parameters(run, name):
     image = IMG_NO_FILL
-    (param,) = A.op_parameters(name, 16) or (None,)
-    ops = {"AutoContrast": A.auto_contrast, "Equalize": A.equalize, "Invert": A.invert, "Rotate": A.rotate,
-           "Posterize": A.posterize, "Solarize": A.solarize, "Color": A.color, "Contrast": A.contrast,
-           "Brightness": A.brightness, "Sharpness": A.sharpness, "ShearX": A.shear_x, "ShearY": A.shear_y,
-           "TranslateX": A.translate_x, "TranslateY": A.translate_y}
+    (param,) = randaugment.op_parameters(name, 16) or (None,)
+    functions = {"AutoContrast": ops.auto_contrast, "Equalize": ops.equalize, "Invert": ops.invert, "Rotate": ops.rotate,
+           "Posterize": ops.posterize, "Solarize": ops.solarize, "Color": ops.color, "Contrast": ops.contrast,
+           "Brightness": ops.brightness, "Sharpness": ops.sharpness, "ShearX": ops.shear_x, "ShearY": ops.shear_y,
+           "TranslateX": ops.translate_x, "TranslateY": ops.translate_y}
 
     def build():
-        always_once = lambda x: A.randaugment(x, num_layers=1, prob_range=(1, 1), ops=(name,))  # noqa: E731
+        always_once = lambda x: randaugment.randaugment(x, num_layers=1, prob_range=(1, 1), ops=(name,))  # noqa: E731
         samples = _samples(always_once, image, 24)
         if name == "Cutout":
             return samples, {}
         if param is None:
-            return samples, {1: ops[name](image)}
-        if name in A.SIGNED_OPS:
-            return samples, {1: ops[name](image, param), -1: ops[name](image, -param)}
-        return samples, {1: ops[name](image, param)}
+            return samples, {1: functions[name](image)}
+        if name in ops.SIGNED_OPS:
+            return samples, {1: functions[name](image, param), -1: functions[name](image, -param)}
+        return samples, {1: functions[name](image, param)}
 
     samples, expected = run(build)
     if name == "Cutout":
@@ -573,12 +574,12 @@ def test_randaugment_applies_each_op_with_the_reference_parameters(run, name):
 def test_randaugment_and_the_aug_view_pass_the_overflow_mode_on(run, name):
     bright = np.tile(np.array([220, 120, 40], np.uint8), (H, W, 1))  # coloured, so Color changes it
     bright[::2, ::3] = (30, 60, 90)  # not flat, so Sharpness changes it
-    (param,) = A.op_parameters(name, 16)
+    (param,) = randaugment.op_parameters(name, 16)
 
     def build():
         modes = {}
         for overflow in ("wrap", "clip"):
-            once = lambda x, o=overflow: A.randaugment(  # noqa: E731
+            once = lambda x, o=overflow: randaugment.randaugment(  # noqa: E731
                 x, num_layers=1, prob_range=(1, 1), ops=(name,), overflow=o)
             modes[overflow] = (_samples(once, bright, 4), COLOUR_FNS[name](bright, param, overflow=overflow))
         return modes
@@ -595,7 +596,7 @@ def test_unlabelled_views_pass_the_overflow_mode_on():
 
     def draw(overflow):
         with tf.Graph().as_default(), tf.Session() as sess:
-            return sess.run(_samples(lambda x: A.unlabelled_views(x, seed=3, overflow=overflow), bright, 32))
+            return sess.run(_samples(lambda x: views.unlabelled_views(x, seed=3, overflow=overflow), bright, 32))
 
     (ori_wrap, aug_wrap), (ori_clip, aug_clip) = draw("wrap"), draw("clip")
     np.testing.assert_array_equal(ori_wrap, ori_clip)  # same seed: same draws, only the blend differs
@@ -606,8 +607,8 @@ def test_unlabelled_views_pass_the_overflow_mode_on():
 def test_explicit_seeds_reproduce_across_graphs():
     def draw(seed):
         def views(x):
-            return (A.flip_pad_crop(x, seed=seed), A.random_cutout(x, seed=seed),
-                    A.randaugment(x, seed=seed, prob_range=(0.5, 0.5), ops=("Rotate", "Cutout", "Invert")))
+            return (ops.flip_pad_crop(x, seed=seed), ops.random_cutout(x, seed=seed),
+                    randaugment.randaugment(x, seed=seed, prob_range=(0.5, 0.5), ops=("Rotate", "Cutout", "Invert")))
         with tf.Graph().as_default(), tf.Session() as sess:
             return sess.run(_samples(views, COORDS, 16))
 
@@ -621,12 +622,15 @@ def test_explicit_seeds_reproduce_across_graphs():
 
 
 def test_normalize_matches_numpy_for_images_batches_and_floats(run):
+    from mpltool.models import CIFAR_MEAN, CIFAR_STD, input_spec, normalize_input
+
+    spec = input_spec("wrn-28-2")
     batch = np.stack([IMG, 255 - IMG])
     floats = batch.astype(np.float32) + 0.25
-    got = run(lambda: (A.normalize(IMG), A.normalize(batch), A.normalize(tf.constant(floats))))
-    mean = 255.0 * np.array(A.CIFAR_MEAN)
-    std = 255.0 * np.array(A.CIFAR_STD)
-    assert A.CIFAR_MEAN == (0.491400, 0.482158, 0.4465309) and A.CIFAR_STD == (0.247032, 0.243485, 0.26159)
+    got = run(lambda: tuple(normalize_input(x, spec) for x in (IMG, batch, tf.constant(floats))))
+    mean = 255.0 * np.array(CIFAR_MEAN)
+    std = 255.0 * np.array(CIFAR_STD)
+    assert CIFAR_MEAN == (0.491400, 0.482158, 0.4465309) and CIFAR_STD == (0.247032, 0.243485, 0.26159)
     assert got[0].dtype == got[1].dtype == got[2].dtype == np.float32
     np.testing.assert_allclose(got[0], (IMG - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[1], (batch - mean) / std, rtol=1e-5, atol=1e-5)
@@ -640,21 +644,21 @@ def test_normalize_matches_numpy_for_images_batches_and_floats(run):
 def test_bad_inputs_are_rejected(run):
     def build():
         with pytest.raises(ValueError, match="uint8"):
-            A.invert(IMG.astype(np.float32))
+            ops.invert(IMG.astype(np.float32))
         with pytest.raises(ValueError, match="static HWC"):
-            A.rotate(tf.placeholder(tf.uint8, [None, None, 3]), 10)
+            ops.rotate(tf.placeholder(tf.uint8, [None, None, 3]), 10)
         with pytest.raises(ValueError, match="static HWC"):
-            A.equalize(np.zeros((2, H, W, 3), np.uint8))
+            ops.equalize(np.zeros((2, H, W, 3), np.uint8))
         with pytest.raises(UsageError, match="prob_range"):
-            A.randaugment(IMG, prob_range=(0.8, 0.2))
+            randaugment.randaugment(IMG, prob_range=(0.8, 0.2))
         with pytest.raises(UsageError, match="prob_range"):
-            A.randaugment(IMG, prob_range=(0.0, 1.5))
+            randaugment.randaugment(IMG, prob_range=(0.0, 1.5))
         with pytest.raises(UsageError, match="num_layers"):
-            A.randaugment(IMG, num_layers=-1)
+            randaugment.randaugment(IMG, num_layers=-1)
         with pytest.raises(UsageError, match="magnitude"):
-            A.randaugment(IMG, magnitude=-3)
+            randaugment.randaugment(IMG, magnitude=-3)
         with pytest.raises(UsageError, match="unknown augmentation op"):
-            A.randaugment(IMG, ops=("Identity",))
+            randaugment.randaugment(IMG, ops=("Identity",))
         return tf.constant(0)
 
     run(build)

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from mpltool.data import augment as A
+from mpltool.data.augment import autoaugment
+from mpltool.data import views
 from mpltool.errors import UsageError
 from helpers import dataset_samples
 from test_augment import np_equalize, np_smooth  # the PIL definitions, written once
@@ -138,7 +139,7 @@ def test_cifar10_policy_is_the_25_published_sub_policies():
         t = chunk.split()
         want.append(((t[0], float(t[1]), int(t[2])), (t[3], float(t[4]), int(t[5]))))
     assert len(want) == 25
-    assert [tuple(tuple(op) for op in sub) for sub in A.CIFAR10_POLICY] == want
+    assert [tuple(tuple(op) for op in sub) for sub in autoaugment.CIFAR10_POLICY] == want
 
 
 # ----------------------------------------------------------------------------------- level -> parameter
@@ -155,9 +156,9 @@ MAPPING = {  # op: expected parameter at levels 0, 5, 9, 10
 }
 
 
-@pytest.mark.parametrize("name", A.AUTOAUGMENT_OPS)
+@pytest.mark.parametrize("name", autoaugment.AUTOAUGMENT_OPS)
 def test_level_mapping_at_levels_0_5_9_10(name):
-    got = [A.autoaugment_parameters(name, level) for level in (0, 5, 9, 10)]
+    got = [autoaugment.autoaugment_parameters(name, level) for level in (0, 5, 9, 10)]
     if name in ("AutoContrast", "Equalize", "Invert"):
         assert got == [(), (), (), ()]
         return
@@ -168,15 +169,15 @@ def test_level_mapping_at_levels_0_5_9_10(name):
 
 def test_bad_ops_levels_and_probabilities_are_refused():
     with pytest.raises(UsageError, match="unknown AutoAugment op"):
-        A.autoaugment_parameters("Blur", 3)
+        autoaugment.autoaugment_parameters("Blur", 3)
     with pytest.raises(UsageError, match="level"):
-        A.autoaugment_parameters("Rotate", 11)
+        autoaugment.autoaugment_parameters("Rotate", 11)
     with pytest.raises(UsageError, match="level"):
-        A.autoaugment_parameters("Rotate", -1)
+        autoaugment.autoaugment_parameters("Rotate", -1)
     with pytest.raises(UsageError, match="probability"):
-        A.autoaugment(IMG, policy=((("Invert", 1.5, 0), ("Invert", 0.5, 0)),))
+        autoaugment.autoaugment(IMG, policy=((("Invert", 1.5, 0), ("Invert", 0.5, 0)),))
     with pytest.raises(UsageError, match="overflow"):
-        A.autoaugment(IMG, overflow="saturate")
+        autoaugment.autoaugment(IMG, overflow="saturate")
 
 
 # ------------------------------------------------------------------------------------- each sub-policy
@@ -184,7 +185,7 @@ def test_bad_ops_levels_and_probabilities_are_refused():
 
 @pytest.mark.parametrize("index", range(25))
 def test_each_sub_policy_with_probability_1_matches_numpy(run, index):
-    (op1, _, level1), (op2, _, level2) = A.CIFAR10_POLICY[index]
+    (op1, _, level1), (op2, _, level2) = autoaugment.CIFAR10_POLICY[index]
     forced = (((op1, 1.0, level1), (op2, 1.0, level2)),)
     signs1 = (1, -1) if op1 in SIGNED else (1,)
     signs2 = (1, -1) if op2 in SIGNED else (1,)
@@ -192,7 +193,7 @@ def test_each_sub_policy_with_probability_1_matches_numpy(run, index):
     for s1, s2 in itertools.product(signs1, signs2):
         expected.setdefault(np_op(op2, np_op(op1, IMG, level1, s1), level2, s2).tobytes(), set()).add((s1, s2))
     count = 4 if len(expected) == 1 else 48
-    samples = run(lambda: _samples(lambda x: A.autoaugment(x, policy=forced), IMG, count))
+    samples = run(lambda: _samples(lambda x: autoaugment.autoaugment(x, policy=forced), IMG, count))
     assert samples.shape == (count, H, W, 3) and samples.dtype == np.uint8
     seen = set()
     for sample in samples:
@@ -205,8 +206,8 @@ def test_each_sub_policy_with_probability_1_matches_numpy(run, index):
 
 def test_solarize_level_0_changes_nothing_and_probability_0_never_applies(run):
     got = run(lambda: (
-        _samples(lambda x: A.autoaugment(x, policy=((("Solarize", 1.0, 0), ("Invert", 0.0, 0)),)), IMG, 8),
-        _samples(lambda x: A.autoaugment(x, policy=((("Posterize", 1.0, 10), ("Solarize", 1.0, 10)),)), IMG, 2)))
+        _samples(lambda x: autoaugment.autoaugment(x, policy=((("Solarize", 1.0, 0), ("Invert", 0.0, 0)),)), IMG, 8),
+        _samples(lambda x: autoaugment.autoaugment(x, policy=((("Posterize", 1.0, 10), ("Solarize", 1.0, 10)),)), IMG, 2)))
     for sample in got[0]:
         np.testing.assert_array_equal(sample, IMG)
     for sample in got[1]:  # 0 bits kept -> all 0, then threshold 0 inverts everything
@@ -215,7 +216,7 @@ def test_solarize_level_0_changes_nothing_and_probability_0_never_applies(run):
 
 def test_each_op_is_applied_with_its_own_probability_independently(run):
     policy = ((("Invert", 0.5, 0), ("Posterize", 0.2, 5)),)
-    samples = run(lambda: _samples(lambda x: A.autoaugment(x, policy=policy), IMG, 2000))
+    samples = run(lambda: _samples(lambda x: autoaugment.autoaugment(x, policy=policy), IMG, 2000))
     post = lambda x: x & np.uint8(0xC0)  # noqa: E731  (level 5: 2 bits)
     outcomes = {IMG.tobytes(): (0, 0), (255 - IMG).tobytes(): (1, 0),
                 post(IMG).tobytes(): (0, 1), post(255 - IMG).tobytes(): (1, 1)}
@@ -239,7 +240,7 @@ def test_sub_policy_choice_is_uniform_chi_square(run):
         marks[np_op("Brightness", np_op("Solarize", IMG, a), b).tobytes()] = k
     assert len(marks) == 25
     count = 5000
-    samples = run(lambda: _samples(lambda x: A.autoaugment(x, policy=policy), IMG, count))
+    samples = run(lambda: _samples(lambda x: autoaugment.autoaugment(x, policy=policy), IMG, count))
     counts = np.bincount([marks[s.tobytes()] for s in samples], minlength=25)
     expected = count / 25.0
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -248,7 +249,7 @@ def test_sub_policy_choice_is_uniform_chi_square(run):
 
 
 def test_default_policy_runs_and_changes_most_images(run):
-    samples = run(lambda: _samples(A.autoaugment, IMG, 200))
+    samples = run(lambda: _samples(autoaugment.autoaugment, IMG, 200))
     assert samples.shape == (200, H, W, 3) and samples.dtype == np.uint8
     changed = np.mean([not np.array_equal(s, IMG) for s in samples])
     # Every sub-policy but one (16: p .2 / .6) applies something with prob >= .5.
@@ -277,17 +278,17 @@ def np_cutout(img, cy, cx, size=16, fill=128):
 
 
 def test_autoaugment_view_shape_dtype(run):
-    views = run(lambda: _samples(A.autoaugment_view, IMG, 64))
-    assert views.shape == (64, H, W, 3) and views.dtype == np.uint8
-    assert np.mean([not np.array_equal(v, IMG) for v in views]) > 0.95
+    outputs = run(lambda: _samples(views.autoaugment_view, IMG, 64))
+    assert outputs.shape == (64, H, W, 3) and outputs.dtype == np.uint8
+    assert np.mean([not np.array_equal(v, IMG) for v in outputs]) > 0.95
 
 
 def test_autoaugment_view_is_jitter_then_a_16x16_cutout(run):
     identity = ((("Invert", 0.0, 0), ("Invert", 0.0, 0)),)
-    views = run(lambda: _samples(lambda x: A.autoaugment_view(x, policy=identity), COORDS, 40))
+    outputs = run(lambda: _samples(lambda x: views.autoaugment_view(x, policy=identity), COORDS, 40))
     candidates = _jitters(COORDS)
     full_squares = 0
-    for view in views:
+    for view in outputs:
         kept = view[..., 2] != 128
         matches = [c for c in candidates if np.array_equal(c[kept], view[kept])]
         assert matches, "kept pixels are not a flip + pad + crop of the input"
@@ -304,7 +305,7 @@ def test_autoaugment_view_is_jitter_then_a_16x16_cutout(run):
 def test_explicit_seeds_reproduce_across_graphs():
     def draw(seed):
         with tf.Graph().as_default(), tf.Session() as sess:
-            return sess.run(_samples(lambda x: A.autoaugment_view(x, seed=seed), IMG, 16))
+            return sess.run(_samples(lambda x: views.autoaugment_view(x, seed=seed), IMG, 16))
 
     first, again, other = draw(5), draw(5), draw(6)
     np.testing.assert_array_equal(first, again)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mpltool.data.augment import CIFAR_MEAN, CIFAR_STD
+from mpltool.models import CIFAR_MEAN, CIFAR_STD
 from mpltool.data.pipeline import TrainInput
 from mpltool.tfv1 import tf
 

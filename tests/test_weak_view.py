@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import dataset_samples
-from mpltool.data import augment as A
+from mpltool.data.augment import ops
+from mpltool.data import views
 from mpltool.data.pipeline import TrainInput
 from mpltool.models import input_spec, normalize_input
 from mpltool.tfv1 import tf
@@ -42,9 +43,9 @@ def _draws(samples, table):
 
 
 @pytest.mark.parametrize("fn", [
-    lambda x: A.flip_pad_crop(x, pad=PAD, seed=3, reflect=True),
-    lambda x: A.weak_view(x, seed=5),
-    lambda x: A.weak_view(x),
+    lambda x: ops.flip_pad_crop(x, pad=PAD, seed=3, reflect=True),
+    lambda x: views.weak_view(x, seed=5),
+    lambda x: views.weak_view(x),
 ], ids=["flip_pad_crop-reflect", "weak_view-seeded", "weak_view-unseeded"])
 def test_weak_view_is_one_of_the_162_reflect_crops_and_hits_them_all(run, fn):
     """MixMatch's accuracy is reported with mirrored borders, not grey ones: every output must be exactly a
@@ -66,7 +67,7 @@ def test_reflect_is_not_edge_or_symmetric_padding():
 
 def test_reflect_false_keeps_the_fill_128(run):
     """The MPL views still pad with the constant 128: reflect must be opt-in."""
-    samples = run(lambda: dataset_samples(lambda x: A.flip_pad_crop(x, pad=PAD, seed=9), IMG, 400))
+    samples = run(lambda: dataset_samples(lambda x: ops.flip_pad_crop(x, pad=PAD, seed=9), IMG, 400))
     found = _draws(samples, candidates(IMG, mode="constant", constant_values=128))
     assert len(set(found)) > 100
     shifted = [key for key in found if key[1] != PAD or key[2] != PAD]

@@ -44,7 +44,7 @@ def guess_labels(view_logits, temperature):
 
 def beta_sample(shape, alpha, seed=None):
     """λ ~ Beta(α, α) as G1/(G1 + G2), G ~ Gamma(α, 1) (what tf.distributions.Beta samples)."""
-    from mpltool.data.augment import derived_seed
+    from mpltool.data.augment.ops import derived_seed
     from mpltool.tfv1 import tf
 
     g1 = tf.random.gamma(shape, alpha, seed=seed)

@@ -23,8 +23,7 @@ Seeds: every random op gets its own op seed, `augment.derived_seed(seed, k)` wit
 
 import math
 
-from mpltool.data import augment
-from mpltool.data.augment import derived_seed
+from mpltool.data.augment.ops import derived_seed, no_autograph, uint8_image
 from mpltool.tfv1 import tf
 
 # Smallest crop side at S = 32 (the reference's minval=13); other sizes scale it.
@@ -46,13 +45,12 @@ _JITTER_OFFSET = 7
 _GRAYSCALE_OFFSET = 12
 _VIEW_SEED_STRIDE = 16
 
-# No Python control flow on tensors here: skip AutoGraph's conversion in Dataset.map (as augment.py).
-_no_autograph = tf.autograph.experimental.do_not_convert
+# No Python control flow on tensors here: skip AutoGraph's conversion in Dataset.map (as augment/ops.py does).
 
 
 def _check_image(image):
     """The input as a uint8 tensor of static square HWC shape with 3 channels; returns (tensor, S)."""
-    image = augment.uint8_image(image, "BYOL views")
+    image = uint8_image(image, "BYOL views")
     shape = image.shape
     if int(shape[0]) != int(shape[1]) or int(shape[2]) != 3:
         raise ValueError("BYOL views need a static square RGB image [S, S, 3], got {}".format(shape))
@@ -152,7 +150,7 @@ def random_grayscale(image, p=GRAYSCALE_P, seed=None):
     return out
 
 
-@_no_autograph
+@no_autograph
 def byol_view(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCALE_P):
     """One BYOL pretraining view (steps 1-5) of a uint8 [S, S, 3] image: float32 [S, S, 3] in [0, 255].
 
@@ -165,7 +163,7 @@ def byol_view(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCA
     return x * 255.0
 
 
-@_no_autograph
+@no_autograph
 def byol_pair(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCALE_P):
     """(view1, view2): two independent byol_views of one image, the second with its op seeds
     _VIEW_SEED_STRIDE (16) past the first's, so no op seed is shared. Unseeded, TF gives every op its
@@ -174,7 +172,7 @@ def byol_pair(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=GRAYSCA
             byol_view(image, seed=derived_seed(seed, _VIEW_SEED_STRIDE), min_crop=min_crop, grayscale_p=grayscale_p))
 
 
-@_no_autograph
+@no_autograph
 def crop_flip_resize_view(image, seed=None, min_crop=REFERENCE_MIN_CROP, grayscale_p=None):
     """Steps 1-3 only (the reference's linear-evaluation training augmentation): uint8 [S, S, 3] in,
     float32 [S, S, 3] in [0, 255] out. Same op seeds as byol_view's first three steps. `grayscale_p` is

@@ -10,29 +10,14 @@ from typing import Optional
 
 import numpy as np
 
-from mpltool.data import augment
+from mpltool.data import views
+from mpltool.data.augment.ops import derived_seed
 from mpltool.errors import InvalidInputError
 from mpltool.tfv1 import tf
 
 Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images", "unlabelled_views",
                                          "domain_images", "domain_labels"])
 Batch.__new__.__defaults__ = (None, None, None)
-
-
-POLICIES = ("randaugment", "autoaugment", "none")
-
-
-def strong_view(image, policy, magnitude, num_layers, seed, overflow):
-    """The strong view of one uint8 image under the recipe's `augment` policy:
-    randaugment (RandAugment, cutout, flip/crop: the reference's aug view), autoaugment (the CIFAR-10
-    policy, crop, flip, cutout 16: tensorflow/models' order), or none (flip/pad/crop only)."""
-    if policy == "randaugment":
-        return augment.aug_view(image, magnitude=magnitude, num_layers=num_layers, seed=seed, overflow=overflow)
-    if policy == "autoaugment":
-        return augment.autoaugment_view(image, seed=seed, overflow=overflow)
-    if policy == "none":
-        return augment.labelled_view(image, seed=seed)
-    raise ValueError("augment must be one of {}, got {!r}".format(", ".join(POLICIES), policy))
 
 
 class TrainInput:
@@ -52,8 +37,13 @@ class TrainInput:
 
     def __init__(self, batch_size, unlabelled_ratio, magnitude=16, num_layers=2, shuffle_buffer=1024,
                  seed=None, image_shape=(32, 32, 3), overflow="clip", policy="randaugment",
-                 labelled_strong=False, weak_views=0, normalize=augment.normalize, pair_views=False,
+                 labelled_strong=False, weak_views=0, normalize=None, pair_views=False,
                  num_domains=0):
+        if normalize is None:
+            from mpltool.models import input_spec, normalize_input
+
+            spec = input_spec("wrn-28-2")
+            normalize = lambda images: normalize_input(images, spec)  # noqa: E731
         self.batch_size = batch_size
         self.unlabelled_batch_size = batch_size * unlabelled_ratio
         self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
@@ -64,8 +54,8 @@ class TrainInput:
         # Distinct op seeds per stream: with only a graph-level seed, random ops inside different map
         # functions can receive the same seeds and draw correlated numbers.
         view_options = pair_views if isinstance(pair_views, dict) else {}  # e.g. BYOL's min_crop
-        labelled_seed = augment.derived_seed(seed, 101)
-        unlabelled_seed = augment.derived_seed(seed, 202)
+        labelled_seed = derived_seed(seed, 101)
+        unlabelled_seed = derived_seed(seed, 202)
 
         def labelled_map(image, label):
             if pair_views:
@@ -73,11 +63,11 @@ class TrainInput:
 
                 return normalize(byol_views.crop_flip_resize_view(image, seed=labelled_seed, **view_options)), label
             if labelled_strong:
-                view = strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
+                view = views.strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
             elif weak_views:
-                view = augment.weak_view(image, seed=labelled_seed)
+                view = views.weak_view(image, seed=labelled_seed)
             else:
-                view = augment.labelled_view(image, seed=labelled_seed)
+                view = views.labelled_view(image, seed=labelled_seed)
             return normalize(view), label
 
         def unlabelled_map(image):
@@ -87,15 +77,15 @@ class TrainInput:
                 return tuple(normalize(view) for view in byol_views.byol_pair(image, seed=unlabelled_seed,
                                                                               **view_options))
             if weak_views:
-                return tuple(normalize(augment.weak_view(image, seed=augment.derived_seed(unlabelled_seed, 11 * k)))
+                return tuple(normalize(views.weak_view(image, seed=derived_seed(unlabelled_seed, 11 * k)))
                              for k in range(weak_views))
             if policy == "randaugment":  # the reference's pair: aug starts from this very ori image
-                ori, aug = augment.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
+                ori, aug = views.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
                                                     seed=unlabelled_seed, overflow=overflow)
             else:
-                ori = augment.ori_view(image, seed=unlabelled_seed)
-                aug = strong_view(ori, policy, magnitude, num_layers,
-                                  augment.derived_seed(unlabelled_seed, 7), overflow)
+                ori = views.ori_view(image, seed=unlabelled_seed)
+                aug = views.strong_view(ori, policy, magnitude, num_layers,
+                                  derived_seed(unlabelled_seed, 7), overflow)
             return normalize(ori), normalize(aug)
 
         # Shuffle after repeat, as the reference: epochs blur into one stream.
@@ -110,13 +100,13 @@ class TrainInput:
              tf.placeholder(tf.int64, (None,), name="domain_{}_labels".format(k))) for k in range(num_domains)]
         if num_domains:
             labelled = tf.data.Dataset.zip(tuple(
-                labelled_stream(images, labels, augment.derived_seed(seed, 31 * k))
+                labelled_stream(images, labels, derived_seed(seed, 31 * k))
                 for k, (images, labels) in enumerate(self.domain_placeholders)))
         else:
             labelled = labelled_stream(self.labelled_images, self.labelled_labels, seed)
         if self.unlabelled_batch_size:
             unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
-                          .repeat().shuffle(shuffle_buffer, seed=augment.derived_seed(seed, 1))
+                          .repeat().shuffle(shuffle_buffer, seed=derived_seed(seed, 1))
                           .map(unlabelled_map, num_parallel_calls=parallel)
                           .batch(self.unlabelled_batch_size, drop_remainder=True))
             if pair_views:

@@ -134,9 +134,13 @@ def _wrn_build(num_classes, dropout_rate, dropout_fn, depth, width):
     return WideResNet(depth, width, num_classes=num_classes, dropout_rate=dropout_rate, dropout_fn=dropout_fn)
 
 
-def _cifar_spec():
-    from mpltool.data.augment import CIFAR_MEAN, CIFAR_STD
+# CIFAR-10's per-channel mean and std on the [0, 1] scale, as the MPL reference normalises with them (its
+# data_utils.py; float32 times 255 there too, so normalize_input is bit-identical to it).
+CIFAR_MEAN = (0.491400, 0.482158, 0.4465309)
+CIFAR_STD = (0.247032, 0.243485, 0.26159)
 
+
+def _cifar_spec():
     return InputSpec((32, 32, 3), (0, 255), tuple(float(v) for v in CIFAR_MEAN),
                      tuple(float(v) for v in CIFAR_STD), "RGB", "NHWC")
 

@@ -1,0 +1,192 @@
+"""AutoAugment: the CIFAR-10 policy as tensorflow/models research/autoaugment applies it, on the ops of
+ops.py (see the section comment below for the differences from that PIL code)."""
+
+import numbers
+
+import numpy as np
+
+from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, blend, check_overflow, grayscale_l, hwc, no_autograph,
+                                      op_seeds, random_cutout, same_shape, sample, source_index, switch, uint8_image)
+from mpltool.data.augment.randaugment import COLOUR_OPS, apply_op
+from mpltool.errors import UsageError
+from mpltool.tfv1 import tf
+
+# ---------------------------------------------------------------------------------------- AutoAugment
+# The CIFAR-10 AutoAugment policy as tensorflow/models research/autoaugment applies it (policies.py,
+# augmentation_transforms.py, data_utils.py), on the kernels above. Differences from that PIL code:
+# the kernels' own (documented above) rounding and nearest-neighbour sampling, and geometric fill /
+# cutout fill FILL = 128 where TFM ends up with the CIFAR mean (about 125, 122, 113).
+
+AUTOAUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
+)
+AUTOAUGMENT_PARAMETER_MAX = 10
+
+# The 25 CIFAR-10 sub-policies, ((op, prob, level), (op, prob, level)). 1-15 and 21-25 are TFM
+# policies.py good_policies() exp0_0, exp1_0, exp2_0 and exp0_1; 16-20 are the paper's remaining five
+# (as in the DeepVoltaire / 4U CIFAR10Policy, docs reference §2.1).
+CIFAR10_POLICY = (
+    (("Invert", 0.1, 7), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, 8), ("Equalize", 0.9, 2)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, 5), ("Equalize", 0.5, 1)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, 7), ("AutoContrast", 0.4, 8)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, 3)),
+    (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
+    (("Equalize", 0.2, 8), ("Equalize", 0.6, 4)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, 6)),
+    (("AutoContrast", 0.8, 4), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 3)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 1)),
+)
+
+
+def _tfm_float(level, maxval):
+    """TFM float_parameter: level * maxval / PARAMETER_MAX."""
+    return float(level) * maxval / AUTOAUGMENT_PARAMETER_MAX
+
+
+def _tfm_int(level, maxval):
+    """TFM int_parameter: int(level * maxval / PARAMETER_MAX)."""
+    return int(level * maxval / AUTOAUGMENT_PARAMETER_MAX)
+
+
+def autoaugment_parameters(name, level):
+    """TFM's level (0..10) -> arguments of op `name`, before the random sign, as a tuple.
+
+    Shear f(L, 0.3); Translate i(L, 10) px; Rotate i(L, 30) degrees (these three get a random sign);
+    Posterize keeps 4 - i(L, 4) bits; Solarize threshold 256 - i(L, 256) (256: no pixel changes);
+    Color/Contrast/Brightness/Sharpness factor 0.1 + f(L, 1.8); Cutout i(L, 20) px; AutoContrast,
+    Equalize and Invert ignore the level.
+    """
+    if name not in AUTOAUGMENT_OPS:
+        raise UsageError("unknown AutoAugment op {!r}; choose one of {}".format(name, ", ".join(AUTOAUGMENT_OPS)))
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 <= level <= AUTOAUGMENT_PARAMETER_MAX:
+        raise UsageError("AutoAugment level must be a number in [0, {}], got {!r}".format(
+            AUTOAUGMENT_PARAMETER_MAX, level))
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (_tfm_int(level, 30),)
+    if name in ("ShearX", "ShearY"):
+        return (_tfm_float(level, 0.3),)
+    if name in ("TranslateX", "TranslateY"):
+        return (_tfm_int(level, 10),)
+    if name == "Posterize":
+        return (4 - _tfm_int(level, 4),)
+    if name == "Solarize":
+        return (256 - _tfm_int(level, 256),)
+    if name in COLOUR_OPS:
+        return (_tfm_float(level, 1.8) + 0.1,)
+    return (_tfm_int(level, 20),)  # Cutout
+
+
+def _mean_contrast(img, factor, overflow="clip"):
+    """PIL ImageEnhance.Contrast: blend from the image's mean gray level, int(mean + 0.5), towards it.
+
+    (`contrast` keeps the RandAugment reference's pixel-count/256 quirk; TFM's PIL contrast uses the
+    real mean of the "L" image.)
+    """
+    img = uint8_image(img)
+    height, width, _ = hwc(img)
+    count = height * width
+    total = tf.reduce_sum(grayscale_l(img))
+    mean = (2 * total + count) // (2 * count)  # floor(total / count + 0.5), exactly
+    degenerate = tf.fill(hwc(img), tf.cast(mean, tf.uint8))
+    return same_shape(blend(degenerate, img, factor, overflow), img)
+
+
+def _autoaugment_unsigned(name, img, args, seed, overflow):
+    if name == "Solarize" and args[0] >= 256:
+        return tf.identity(img)  # threshold 256 changes nothing (the kernel would take it modulo 256)
+    if name == "Contrast":
+        return _mean_contrast(img, args[0], overflow)
+    if name == "Cutout":
+        return tf.identity(img) if args[0] <= 0 else random_cutout(img, args[0], seed=seed)
+    return apply_op(name, img, args, seed, overflow)
+
+
+def check_policy(policy):
+    """The policy as a tuple of sub-policies of (op, prob, level) triples, or a UsageError."""
+    if not policy:
+        raise UsageError("an AutoAugment policy needs at least one sub-policy")
+    checked = []
+    for sub in policy:
+        ops = []
+        for entry in sub:
+            name, prob, level = entry
+            autoaugment_parameters(name, level)
+            if not 0.0 <= float(prob) <= 1.0:
+                raise UsageError("AutoAugment probability must be in [0, 1], got {!r} for {}".format(prob, name))
+            ops.append((name, float(prob), level))
+        checked.append(tuple(ops))
+    return tuple(checked)
+
+
+@no_autograph
+def autoaugment(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
+    """AutoAugment on one uint8 HWC image: pick one sub-policy uniformly, then apply each of its ops
+    in order with its own probability (independent draws u < p, so p = 0 never and p = 1 always
+    applies) and fixed level (autoaugment_parameters), signed ops getting a random sign each.
+    """
+    img = uint8_image(img)
+    check_overflow(overflow)
+    policy = check_policy(policy)
+    shape = hwc(img)
+    width = max(len(sub) for sub in policy)
+    seeds = op_seeds(seed)
+    choice = tf.random.uniform([], 0, len(policy), tf.int32, seed=next(seeds))
+    draws = tf.random.uniform([max(width, 1)], seed=next(seeds))
+    negative = tf.cast(tf.random.uniform([max(width, 1)], seed=next(seeds)) < 0.5, tf.int32)
+    position_seeds = [next(seeds) for _ in range(width)]
+    out = img
+    # One switch per op position (as randaugment does), not one per sub-policy: branch 0 is identity,
+    # then each distinct unsigned (op, arguments) of that position, then one gather for every signed op
+    # through its + or - sampling map. Fewer branches, much less tf.data function set-up time.
+    for j in range(width):
+        unsigned = []
+        branch_of = np.zeros(len(policy), np.int32)
+        prob_of = np.zeros(len(policy), np.float32)
+        map_row = np.zeros(len(policy), np.int32)
+        maps = []
+        signed_subs = []
+        for k, sub in enumerate(policy):
+            if j >= len(sub) or sub[j][1] <= 0.0:
+                continue
+            name, prob, level = sub[j]
+            args = autoaugment_parameters(name, level)
+            prob_of[k] = prob
+            if name in SIGNED_OPS:
+                signed_subs.append(k)
+                map_row[k] = len(maps)
+                maps += [source_index(shape, TRANSFORMS[name](shape, sign * args[0])) for sign in (1, -1)]
+            else:
+                if (name, args) not in unsigned:
+                    unsigned.append((name, args))
+                branch_of[k] = 1 + unsigned.index((name, args))
+        branch_of[signed_subs] = 1 + len(unsigned)
+        branches = [lambda x=out: tf.identity(x)]
+        branches += [lambda x=out, n=name, a=args, j=j: _autoaugment_unsigned(n, x, a, position_seeds[j], overflow)
+                     for name, args in unsigned]
+        if maps:
+            stacked = np.stack(maps)
+            branches.append(lambda x=out, j=j, stacked=stacked, map_row=map_row: sample(
+                x, tf.gather(stacked, tf.gather(map_row, choice) + negative[j])))
+        applied = draws[j] < tf.gather(prob_of, choice)  # u in [0, 1): p = 1 always, p = 0 never applies
+        branch = tf.where_v2(applied, tf.gather(branch_of, choice), 0)
+        out = same_shape(switch(branch, branches), img)
+    return out
