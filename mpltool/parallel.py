@@ -104,7 +104,7 @@ class HcclReplicas(Replicas):
     def share_params(self, params, project_dir=None):
         """Through `logs/launch-<JOB_ID>.json` in the (shared) project directory: rank 0 writes it, the others
         wait for it. JOB_ID is unique per job (mpltool's launcher and Ascend's cluster launchers set it)."""
-        from mpltool.manifest import atomic_write_bytes
+        from mpltool.manifest.files import atomic_write_bytes
 
         path = Path(str(project_dir)) / "logs" / "launch-{}.json".format(os.environ.get("JOB_ID") or "job")
         if self.is_chief:

@@ -7,108 +7,21 @@ changed file, a failed or interrupted stage, a stage still marked `running` whos
 is one line in `problems`; `ok` is true only for a project with at least one stage and no problem.
 """
 
-import os
 import socket
-import stat
 from typing import Any, Dict, List, Optional, Tuple
 
-from mpltool.manifest import Project, pid_alive, sha256_file
+from mpltool.manifest import Project
+from mpltool.manifest.files import FileChecker, stage_files
+from mpltool.manifest.lock import pid_alive
 
 STAGE_ORDER = ("data", "train", "eval", "freeze", "export", "convert-check", "convert")
 HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
                     "max_abs_logit_diff", "top1_agreement", "train_records", "test_records", "labelled_records")
 
 
-class _FileChecker:
-    """Compares files with their manifest records; stats and hashes each distinct path at most once."""
-
-    def __init__(self, project: Project, pending: Any = None):
-        self.project = project
-        self._size = {}  # type: Dict[str, Any]   # path -> size, or None when not a readable regular file
-        self._sha = {}  # type: Dict[str, str]    # path -> sha256, or "!<reason>" when reading failed
-        # A commit that a crash interrupted (manifest written, renames not done; the next command that takes
-        # the lock completes them): a recorded file still at its staged path is not missing.
-        self._staged = {}  # type: Dict[str, str]  # final path -> staged path
-        for item in pending if isinstance(pending, list) else []:
-            if isinstance(item, dict) and item.get("from") and item.get("to"):
-                self._staged[str(project.path(str(item["to"])))] = str(project.path(str(item["from"])))
-        self.staged_in_use = set()  # type: set
-
-    def problem(self, record: Any) -> Optional[str]:
-        """None when the file is the one recorded, else what is wrong (`missing`, `changed (...)`)."""
-        if not isinstance(record, dict) or not record.get("path"):
-            return "has no recorded path"
-        path = self.project.path(str(record["path"]))
-        key = str(path)
-        if key in self._staged and self._stat_size(key) is None and self._stat_size(self._staged[key]) is not None:
-            self.staged_in_use.add(key)
-            key = self._staged[key]
-        size = self._stat_size(key)
-        if size is None:
-            return "missing"
-        if size != record.get("size"):
-            return "changed (size {} bytes, recorded {})".format(size, record.get("size"))
-        if key not in self._sha:
-            try:
-                self._sha[key] = sha256_file(key)
-            except OSError as exc:
-                self._sha[key] = "!" + (exc.strerror or type(exc).__name__)
-        digest = self._sha[key]
-        if digest.startswith("!"):
-            return "unreadable ({})".format(digest[1:])
-        if digest != record.get("sha256"):
-            return "changed (sha256 mismatch)"
-        return None
-
-    def _stat_size(self, key: str) -> Any:
-        if key not in self._size:
-            try:
-                info = os.stat(key)
-                self._size[key] = info.st_size if stat.S_ISREG(info.st_mode) else None
-            except OSError:
-                self._size[key] = None
-        return self._size[key]
-
-
-def _recorded_files(record: Dict[str, Any]) -> List[Tuple[str, str, Any]]:
-    """(label, shown path, file record or None) of every file a stage record names.
-
-    A file record is `{path, size, sha256}`; a checkpoint record (`{prefix, step, files}`, as train's
-    checkpoints and the checkpoint input of eval/freeze) stands for each of its files. A checkpoint record
-    without files gives one entry with record None: it cannot be verified, which is a problem in itself.
-    """
-    entries = []  # type: List[Tuple[str, str, Any]]
-
-    def add(label: str, item: Any) -> None:
-        if isinstance(item, dict) and "prefix" in item and "path" not in item:
-            files = item.get("files") or []
-            if not files:
-                entries.append((label, str(item.get("prefix")), None))
-            for file_record in files:
-                entries.append((label, str(file_record.get("path") if isinstance(file_record, dict) else "?"),
-                                file_record))
-        else:
-            entries.append((label, str(item.get("path") if isinstance(item, dict) else "?"), item))
-
-    for name, item in sorted((record.get("outputs") or {}).items()):
-        add(str(name), item)
-    for name, item in sorted((record.get("inputs") or {}).items()):
-        add("input {}".format(name), item)
-    checkpoints = record.get("checkpoints") or {}
-    if checkpoints.get("latest"):
-        add("checkpoint", checkpoints["latest"])
-    for target, item in sorted((checkpoints.get("best") or {}).items()):
-        if item:
-            add("best {} checkpoint".format(target), item)
-    for phase, item in sorted((checkpoints.get("phases") or {}).items()):
-        if item:
-            add("end of {} checkpoint".format(phase), item)
-    return entries
-
-
-def _check_files(checker: _FileChecker, record: Dict[str, Any]) -> Tuple[int, List[str], List[str]]:
+def _check_files(checker: FileChecker, record: Dict[str, Any]) -> Tuple[int, List[str], List[str]]:
     """(files named, short states for the outputs column, full problem texts without the stage name)."""
-    entries = _recorded_files(record)
+    entries = stage_files(record)
     short, full = [], []
     for label, shown, file_record in entries:
         if file_record is None:
@@ -176,7 +89,7 @@ def project_status(project_dir) -> Dict[str, Any]:
     manifest = project.load()
     stages_data = manifest["stages"]
     names = [n for n in STAGE_ORDER if n in stages_data] + sorted(n for n in stages_data if n not in STAGE_ORDER)
-    checker = _FileChecker(project, manifest.get("pending"))  # one per call: each distinct file hashed once
+    checker = FileChecker(project.path, manifest.get("pending"))  # one per call: each distinct file hashed once
     stages = []  # type: List[Dict[str, Any]]
     problems = []  # type: List[str]
     for name in names:

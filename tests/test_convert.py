@@ -17,7 +17,8 @@ from mpltool.convert import precheck
 from mpltool.convert.stage import convert
 from mpltool.errors import (ExitCode, InvalidInputError, PrerequisiteError, ToolFailedError, ToolMissingError,
                             UsageError, VerificationError)
-from mpltool.manifest import Project, sha256_file
+from mpltool.manifest import Project
+from mpltool.manifest.files import sha256_file
 from mpltool.tfv1 import tf
 
 FAKES = Path(__file__).resolve().parent / "fakes"

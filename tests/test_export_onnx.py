@@ -15,7 +15,8 @@ from mpltool.export import runtime
 from mpltool.export.stage import export
 from mpltool.freeze.graph import freeze_graph_def
 from mpltool.freeze.stage import freeze
-from mpltool.manifest import Project, sha256_file
+from mpltool.manifest import Project
+from mpltool.manifest.files import sha256_file
 from mpltool.models import build_model
 from mpltool.models.inference import FrozenModel, build_inference_graph, read_graph_def
 from mpltool.tfv1 import tf

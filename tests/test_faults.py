@@ -21,7 +21,8 @@ import yaml
 from cifar_fixtures import make_cifar_dir
 from mpltool.data.cifar import TEST_FILE, TRAIN_FILES
 from mpltool.errors import PrerequisiteError
-from mpltool.manifest import (LOCK_NAME, MANIFEST_NAME, STAGING_DIR, Project, recorded_files, sha256_file)
+from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project, STAGING_DIR
+from mpltool.manifest.files import recorded_files, sha256_file
 from mpltool.signals import critical_section, terminate_as_interrupt
 from helpers import TINY, command
 from helpers import mpltool as run_mpltool
@@ -583,7 +584,7 @@ def test_sigterm_while_the_lock_is_created_leaves_no_lock(tmp_path, monkeypatch,
 def test_sigterm_right_after_the_running_record_is_not_left_running(prepared, tmp_path, monkeypatch):
     """SIGTERM just after the `running` record was renamed into place (during the directory fsync that
     follows): the record must end `interrupted` (or as before), never `running` with no process."""
-    import mpltool.manifest as manifest_module
+    import mpltool.manifest.files as manifest_module
 
     project = Project(tmp_path / "p")
     shutil.copytree(str(prepared), str(project.dir))

@@ -16,7 +16,8 @@ from mpltool.freeze import stage as freeze_stage
 from mpltool.freeze.graph import check_frozen_graph
 from mpltool.freeze.stage import freeze
 from mpltool.graphdef import forbidden_ops
-from mpltool.manifest import Project, sha256_file
+from mpltool.manifest import Project
+from mpltool.manifest.files import sha256_file
 from mpltool.models import build_model
 from mpltool.models.inference import build_inference_graph, read_graph_def
 from mpltool.tfv1 import tf

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from mpltool.errors import ExitCode, InvalidInputError, PrerequisiteError, ToolFailedError, UsageError
-from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project, params_hash
+from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project
+from mpltool.manifest.provenance import params_hash
 
 
 def test_stage_record_has_files_hashes_params_and_times(tmp_path):

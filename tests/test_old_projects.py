@@ -15,7 +15,8 @@ import yaml
 
 from helpers import invoke
 from mpltool.graphdef import read_graph_def
-from mpltool.manifest import MANIFEST_NAME, sha256_file
+from mpltool.manifest import MANIFEST_NAME
+from mpltool.manifest.files import sha256_file
 
 pytestmark = pytest.mark.slow  # trains: `make test-fast` skips it
 

@@ -18,7 +18,8 @@ from cifar_fixtures import make_cifar_dir
 from helpers import invoke
 from mpltool.errors import NonFiniteError, PrerequisiteError
 from mpltool.eval.metrics import metrics_from_logits
-from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, STAGING_DIR, Project, recorded_files, sha256_file
+from mpltool.manifest import LOCK_NAME, MANIFEST_NAME, Project, STAGING_DIR
+from mpltool.manifest.files import recorded_files, sha256_file
 from mpltool.train.trainer import MetricsCsv
 
 

@@ -82,8 +82,8 @@ def recorded(tmp_path, monkeypatch):
     import mpltool.manifest
 
     # status reads neither: skip the git and package look-ups that make up most of a stage_run's time
-    monkeypatch.setattr(mpltool.manifest, "git_state", lambda directory: None)
-    monkeypatch.setattr(mpltool.manifest, "tool_versions", lambda: {"mpltool": "test"})
+    monkeypatch.setattr(mpltool.manifest.commit, "git_state", lambda directory: None)
+    monkeypatch.setattr(mpltool.manifest.commit, "tool_versions", lambda: {"mpltool": "test"})
     project = Project(tmp_path / "p")
     with project.stage_run("data", {}) as run:
         run.outputs["test_batch"] = project.file_record(_write(project.dir / "data/cifar/test_batch.bin", b"t" * 300))
@@ -195,7 +195,7 @@ def test_a_checkpoint_record_without_files_is_a_problem(recorded):
 
 
 def test_each_distinct_file_is_hashed_once(recorded, monkeypatch):
-    import mpltool.status as status_module
+    import mpltool.manifest.files as status_module
 
     calls = collections.Counter()
     real = status_module.sha256_file

@@ -17,7 +17,8 @@ from mpltool.convert import onnx_check
 from mpltool.convert import precheck as graph_check
 from mpltool.convert.soc import SocChoice, resolve_soc
 from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, VerificationError
-from mpltool.manifest import Project, sha256_file
+from mpltool.manifest import Project
+from mpltool.manifest.files import sha256_file
 
 FREEZE_COMMAND = "mpltool freeze"
 EXPORT_COMMAND = "mpltool export --format onnx"

@@ -15,7 +15,8 @@ import numpy as np
 from mpltool.data import cifar, splits
 from mpltool.data.sources import get_source
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
-from mpltool.manifest import Project, apply_umask, atomic_write_bytes
+from mpltool.manifest import Project
+from mpltool.manifest.files import apply_umask, atomic_write_bytes
 
 DATA_DIR = "data/cifar"
 FOLDERS_DIR = "data/folders"

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Optional
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.freeze.stage import parity_check, parity_tolerance, record_parity, whole_number
-from mpltool.manifest import Project, atomic_write_bytes
+from mpltool.manifest import Project
+from mpltool.manifest.files import atomic_write_bytes
 
 FORMATS = ("onnx",)
 EXPORT_DIR = "onnx"

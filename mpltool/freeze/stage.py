@@ -24,7 +24,8 @@ from mpltool.errors import UsageError, VerificationError
 from mpltool.eval.metrics import batched_logits
 from mpltool.freeze.fold import simplify_for_inference
 from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
-from mpltool.manifest import Project, atomic_write_bytes
+from mpltool.manifest import Project
+from mpltool.manifest.files import atomic_write_bytes
 from mpltool.models.inference import OUTPUT_NAMES
 
 FROZEN_DIR = "frozen"

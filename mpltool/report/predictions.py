@@ -93,7 +93,7 @@ def model_source(project, manifest: Dict[str, Any]) -> Dict[str, Any]:
 def model_files(project, source: Dict[str, Any]) -> List[Tuple[str, str]]:
     """(path relative to the project, sha256) of every file the network is read from, as they are now."""
     from mpltool.checkpoints import checkpoint_files
-    from mpltool.manifest import sha256_file
+    from mpltool.manifest.files import sha256_file
 
     if source["kind"] == "pb":
         path = Path(source["path"])

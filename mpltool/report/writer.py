@@ -27,7 +27,9 @@ import numpy as np
 
 from mpltool import __version__
 from mpltool.errors import MpltoolError, PrerequisiteError, UsageError
-from mpltool.manifest import MANIFEST_NAME, Project, atomic_write_bytes, fsync_dir, pid_alive
+from mpltool.manifest import MANIFEST_NAME, Project
+from mpltool.manifest.files import atomic_write_bytes, current_umask, fsync_dir
+from mpltool.manifest.lock import pid_alive
 from mpltool.report import curves as curve_data
 from mpltool.report import predictions as prediction_data
 from mpltool.signals import critical_section
@@ -117,7 +119,7 @@ def _replace_dir(scratch: Path, final: Path, parent: Path) -> None:
     back meanwhile, so an interrupt cannot leave the project without its previous report and without the new one."""
     old = None
     with critical_section():
-        os.chmod(str(scratch), 0o777 & ~_umask())  # mkdtemp makes it 0700: a report is meant to be shared
+        os.chmod(str(scratch), 0o777 & ~current_umask())  # mkdtemp makes it 0700: a report is meant to be shared
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix="{}{}-".format(OLD_PREFIX, os.getpid()), dir=str(parent)))
             os.rename(str(final), str(old / REPORT_DIR))
@@ -130,12 +132,6 @@ def _replace_dir(scratch: Path, final: Path, parent: Path) -> None:
         fsync_dir(parent)
     if old is not None:
         shutil.rmtree(str(old), ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # -- facts --------------------------------------------------------------------------------------------

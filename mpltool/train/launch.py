@@ -23,7 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mpltool import parallel, ranktable, tuning
 from mpltool.errors import ToolFailedError, ToolMissingError, UsageError
-from mpltool.manifest import Project, atomic_write_bytes, utc_now
+from mpltool.manifest import Project
+from mpltool.manifest.files import atomic_write_bytes
+from mpltool.manifest.provenance import utc_now
 
 STOP_GRACE_SECONDS = 10  # SIGTERM, then SIGKILL: a rank blocked in an all-reduce never sees the SIGTERM
 

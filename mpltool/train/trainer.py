@@ -17,7 +17,7 @@ from mpltool import npu
 from mpltool.errors import InvalidInputError, NonFiniteError, first_line
 from mpltool.eval.metrics import MEDIAN_WINDOWS, median_key
 from mpltool.parallel import Replicas
-from mpltool.manifest import atomic_write_bytes
+from mpltool.manifest.files import atomic_write_bytes
 from mpltool.signals import check_interrupted, critical_section
 from mpltool.tfv1 import tf
 from mpltool.checkpoints import step_of
