@@ -34,7 +34,7 @@ def pipeline(batch=64, uda_data=7, batches=20, images=5000):
 
 
 def mpl_step(batch, uda_data, repeat):
-    seconds = algorithm_step("mpl-wrn28-2", ["batch_size={}".format(batch), "uda_data={}".format(uda_data)],
+    seconds = algorithm_step("mpl-wrn28-2", ["batch_size={}".format(batch), "unlabelled_ratio={}".format(uda_data)],
                              repeat=repeat)["seconds"]["train"]
     return {"seconds": seconds, "steps_per_second": 1.0 / seconds}
 

@@ -121,7 +121,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="mpl-wrn28-2")
     parser.add_argument("--batch", type=int, default=None, help="batch_size [the recipe's]")
-    parser.add_argument("--uda-data", type=int, default=None, help="uda_data [the recipe's]")
+    parser.add_argument("--uda-data", type=int, default=None, help="unlabelled_ratio (U/B) [the recipe's]")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe override, e.g. mpl_feedback=paper")
     parser.add_argument("--timeline", help="also write a chrome://tracing JSON file here")
@@ -129,7 +129,7 @@ def main():
     args = parser.parse_args()
     overrides = list(args.overrides)
     overrides += ["batch_size={}".format(args.batch)] if args.batch else []
-    overrides += ["uda_data={}".format(args.uda_data)] if args.uda_data else []
+    overrides += ["unlabelled_ratio={}".format(args.uda_data)] if args.uda_data else []
     from mpltool import tuning
 
     tuned = {} if args.no_tuning else tuning.tuned_environment(os.environ)  # as `mpltool train` runs

@@ -205,7 +205,9 @@ def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, 
     if images is None:
         if lists is not None:
             raise UsageError("--lists goes with --images", hint=see)
-        recipe = recipe or "mpl-wrn28-2"
+        from mpltool.recipes import default_recipe
+
+        recipe = recipe or default_recipe()
         settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
         result = prepare(ctx.project, source, force=force, **settings)
         ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
@@ -308,16 +310,17 @@ def recipes_list(ctx):
 
 
 @recipes.command("show")
-@click.argument("name", default="mpl-wrn28-2")
+@click.argument("name", default=None, required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @command
 def recipes_show(ctx, name, overrides):
     """Print a recipe resolved with its overrides (what `train` would use)."""
-    from mpltool.recipes import FIELD_BY_NAME, load_recipe
+    from mpltool.recipes import load_recipe
 
     recipe = load_recipe(name, overrides)
+    fields = recipe.fields
     ctx.out.table("recipe {} ({})".format(recipe.recipe_name, recipe.recipe_path), ["key", "value", "meaning"],
-                  [[k, v, FIELD_BY_NAME[k].doc + (" [--set]" if k in recipe.overrides else "")]
+                  [[k, v, fields[k].doc + (" [--set]" if k in recipe.overrides else "")]
                    for k, v in recipe.values.items()])
     ctx.out.result({"name": recipe.recipe_name, "path": recipe.recipe_path, "values": recipe.values,
                     "overrides": recipe.overrides})

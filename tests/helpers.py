@@ -12,8 +12,8 @@ from mpltool.cli import main
 from mpltool.manifest import MANIFEST_NAME
 
 # A run small enough to train in seconds on 2 cores: WRN-10-1, 4 labelled images a step.
-TINY = ["model=wrn-10-1", "batch_size=4", "uda_data=2", "eval_batch_size=16", "num_labelled=20",
-        "teacher_lr_warmup_steps=2", "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4",
+TINY = ["model=wrn-10-1", "batch_size=4", "unlabelled_ratio=2", "eval_batch_size=16", "num_labelled=20",
+        "lr_warmup_steps=2", "student_lr_wait_steps=1", "student_lr_warmup_steps=2", "uda_steps=4",
         "shuffle_buffer=64", "augment_magnitude=16"]
 
 
@@ -32,9 +32,26 @@ def mpltool(project, *args, timeout=600, **kwargs):
                           **kwargs)
 
 
-def sets(*pairs, base=TINY):
-    """`--set k=v` arguments for `base` (TINY) plus `pairs`."""
-    return [token for pair in list(base) + list(pairs) for token in ("--set", pair)]
+def read_by(algorithm, pairs):
+    """The `k=v` pairs whose key `algorithm` reads (TINY holds MPL's keys; another algorithm refuses them)."""
+    from mpltool.algorithms import algorithm_names, get_algorithm
+    from mpltool.recipes import schema_of
+
+    def readable(name):
+        wanted = get_algorithm(name).reads
+        return {k for k, f in schema_of(name).items() if not (f.optional and k not in wanted)}
+
+    known = set().union(*(schema_of(name) for name in algorithm_names()))
+    mine = readable(algorithm)
+    return [p for p in pairs if p.split("=", 1)[0] in mine or p.split("=", 1)[0] not in known]
+
+
+def sets(*pairs, base=TINY, algorithm=None):
+    """`--set k=v` arguments for `base` (TINY) plus `pairs`; with `algorithm`, only the keys it reads."""
+    chosen = list(base) + list(pairs)
+    if algorithm is not None:
+        chosen = read_by(algorithm, chosen)
+    return [token for pair in chosen for token in ("--set", pair)]
 
 
 def manifest(project):

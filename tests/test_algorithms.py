@@ -49,7 +49,7 @@ def test_each_algorithm_runs_the_whole_lifecycle(prepared, tmp_path, algorithm):
     project = tmp_path / "p"
     shutil.copytree(str(prepared), str(project))
     trained = invoke("--project", project, "--json", "train", "--recipe", "{}-demo".format(algorithm),
-                     "--device", "cpu", *sets(base=RUN))
+                     "--device", "cpu", *sets(base=RUN, algorithm=algorithm))
     assert trained.exit_code == 0, trained.stderr
     record = yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["train"]
     assert record["algorithm"] == get_algorithm(algorithm).describe()
@@ -119,12 +119,13 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
         name = "toy-half-rate"
         metric_names = ("loss", "accuracy")
         progress_metrics = ("loss",)
+        reads = ("lr", "lr_warmup_steps", "lr_decay", "momentum", "weight_decay", "grad_bound", "ema_decay")
 
         def streams(self, recipe):
             return Streams(unlabelled=False)
 
         def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-            recipe = dict(recipe, teacher_lr=recipe["teacher_lr"] / 2)
+            recipe = dict(recipe, lr=recipe["lr"] / 2)
             from mpltool.recipes import Recipe
 
             return single_network_step(model, Recipe(recipe), batch, global_step, None, optimizer_wrapper)
@@ -133,7 +134,8 @@ def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
     recipe_file.write_text("algorithm: toy-half-rate\nmodel: wrn-10-1\nnum_labelled: 20\nbatch_size: 4\n")
     project = tmp_path / "p"
     shutil.copytree(str(prepared), str(project))
-    trained = invoke("--project", project, "train", "--recipe", recipe_file, "--device", "cpu", *sets(base=RUN))
+    trained = invoke("--project", project, "train", "--recipe", recipe_file, "--device", "cpu",
+                     *sets(base=RUN, algorithm="toy-half-rate"))
     assert trained.exit_code == 0, trained.stderr
     with open(str(project / "logs" / "metrics.csv")) as handle:
         assert next(csv.reader(handle)) == ["step", "time", "steps_per_second", "loss", "accuracy", "model_top1",
@@ -163,7 +165,7 @@ def test_supervised_with_the_autoaugment_policy_runs_end_to_end(prepared, tmp_pa
     project = tmp_path / "p"
     shutil.copytree(str(prepared), str(project))
     trained = invoke("--project", project, "--json", "train", "--recipe", "supervised-wrn28-2", "--device", "cpu",
-                     "--set", "augment=autoaugment", *sets(base=RUN))
+                     "--set", "augment=autoaugment", *sets(base=RUN, algorithm="supervised"))
     assert trained.exit_code == 0, trained.stderr
     assert yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["train"]["params"]["augment"] == \
         "autoaugment"

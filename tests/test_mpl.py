@@ -100,7 +100,7 @@ def tiny_recipe(feedback="reference", grad_bound=1e9, overflow_check=False, wait
         "num_classes={}".format(CLASSES), "batch_size={}".format(B), "uda_data={}".format(UDA_DATA),
         "mpl_feedback=" + feedback, "grad_bound={}".format(grad_bound),
         "loss_scale_overflow_check={}".format(overflow_check), "student_lr_wait_steps={}".format(wait),
-        "teacher_lr=0.5", "student_lr=0.3", "teacher_lr_warmup_steps=0", "student_lr_warmup_steps=0",
+        "lr=0.5", "student_lr=0.3", "lr_warmup_steps=0", "student_lr_warmup_steps=0",
         "num_train_steps=100", "uda_steps=2", "uda_threshold=0.9", "weight_decay=0.01", "seed=7"] + list(extra))
 
 
@@ -657,7 +657,7 @@ def build_wrn(feedback):
     recipe = load_recipe("mpl-wrn28-2", [
         "model=wrn-10-1", "batch_size={}".format(B), "uda_data={}".format(UDA_DATA), "mpl_feedback=" + feedback,
         "student_lr_wait_steps={}".format(WAIT), "teacher_lr_warmup_steps=2", "student_lr_warmup_steps=2",
-        "num_train_steps=20", "teacher_lr=0.1", "student_lr=0.1", "seed=3"])
+        "num_train_steps=20", "lr=0.1", "student_lr=0.1", "seed=3"])
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(0)

@@ -77,6 +77,17 @@ def test_an_old_project_resumes_at_its_step_with_its_schedules(old):
     assert "resuming from checkpoints/model.ckpt-4 (step 4 of 6)" in trained.stdout
     record = stages(project)["train"]
     assert record["status"] == "done" and record["steps_done"] == 6
+    # Recorded under today's names: the shared keys renamed (teacher_lr -> lr, uda_data -> unlabelled_ratio),
+    # and only this algorithm's own keys (the old record held every algorithm's).
+    old_params = yaml.safe_load((FIXTURES / name / MANIFEST_NAME).read_text())["stages"]["train"]["params"]
+    params = record["params"]
+    assert "teacher_lr" in old_params and "mixup_beta" in old_params and "byol_lr" in old_params
+    assert params["lr"] == old_params["teacher_lr"] and params["unlabelled_ratio"] == old_params["uda_data"]
+    assert not {"teacher_lr", "teacher_lr_warmup_steps", "uda_data"} & set(params)
+    own = {"mpl-cifar": "student_lr", "mixmatch-cifar": "mixup_beta", "byol-cifar": "byol_lr",
+           "supervised-folders": None}[name]
+    others = {"student_lr", "mixup_beta", "byol_lr", "masf_margin"} - {own}
+    assert (own is None or params[own] == old_params[own]) and not others & set(params)
     assert record["checkpoints"]["latest"]["prefix"] == "checkpoints/model.ckpt-6"
     with open(str(project / "logs" / "metrics.csv"), newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(r["step"]) > 4]

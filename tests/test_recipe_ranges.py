@@ -6,17 +6,37 @@ from click.testing import CliRunner
 
 from mpltool.cli import main
 from mpltool.errors import InvalidInputError, UsageError
-from mpltool.recipes import FIELDS, INT32_MAX, load_recipe, recipe_from_record, with_overrides
+from mpltool.algorithms import algorithm_names, get_algorithm
+from mpltool.recipes import load_recipe, readers_of, recipe_from_record, schema_of, with_overrides
+from mpltool.recipes.schema import INT32_MAX, SHARED_FIELDS
 
+
+def _every_field():
+    """Every key of every algorithm's recipes once: name -> Field (the shared ones first)."""
+    found = {field.name: field for field in SHARED_FIELDS}
+    for name in algorithm_names():
+        for key, field in schema_of(name).items():
+            found.setdefault(key, field)
+    return found
+
+
+FIELDS = list(_every_field().values())
 FLOAT_KEYS = [f.name for f in FIELDS if f.kind == "float"]
 INT_KEYS = [f.name for f in FIELDS if f.kind == "int"]
+
+
+def demo_of(key):
+    """A demo recipe whose algorithm reads `key` (mpl-demo for the keys every algorithm reads)."""
+    readers = readers_of(key)
+    return get_algorithm(readers[0]).demo_recipe if readers and "mpl" not in readers else "mpl-demo"
 SEED_KEYS = ("seed", "split_seed")
 
 
 def refused(pairs, text):
-    """load_recipe refuses `pairs` with a UsageError whose message contains `text`; the message."""
+    """load_recipe (of a demo recipe whose algorithm reads the first key) refuses `pairs` with a UsageError
+    whose message contains `text`; the message."""
     with pytest.raises(UsageError) as caught:
-        load_recipe("mpl-demo", list(pairs))
+        load_recipe(demo_of(pairs[0].split("=", 1)[0]), list(pairs))
     assert text in caught.value.message
     return caught.value.message
 
@@ -30,9 +50,9 @@ def show(*args):
                          "activation (TF refuses it)"),
     ("dropout_rate=-0.1", "--set: dropout_rate=-0.1 must be >= 0 (between 0 and 1, 1 excluded): at 1 it drops "
                           "every activation (TF refuses it)"),
-    ("teacher_lr=inf", "--set: teacher_lr=inf must be a finite number"),
+    ("lr=inf", "--set: lr=inf must be a finite number"),
     ("student_lr=nan", "--set: student_lr=nan must be a finite number"),
-    ("teacher_lr=10.5", "--set: teacher_lr=10.5 must be <= 10 (between 0 and 10)"),
+    ("lr=10.5", "--set: lr=10.5 must be <= 10 (between 0 and 10)"),
     ("label_smoothing=1", "--set: label_smoothing=1.0 must be < 1 (between 0 and 1, 1 excluded): at 1 the targets "
                           "no longer depend on the labels"),
     ("momentum=1", "--set: momentum=1.0 must be < 1 (between 0 and 1, 1 excluded): at 1 the velocity never decays"),
@@ -68,7 +88,7 @@ def show(*args):
     ("eval_batch_size=65537", "--set: eval_batch_size=65537 must be <= 65536 (between 1 and 65536)"),
     ("augment_magnitude=31", "--set: augment_magnitude=31 must be <= 30 (between 0 and 30)"),
     ("augment_layers=-1", "--set: augment_layers=-1 must be >= 0 (between 0 and 30)"),
-    ("teacher_lr_warmup_steps=-1", "--set: teacher_lr_warmup_steps=-1 must be >= 0 (between 0 and 2147483647)"),
+    ("lr_warmup_steps=-1", "--set: lr_warmup_steps=-1 must be >= 0 (between 0 and 2147483647)"),
     ("model=wrn-1006-1", "--set: model='wrn-1006-1' is too large: depth must be <= 1000 and width <= 100"),
     ("modify_mixlist=", "--set: modify_mixlist='' must be a file name (one line, not empty)"),
 ])
@@ -76,7 +96,7 @@ def test_out_of_range_values_are_usage_errors_naming_the_key(pair, message):
     assert refused([pair], pair.split("=", 1)[0]) == message
 
 
-@pytest.mark.parametrize("pair", ["dropout_rate=1.0", "teacher_lr=inf", "uda_temp=nan", "num_train_steps=1e23",
+@pytest.mark.parametrize("pair", ["dropout_rate=1.0", "lr=inf", "uda_temp=nan", "num_train_steps=1e23",
                                   "num_train_steps=2147483648", "batch_size=16385"])
 def test_the_cli_exits_2_with_one_line_naming_the_key(pair):
     result = show("mpl-demo", "--set", pair)
@@ -104,20 +124,20 @@ def test_every_int_key_has_an_upper_bound_that_fits(key):
 @pytest.mark.parametrize("pairs", [
     ["dropout_rate=0"], ["dropout_rate=0.999"], ["label_smoothing=0"], ["label_smoothing=0.999"],
     ["momentum=0"], ["momentum=0.9999"], ["ema_decay=0"], ["ema_decay=1"], ["uda_threshold=0"], ["uda_threshold=1"],
-    ["mpl_baseline_decay=0"], ["mpl_baseline_decay=1"], ["teacher_lr=0", "student_lr=0"],
-    ["teacher_lr=10", "student_lr=10"], ["uda_temp=1e-30"], ["uda_temp=1e30"], ["weight_decay=0"],
+    ["mpl_baseline_decay=0"], ["mpl_baseline_decay=1"], ["lr=0", "student_lr=0"],
+    ["lr=10", "student_lr=10"], ["uda_temp=1e-30"], ["uda_temp=1e30"], ["weight_decay=0"],
     ["grad_bound=1e-9"], ["uda_weight=0"], ["loss_scale=1"], ["loss_scale=16777216"],
     ["num_train_steps=2147483647"], ["num_train_steps=1"], ["seed=4294967295", "split_seed=4294967295"],
     ["seed=0", "split_seed=0"], ["num_classes=2"], ["num_classes=100000"], ["eval_every=1", "save_every=1", "log_every=1"],
     ["keep_checkpoints=1"], ["augment_magnitude=0", "augment_layers=0"], ["augment_magnitude=30", "augment_layers=30"],
-    ["teacher_lr_warmup_steps=0", "student_lr_wait_steps=0", "student_lr_warmup_steps=0"],
+    ["lr_warmup_steps=0", "student_lr_wait_steps=0", "student_lr_warmup_steps=0"],
     # schedules longer than the run are allowed (train warns)
     ["num_train_steps=10", "student_lr_wait_steps=2147483647", "uda_steps=2147483647"],
-    ["batch_size=16384", "uda_data=3"],  # exactly 65536 images per step
-    ["batch_size=1", "uda_data=65535"], ["eval_batch_size=65536"], ["model=wrn-1000-100"],
+    ["batch_size=16384", "unlabelled_ratio=3"],  # exactly 65536 images per step
+    ["batch_size=1", "unlabelled_ratio=65535"], ["eval_batch_size=65536"], ["model=wrn-1000-100"],
 ])
 def test_boundary_values_are_accepted(pairs):
-    recipe = load_recipe("mpl-demo", pairs)
+    recipe = load_recipe(demo_of(pairs[0].split("=", 1)[0]), pairs)
     for pair in pairs:
         key, raw = pair.split("=", 1)
         kind = next(f.kind for f in FIELDS if f.name == key)
@@ -125,10 +145,10 @@ def test_boundary_values_are_accepted(pairs):
 
 
 @pytest.mark.parametrize("pairs, message", [
-    (["batch_size=16385", "uda_data=3"], "batch_size=16385 with uda_data=3 is 65540 images per step; "
-                                         "batch_size * (1 + uda_data) must be <= 65536"),
-    (["batch_size=2", "uda_data=65535"], "batch_size=2 with uda_data=65535 is 131072 images per step; "
-                                         "batch_size * (1 + uda_data) must be <= 65536"),
+    (["batch_size=16385", "unlabelled_ratio=3"], "batch_size=16385 with unlabelled_ratio=3 is 65540 images per step; "
+                                         "batch_size * (1 + unlabelled_ratio) must be <= 65536"),
+    (["batch_size=2", "unlabelled_ratio=65535"], "batch_size=2 with unlabelled_ratio=65535 is 131072 images per step; "
+                                         "batch_size * (1 + unlabelled_ratio) must be <= 65536"),
 ])
 def test_images_per_step_are_bounded(pairs, message):
     assert refused(pairs, "batch_size") == message
@@ -142,12 +162,15 @@ def test_the_shipped_recipes_load_and_show():
     for name in ("mpl-demo", "mpl-wrn28-2"):
         result = show(name)
         assert result.exit_code == 0 and result.stderr == ""
-    assert recipe_from_record({}).values == {f.name: f.default for f in FIELDS}  # every default is in range
+    for name in algorithm_names():  # every default is in range
+        fields = schema_of(name)
+        assert recipe_from_record({"algorithm": name}).values == dict({k: f.default for k, f in fields.items()},
+                                                                      algorithm=name)
 
 
 @pytest.mark.parametrize("line, message", [
     ("dropout_rate: 1.0", "dropout_rate=1.0 must be < 1"),
-    ("teacher_lr: .inf", "teacher_lr=inf must be a finite number"),
+    ("lr: .inf", "lr=inf must be a finite number"),
     ("uda_temp: .nan", "uda_temp=nan must be a finite number"),
     ("num_train_steps: 1.0e+23", "num_train_steps=99999999999999991611392 must be <= 2147483647"),
     ("seed: 4294967296", "seed=4294967296 must be <= 4294967295"),
@@ -166,7 +189,7 @@ def test_a_recipe_file_out_of_range_is_invalid_input(tmp_path, line, message):
     ({"dropout_rate": 1.0}, "manifest train params: dropout_rate=1.0 must be < 1"),
     ({"ema_decay": float("nan")}, "manifest train params: ema_decay=nan must be a finite number"),
     ({"num_train_steps": 2 ** 40}, "manifest train params: num_train_steps=1099511627776 must be <= 2147483647"),
-    ({"batch_size": 20000, "uda_data": 7}, "manifest train params: batch_size=20000 with uda_data=7 is 160000 "
+    ({"batch_size": 20000, "unlabelled_ratio": 7}, "manifest train params: batch_size=20000 with unlabelled_ratio=7 is 160000 "
                                            "images per step"),
 ])
 def test_recorded_params_are_checked_too(values, message):

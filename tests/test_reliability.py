@@ -224,8 +224,8 @@ def test_nan_logits_are_refused_not_scored():
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_non_finite_learning_rate_is_a_usage_error(value):
-    result = invoke("recipes", "show", "mpl-demo", "--set", "teacher_lr=" + value)
-    assert_one_line_error(result, 2, "teacher_lr")
+    result = invoke("recipes", "show", "mpl-demo", "--set", "lr=" + value)
+    assert_one_line_error(result, 2, "lr=")
 
 
 # -- 11. user errors that used to be internal errors -----------------------------------------------------

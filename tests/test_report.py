@@ -38,7 +38,8 @@ def lifecycle(prepared, tmp_path_factory):
     """data -> train (supervised, 4 steps) -> eval -> freeze; copy it (`trained`) before writing to it."""
     project = tmp_path_factory.mktemp("report") / "trained"
     shutil.copytree(str(prepared), str(project))
-    trained = invoke("--project", project, "train", "--recipe", "supervised-demo", "--device", "cpu", *sets(base=RUN))
+    trained = invoke("--project", project, "train", "--recipe", "supervised-demo", "--device", "cpu",
+                    *sets(base=RUN, algorithm="supervised"))
     assert trained.exit_code == 0, trained.stderr
     assert invoke("--project", project, "eval").exit_code == 0
     frozen = invoke("--project", project, "freeze", "--parity-images", "8")

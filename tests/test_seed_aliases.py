@@ -1,5 +1,5 @@
-"""The seed's flag names (npu_train.sh: `--mpl_teacher_lr=0.05`, `--train_batch_size=64`, ...) are accepted
-as aliases of recipe keys by `--set`, in recipe files and in recorded params, and resolved to the key: the
+"""The seed's flag names (npu_train.sh: `--mpl_teacher_lr=0.05`, `--train_batch_size=64`, ...) and mpltool's
+earlier key names (teacher_lr, uda_data, ...) are accepted as aliases of recipe keys by `--set`, in recipe files and in recorded params, and resolved to the key: the
 recipe, the manifest and `recipes show` hold keys only. An alias and its key given different values in one
 source is an error naming both."""
 
@@ -9,13 +9,19 @@ import pytest
 
 from helpers import invoke
 from mpltool.errors import InvalidInputError, UsageError
-from mpltool.recipes import ALIASES, FIELD_BY_NAME, load_recipe, recipe_from_record
+from mpltool.recipes import all_aliases, load_recipe, recipe_from_record, schema_of
+
+ALIASES = all_aliases()
+FIELD_BY_NAME = schema_of("mpl")  # every alias here names a key of MPL's recipes
 
 # alias, value as typed, the key's value (of the key's type), none equal to mpl-demo's own value
 CASES = [
     ("model_type", "wrn-16-2", "wrn-16-2"),
     ("train_batch_size", "32", 32),
     ("mpl_teacher_lr", "0.1", 0.1),
+    ("teacher_lr", "0.1", 0.1),  # mpltool's own name of lr before 2026-12
+    ("teacher_lr_warmup_steps", "50", 50),
+    ("uda_data", "2", 2),  # the seed's name, and mpltool's before 2026-12
     ("mpl_teacher_lr_warmup_steps", "50", 50),
     ("mpl_student_lr", "0.07", 0.07),
     ("mpl_student_lr_wait_steps", "120", 120),
@@ -72,16 +78,16 @@ def test_the_seed_hyperparameters_as_a_recipe_file(tmp_path):
         "uda_steps: 5000", "uda_temp: 0.7", "uda_threshold: 0.6", "uda_weight: 8", "lr_decay_type: cosine",
         "num_classes: 10", "log_every: 50", "save_every: 100", ""]))
     recipe = load_recipe(str(path))
-    assert (recipe.model, recipe.batch_size, recipe.dropout_rate, recipe.teacher_lr, recipe.student_lr,
-            recipe.teacher_lr_warmup_steps, recipe.student_lr_wait_steps, recipe.student_lr_warmup_steps,
+    assert (recipe.model, recipe.batch_size, recipe.dropout_rate, recipe.lr, recipe.student_lr,
+            recipe.lr_warmup_steps, recipe.student_lr_wait_steps, recipe.student_lr_warmup_steps,
             recipe.lr_decay) == ("wrn-28-2", 64, 0.2, 0.05, 0.05, 5000, 1000, 5000, "cosine")
 
 
 def test_alias_and_key_with_different_values_is_a_usage_error():
     with pytest.raises(UsageError) as caught:
-        load_recipe("mpl-demo", ["teacher_lr=0.2", "mpl_teacher_lr=0.1"])
+        load_recipe("mpl-demo", ["lr=0.2", "mpl_teacher_lr=0.1"])
     message = caught.value.message
-    assert message == "--set: teacher_lr=0.2 and mpl_teacher_lr=0.1 conflict: both set teacher_lr"
+    assert message == "--set: lr=0.2 and mpl_teacher_lr=0.1 conflict: both set lr"
     result = show("recipes", "show", "mpl-demo", "--set", "mpl_teacher_lr=0.1", "--set", "teacher_lr=0.2")
     assert result.exit_code == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
@@ -90,10 +96,10 @@ def test_alias_and_key_with_different_values_is_a_usage_error():
 
 def test_alias_and_key_with_the_same_value_agree():
     recipe = load_recipe("mpl-demo", ["train_batch_size=32", "batch_size=0_32", "mpl_teacher_lr=0.1",
-                                      "teacher_lr=1e-1"])
-    assert (recipe.batch_size, recipe.teacher_lr) == (32, 0.1)
+                                      "lr=1e-1"])
+    assert (recipe.batch_size, recipe.lr) == (32, 0.1)
     # a later --set of the same name still overrides an earlier one; across sources --set wins over the file
-    assert load_recipe("mpl-demo", ["mpl_teacher_lr=0.1", "mpl_teacher_lr=0.2"]).teacher_lr == 0.2
+    assert load_recipe("mpl-demo", ["mpl_teacher_lr=0.1", "mpl_teacher_lr=0.2"]).lr == 0.2
 
 
 def test_alias_and_key_in_one_recipe_file_conflict(tmp_path):
@@ -110,9 +116,9 @@ def test_alias_and_key_in_one_recipe_file_conflict(tmp_path):
 
 def test_recorded_params_accept_aliases_and_keep_keys():
     recipe = recipe_from_record({"mpl_teacher_lr": 0.1, "model": "wrn-10-1"})
-    assert recipe.teacher_lr == 0.1 and "mpl_teacher_lr" not in recipe
-    with pytest.raises(InvalidInputError, match="teacher_lr=0.2 and mpl_teacher_lr=0.1 conflict"):
-        recipe_from_record({"teacher_lr": 0.2, "mpl_teacher_lr": 0.1})
+    assert recipe.lr == 0.1 and "mpl_teacher_lr" not in recipe
+    with pytest.raises(InvalidInputError, match="lr=0.2 and mpl_teacher_lr=0.1 conflict"):
+        recipe_from_record({"lr": 0.2, "mpl_teacher_lr": 0.1})
 
 
 def test_bad_alias_value_names_the_alias_and_the_key():
@@ -131,9 +137,9 @@ def test_recipes_show_with_an_alias_shows_the_key():
     result = show("recipes", "show", "mpl-demo", "--set", "mpl_teacher_lr=0.1")
     assert result.exit_code == 0 and result.stderr == ""
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines() if len(line.split()) > 1}
-    assert rows["teacher_lr"] == "0.1"
+    assert rows["lr"] == "0.1"
     assert "mpl_teacher_lr" not in result.stdout
     result = show("--json", "recipes", "show", "mpl-demo", "--set", "mpl_teacher_lr=0.1")
     document = json.loads(result.stdout)
-    assert document["values"]["teacher_lr"] == 0.1 and document["overrides"] == {"teacher_lr": 0.1}
+    assert document["values"]["lr"] == 0.1 and document["overrides"] == {"lr": 0.1}
     assert not set(ALIASES) & set(document["values"])

@@ -1,21 +1,21 @@
 """Training algorithms, found by name: `recipe.algorithm` picks one (timm's registry habit).
 
-An algorithm is everything that differs between MPL, supervised training, UDA, ...: the recipe keys
-it alone uses, the input streams it needs, the networks it builds (variable scopes), which of them are
+An algorithm is everything that differs between one way of training and another: its own recipe keys
+(with their ranges and cross-key checks) and the shared ones it reads, the input streams it needs, the networks it builds (variable scopes), which of them are
 evaluated and exportable and which one `eval`/`freeze` take by default, the metrics of its step (the
 CSV columns, stable per algorithm), and the step itself: one train op plus those metrics. The loop,
 checkpoints, periodic eval, logs, resume and signals (train/trainer.py) are written once for all, and
 eval/freeze/convert read the networks from the train record, never from an algorithm's name.
 
 Adding one: a module here with a class decorated by `@register_algorithm`, an entry in `_MODULES`, and
-recipe files. Nothing in train/, eval/, freeze/ or convert/ changes.
+recipe files. Nothing in recipes/, train/, eval/, freeze/ or convert/ changes (docs/architecture.md).
 """
 
 import abc
 import collections
 import difflib
 import importlib
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 from mpltool.errors import UsageError
 
@@ -29,6 +29,7 @@ _MODULES = collections.OrderedDict([
     ("byol", "mpltool.algorithms.byol"),
 ])
 _REGISTRY = {}  # type: Dict[str, Algorithm]
+DEFAULT_ALGORITHM = "mpl"  # what a recipe without `algorithm` trains (the product's reference system)
 
 Step = collections.namedtuple("Step", [
     "train_op",   # the whole step, one session.run
@@ -68,8 +69,11 @@ class Algorithm(abc.ABC):
 
     name = ""
     description = ""
-    fields = ()            # type: Tuple[str, ...]  recipe keys only this algorithm (or a few) reads
-    ignored_fields = ()    # type: Tuple[str, ...]  shared recipe keys this algorithm does not read
+    fields = ()            # type: Sequence[Any]  its own recipe keys: mpltool.recipes.schema.Field objects
+    reads = ()             # type: Sequence[str]  the optional shared keys it reads (recipes/schema.py)
+    aliases = {}           # type: Dict[str, str]  earlier names of its own keys -> the keys
+    reference_recipe = ""  # the recipe that reproduces its reference run
+    demo_recipe = ""       # its short run on the embedded demo data
     networks = ()          # type: Tuple[str, ...]  variable scopes the step builds
     eval_targets = ()      # type: Tuple[str, ...]  networks evaluated during training and exportable
     default_target = ""    # the network eval and freeze take when none is named
@@ -94,9 +98,18 @@ class Algorithm(abc.ABC):
         Empty: not counted."""
         return {}
 
+    def check_recipe(self, recipe) -> Sequence[str]:
+        """What is wrong across this algorithm's keys (each key's range is its Field's): one line each."""
+        return []
+
     def warnings(self, recipe) -> Sequence[str]:
         """What `train` should warn about before this recipe runs (nothing by default)."""
         return []
+
+    def divergence_hint(self, recipe) -> str:
+        """What to do when training diverged (the hint of exit 9)."""
+        return ("the last finite checkpoint is kept; lower the learning rate (--set lr=...) and start over with "
+                "`mpltool train --force`")
 
     def describe(self) -> Dict[str, Any]:
         """What the train record keeps, so later stages need no knowledge of the algorithm."""
@@ -132,19 +145,3 @@ def get_algorithm(name: str) -> Algorithm:
                              ", ".join(algorithm_names())))
     importlib.import_module(_MODULES[name])
     return _REGISTRY[name]
-
-
-def fields_of_other_algorithms(name: str) -> Dict[str, str]:
-    """recipe key -> the algorithm that reads it, for keys `name` does not read (its own ignored_fields
-    included: those map to the algorithms that declare none of them as ignored)."""
-    algorithm = get_algorithm(name)
-    mine = set(algorithm.fields)
-    others = {}
-    for key in algorithm.ignored_fields:
-        readers = [a for a in algorithm_names() if a != name and key not in get_algorithm(a).ignored_fields]
-        others[key] = readers[0] if readers else "no algorithm"
-    for other in algorithm_names():
-        for key in get_algorithm(other).fields:
-            if key not in mine:
-                others.setdefault(key, other)
-    return others

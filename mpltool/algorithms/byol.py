@@ -14,6 +14,7 @@ import math
 
 from mpltool.algorithms import Algorithm, Phase, Step, Streams, register_algorithm
 from mpltool.models import layers
+from mpltool.recipes.schema import LEARNING_RATE, UNIT, Field, counts
 from mpltool.tfv1 import tf
 
 # Reference head widths (models.py ProjectionHead, used for both g and q): 512 -> 256 -> 128 and
@@ -200,6 +201,26 @@ PROJECTOR = "projector"                # g
 TARGET_PROJECTOR = "target_projector"  # g_t, an EMA of g
 PREDICTOR = "predictor"                # q (online only)
 
+BYOL_FIELDS = (
+    Field("byol_pretrain_steps", "int", 19400, "steps of self-supervised pre-training; the rest of "
+              "num_train_steps is the linear evaluation (0: a random encoder's linear evaluation)", **counts(low=0)),
+    Field("byol_lr", "float", 1e-3, "Adam's constant rate in pre-training (the reference: 1e-3·B/512)",
+              **LEARNING_RATE),
+    Field("byol_target_decay", "float", 0.99, "target EMA decay τ (cosine: its base τ_0)", **UNIT),
+    Field("byol_target_schedule", "str", "constant", "τ constant (the reference) or cosine from τ_0 to 1 "
+              "over pre-training (the paper)", choices=("constant", "cosine")),
+    Field("byol_min_crop", "float", 0.40625, "shortest side of a view's random crop, as a fraction of the "
+              "image side (the reference: 13/32 = 0.40625)", low=0.0, high=1.0, low_open=True),
+    Field("byol_grayscale", "float", 0.2, "probability that a pre-training view is made grayscale (the "
+              "reference: 0.2; 1 removes colour from every view)", **UNIT),
+    Field("byol_hidden_units", "int", 256, "hidden width of the projector and predictor", low=1, high=65536),
+    Field("byol_projection_units", "int", 128, "output width of the projector and predictor", low=1,
+              high=65536),
+    Field("linear_lr", "float", 5e-2, "linear evaluation: Adam's rate at its first step (polynomial decay, "
+              "power 2)", **LEARNING_RATE),
+    Field("linear_lr_end", "float", 5e-4, "linear evaluation: Adam's rate at its last step", **LEARNING_RATE),
+)
+
 
 @register_algorithm
 class Byol(Algorithm):
@@ -223,18 +244,22 @@ class Byol(Algorithm):
 
     name = "byol"
     description = "BYOL self-supervised pre-training, then linear evaluation of the frozen encoder"
-    fields = ("byol_pretrain_steps", "byol_lr", "byol_target_decay", "byol_target_schedule", "byol_min_crop",
-              "byol_grayscale",
-              "byol_hidden_units", "byol_projection_units", "linear_lr", "linear_lr_end")
-    ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
-                      "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
-                      "augment_layers", "augment_overflow", "ema_decay")
+    fields = BYOL_FIELDS
+    reads = ()  # Adam at its own rates, its own views, its target is its EMA
+    reference_recipe = "byol-resnet18"
+    demo_recipe = "byol-demo"
     networks = (ONLINE, TARGET, PROJECTOR, TARGET_PROJECTOR, PREDICTOR)
     eval_targets = (ONLINE,)
     default_target = ONLINE
     metric_names = ("byol_loss", "learning_rate", "target_decay", "grad_norm", "linear_ce", "linear_accuracy",
                     "linear_lr")
     progress_metrics = ("byol_loss", "linear_ce", "linear_accuracy")
+
+    def check_recipe(self, recipe):
+        if recipe.byol_pretrain_steps >= recipe.num_train_steps:
+            return ["byol_pretrain_steps={} leaves no step of linear evaluation in num_train_steps={}".format(
+                recipe.byol_pretrain_steps, recipe.num_train_steps)]
+        return []
 
     def streams(self, recipe):
         return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,

@@ -147,7 +147,7 @@ def single_network_step(model, recipe, batch, global_step, extra_loss, optimizer
     extra loss's own.
     """
     step = tf.cast(global_step, tf.float32, name="step")
-    learning_rate = schedules.teacher_learning_rate(step, recipe)
+    learning_rate = schedules.learning_rate(step, recipe)
     labelled = batch.labelled_images
     images = labelled if extra_loss is None else tf.concat([labelled, extra_loss[0]], axis=0)
     output = model(images, training=True, scope=MODEL_SCOPE)

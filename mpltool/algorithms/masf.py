@@ -24,6 +24,7 @@ import contextlib
 
 from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm
 from mpltool.models.layers import leaky_relu
+from mpltool.recipes.schema import LEARNING_RATE, NON_NEGATIVE, Field
 from mpltool.tfv1 import tf
 
 # The reference's flag defaults (main.py ~l.24-31).
@@ -298,6 +299,19 @@ def update_variable_lists(model_vars, metric_vars):
 MODEL_SCOPE = "model"
 METRIC_SCOPE = "metric"
 
+MASF_FIELDS = (
+    Field("masf_inner_lr", "float", 1e-5, "step size α of the inner update θ' = θ − α·clip(g)", **LEARNING_RATE),
+    Field("masf_outer_lr", "float", 1e-5, "Adam rate of the task and meta updates", **LEARNING_RATE),
+    Field("masf_metric_lr", "float", 1e-5, "Adam rate of the metric network's own update", **LEARNING_RATE),
+    Field("masf_clip_norm", "float", 2.0, "per-tensor gradient norm clip of the inner and meta updates",
+              low=0.0, low_open=True),
+    Field("masf_margin", "float", 10.0, "margin of the local (triplet) loss", **NON_NEGATIVE),
+    Field("masf_temperature", "float", 2.0, "softening temperature of the class-alignment loss",
+              low=0.0, high=100.0, low_open=True),
+    Field("masf_global_weight", "float", 1.0, "weight of the global class-alignment loss", **NON_NEGATIVE),
+    Field("masf_local_weight", "float", 0.005, "weight of the local triplet loss", **NON_NEGATIVE),
+)
+
 
 @register_algorithm
 class Masf(Algorithm):
@@ -312,11 +326,10 @@ class Masf(Algorithm):
 
     name = "masf"
     description = "MASF: episodic domain generalisation (task loss, global class alignment, local triplet loss)"
-    fields = ("masf_inner_lr", "masf_outer_lr", "masf_metric_lr", "masf_clip_norm", "masf_margin",
-              "masf_temperature", "masf_global_weight", "masf_local_weight", "pretrained")
-    ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
-                      "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
-                      "augment_layers", "augment_overflow", "ema_decay")
+    fields = MASF_FIELDS
+    reads = ("pretrained",)  # Adam at its own rates, flip/pad/crop only, no EMA
+    reference_recipe = "masf-pacs-alexnet"
+    demo_recipe = "masf-demo"
     networks = (MODEL_SCOPE, METRIC_SCOPE)
     eval_targets = (MODEL_SCOPE,)
     default_target = MODEL_SCOPE

@@ -24,6 +24,23 @@ One step, B labelled images x (one weak view each) and B unlabelled images u (K 
 import collections
 
 from mpltool.algorithms import SingleNetwork, Step, Streams, register_algorithm
+from mpltool.recipes.schema import LEARNING_RATE, NON_NEGATIVE, Field, counts
+
+MIXMATCH_FIELDS = (
+    Field("mixmatch_views", "int", 2, "weak views per unlabelled image whose predictions are averaged (K)",
+              low=1, high=16),
+    Field("mixmatch_temperature", "float", 0.5, "sharpening temperature of the guessed labels (T)",
+              low=0.0, high=10.0, low_open=True),
+    Field("mixup_beta", "float", 0.5, "MixUp coefficients λ ~ Beta(α, α) (α)", low=0.0, high=100.0,
+              low_open=True),
+    Field("mixmatch_weight", "float", 100.0, "final weight of the unlabelled L2 loss (w_match)",
+              low=0.0, high=1e6),
+    Field("mixmatch_rampup_kimg", "int", 1024, "thousands of labelled images (x1024) over which the "
+              "L2 weight ramps up linearly", **counts(low=0, high=2 ** 20)),
+    Field("mixmatch_lr", "float", 0.002, "Adam's constant learning rate", **LEARNING_RATE),
+    Field("decoupled_weight_decay", "float", 0.02, "kernels shrink by (1 - wd * mixmatch_lr) after each "
+              "step", **NON_NEGATIVE),
+)
 
 
 def sharpen(p, temperature):
@@ -122,17 +139,22 @@ def is_kernel(variable):
 class MixMatch(SingleNetwork):
     name = "mixmatch"
     description = "MixMatch: sharpened guesses over K weak views, MixUp over labelled + unlabelled, L2 consistency"
-    fields = ("mixmatch_views", "mixmatch_temperature", "mixup_beta", "mixmatch_weight", "mixmatch_rampup_kimg",
-              "mixmatch_lr", "decoupled_weight_decay")
-    # Keys of the other algorithms' optimisation and augmentation that this one does not read: giving one
-    # explicitly is refused, as it would do nothing (Adam at mixmatch_lr, weak views only, no L2 in the
-    # gradient, no clipping, no dropout in the MixMatch ResNet).
-    ignored_fields = ("teacher_lr", "teacher_lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
-                      "weight_decay", "grad_bound", "uda_data", "augment", "augment_magnitude",
-                      "augment_layers", "augment_overflow")
+    fields = MIXMATCH_FIELDS
+    # Adam at mixmatch_lr, weak views only, no L2 in the gradient, no clipping: of the shared training keys
+    # only the EMA's decay (fixed, not capped early).
+    reads = ("ema_decay",)
+    reference_recipe = "mixmatch-cifar10-250"
+    demo_recipe = "mixmatch-demo"
     metric_names = ("loss", "labelled_ce", "l2u_loss", "match_weight", "guess_confidence", "learning_rate",
                     "grad_norm")
     progress_metrics = ("loss", "l2u_loss", "match_weight")
+
+    def check_recipe(self, recipe):
+        shrink = recipe.decoupled_weight_decay * recipe.mixmatch_lr
+        if shrink >= 1.0:
+            return ["decoupled_weight_decay * mixmatch_lr = {} must be < 1 (kernels shrink by that fraction each "
+                    "step)".format(shrink)]
+        return []
 
     def streams(self, recipe):
         return Streams(unlabelled=1, weak_views=recipe.mixmatch_views)

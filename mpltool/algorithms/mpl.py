@@ -63,6 +63,8 @@ from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm, sch
 from mpltool.algorithms.common import (accuracy, apply_gradients, batch_size_of, build_ema, gradient_step,
                                        make_optimizer, network_gradients, network_variables, smooth_labels,
                                        soft_cross_entropy, trainable, uda_loss, wrapped)
+from mpltool.algorithms.uda import STRONG_VIEW_TRAINING, UDA_FIELDS, uda_weight
+from mpltool.recipes.schema import LEARNING_RATE, UNIT, Field, counts
 from mpltool.tfv1 import tf
 
 FEEDBACK_MODES = ("reference", "paper")
@@ -70,6 +72,30 @@ TEACHER_SCOPE = "teacher"
 STUDENT_SCOPE = "student"
 EMA_SCOPE = "ema"
 H_BASELINE_NAME = "mpl/h_baseline"
+
+# MPL's own keys; the teacher also reads UDA's (UDA_FIELDS) and the shared training keys (its `lr`...).
+MPL_FIELDS = (
+    Field("student_lr", "float", 0.05, "student base learning rate", **LEARNING_RATE),
+    Field("student_lr_wait_steps", "int", 1000, "steps the student's learning rate stays 0 (W)", **counts(low=0)),
+    Field("student_lr_warmup_steps", "int", 5000, "student linear warmup steps after the wait", **counts(low=0)),
+    Field("mpl_feedback", "str", "reference", "teacher MPL term: reference (the released code: zero gradient) "
+              "or paper (hard pseudo labels: the h-term moves the teacher)", choices=("reference", "paper")),
+    Field("mpl_baseline_decay", "float", 0.01, "rate of the moving baseline of the h-term", **UNIT),
+    Field("student_second_pass_bn_update", "bool", False, "also update the student's BN moving statistics from its "
+              "second (labelled-only, after-update) pass, after the EMA: true as the seed (Ascend run), false as "
+              "google-research"),
+)
+
+
+def student_learning_rate(global_step, recipe):
+    """The teacher's schedule (schedules.warmup_then_decay) started `student_lr_wait_steps` late, 0 until
+    then; its cosine spans N - warmup - wait steps, so it also ends at step N."""
+    wait = recipe.student_lr_wait_steps
+    warmup = recipe.student_lr_warmup_steps
+    t = tf.cast(global_step, tf.float32) - float(wait)
+    rate = schedules.warmup_then_decay(t, schedules.base_learning_rate(recipe.student_lr, recipe), warmup,
+                                       recipe.num_train_steps - warmup - wait, recipe.lr_decay)
+    return tf.where(t < 0.0, tf.zeros_like(rate), rate, name="student_lr")
 
 MplStep = collections.namedtuple("MplStep", [
     "train_op",            # the whole step; run once per session.run
@@ -102,8 +128,8 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
 
     # Read the step once: every schedule of this step sees t, and the increment waits for the read.
     step = tf.cast(global_step, tf.float32, name="step")
-    teacher_lr = schedules.teacher_learning_rate(step, recipe)
-    student_lr = schedules.student_learning_rate(step, recipe)
+    teacher_lr = schedules.learning_rate(step, recipe, name="teacher_lr")
+    student_lr = student_learning_rate(step, recipe)
     # The reference gives m no initialiser, so TF's default glorot-uniform draws it from ±√3 (fan 1):
     # kept in `reference` mode, seeded, so runs reproduce. `paper` starts at 0, the baseline's neutral
     # value, so that h′ follows h from the first step. Created first, outside any control dependency.
@@ -138,8 +164,8 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
     # before the student's B + U are made, instead of both being held until the end of the step (the
     # peak RSS, docs/performance.md). Only the update (10) waits for the student. In `paper` mode the
     # gradient needs h′, known only after the student's update, so the backward pass stays in 10.
-    uda_weight = schedules.uda_weight(step, recipe)
-    teacher_own_loss = tf.cast(uda_weight, dtype) * unlabelled_ce + labelled_ce
+    unlabelled_weight = uda_weight(step, recipe)
+    teacher_own_loss = tf.cast(unlabelled_weight, dtype) * unlabelled_ce + labelled_ce
     teacher_optimizer = wrapped(make_optimizer(teacher_lr, recipe), optimizer_wrapper)
     teacher_weights = trainable(teacher_variables)
     teacher_gradients = None if paper else network_gradients(
@@ -208,7 +234,7 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
         ("labelled_ce", labelled_ce),
         ("uda_loss", unlabelled_ce),
         ("uda_mask_rate", tf.reduce_mean(uda_mask)),
-        ("uda_weight", uda_weight),
+        ("uda_weight", unlabelled_weight),
         ("mpl_ce", mpl_ce),
         ("student_loss", student_loss),
         ("student_ce_old", student_ce_old),
@@ -239,22 +265,40 @@ def build_mpl_step(model, recipe, labelled_images, labels, ori_images, aug_image
 class MetaPseudoLabels(Algorithm):
     name = "mpl"
     description = "Meta Pseudo Labels: a teacher (labelled CE + UDA + the student's feedback) teaches a student"
-    fields = ("student_lr", "student_lr_wait_steps", "student_lr_warmup_steps", "mpl_feedback",
-              "mpl_baseline_decay", "student_second_pass_bn_update")
     networks = ("teacher", "student", "ema")
     eval_targets = ("teacher", "student", "ema")
     default_target = "ema"
     metric_names = ("teacher_loss", "labelled_ce", "uda_loss", "uda_mask_rate", "uda_weight", "student_loss",
                     "student_ce_old", "student_ce_new", "h", "h_baseline", "teacher_lr", "student_lr")
     progress_metrics = ("teacher_loss", "student_loss", "uda_mask_rate", "teacher_lr", "student_lr")
+    fields = UDA_FIELDS + MPL_FIELDS
+    reads = STRONG_VIEW_TRAINING
+    # The seed's flag names (npu_train.sh) for MPL's own keys.
+    aliases = {"mpl_student_lr": "student_lr", "mpl_student_lr_wait_steps": "student_lr_wait_steps",
+               "mpl_student_lr_warmup_steps": "student_lr_warmup_steps"}
+    reference_recipe = "mpl-wrn28-2"
+    demo_recipe = "mpl-demo"
+
+    def warnings(self, recipe):
+        late = recipe.student_lr_wait_steps + recipe.student_lr_warmup_steps
+        if late < recipe.num_train_steps:
+            return []
+        return ["student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student barely "
+                "trains; shorten them with --set student_lr_wait_steps=... --set student_lr_warmup_steps=...{}".format(
+                    late, recipe.num_train_steps, "" if getattr(recipe, "recipe_name", None) == self.demo_recipe
+                    else ", or use --recipe {} for a short demo run".format(self.demo_recipe))]
+
+    def divergence_hint(self, recipe):
+        return ("the last finite checkpoint is kept; lower the learning rates (--set lr=... --set student_lr=...) "
+                "and start over with `mpltool train --force`")
 
     def streams(self, recipe):
-        return Streams(unlabelled=recipe.uda_data)
+        return Streams(unlabelled=recipe.unlabelled_ratio)
 
     def forward_equivalents(self, recipe):
         # Teacher fwd+bwd on [l, u_ori, u_aug], student fwd+bwd on [u_aug, l], the second student
         # forward on l (docs/mpl-reference.md §5): 4,480 at B = 64, U = 7B.
-        b, u = recipe.batch_size, recipe.batch_size * recipe.uda_data
+        b, u = recipe.batch_size, recipe.batch_size * recipe.unlabelled_ratio
         return {"train": 3 * (b + 2 * u) + 3 * (u + b) + b}
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):

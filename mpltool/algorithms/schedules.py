@@ -2,9 +2,8 @@
 
 They follow the reference's `common_utils.get_learning_rate` (docs/mpl-reference.md §3): linear warmup
 `base * (t + 1) / warmup` (the reference's formula; the Ascend port used `t / warmup`), then cosine decay
-from `base` to 0 at the end of the run, clamped at 0 afterwards. The student's clock starts `wait`
-steps late: its rate is 0 during the wait (its momentum still accumulates, see mpl.py), and its cosine
-spans `N - warmup - wait` steps so it also ends at step N.
+from `base` to 0 at the end of the run, clamped at 0 afterwards. (An algorithm with more schedules,
+MPL's student, builds them from warmup_then_decay in its own module.)
 
 Each function takes the global step (any integer or float tensor) and returns a float32 scalar tensor.
 They are `tf.where`s, not `tf.cond`s, so the graph has no Switch/Merge and every branch is cheap.
@@ -49,25 +48,11 @@ def warmup_then_decay(step, base, warmup_steps, decay_steps, decay):
     return tf.where(t < warmup_steps, warmup, decayed)
 
 
-def teacher_learning_rate(global_step, recipe):
+def learning_rate(global_step, recipe, name="learning_rate"):
+    """The recipe's `lr` with its warmup, then its decay to step N."""
     return tf.identity(warmup_then_decay(
-        global_step, base_learning_rate(recipe.teacher_lr, recipe), recipe.teacher_lr_warmup_steps,
-        recipe.num_train_steps - recipe.teacher_lr_warmup_steps, recipe.lr_decay), name="teacher_lr")
-
-
-def student_learning_rate(global_step, recipe):
-    wait = recipe.student_lr_wait_steps
-    warmup = recipe.student_lr_warmup_steps
-    t = tf.cast(global_step, tf.float32) - float(wait)
-    rate = warmup_then_decay(t, base_learning_rate(recipe.student_lr, recipe), warmup,
-                             recipe.num_train_steps - warmup - wait, recipe.lr_decay)
-    return tf.where(t < 0.0, tf.zeros_like(rate), rate, name="student_lr")
-
-
-def uda_weight(global_step, recipe):
-    """`uda_weight * min(1, t / uda_steps)`: the unlabelled loss ramps in over `uda_steps`."""
-    t = tf.cast(global_step, tf.float32)
-    return tf.multiply(float(recipe.uda_weight), tf.minimum(1.0, t / float(recipe.uda_steps)), name="uda_weight")
+        global_step, base_learning_rate(recipe.lr, recipe), recipe.lr_warmup_steps,
+        recipe.num_train_steps - recipe.lr_warmup_steps, recipe.lr_decay), name=name)
 
 
 def ema_decay(global_step, recipe):

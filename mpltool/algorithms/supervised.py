@@ -1,6 +1,7 @@
 """Supervised training on the labelled split alone: the reference's `Supervised` baseline."""
 
 from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+from mpltool.algorithms.uda import STRONG_VIEW_TRAINING
 
 
 @register_algorithm
@@ -9,6 +10,9 @@ class Supervised(SingleNetwork):
     description = "labelled cross-entropy only (the teacher's schedule), evaluated through its EMA"
     metric_names = ("loss", "labelled_ce", "learning_rate", "grad_norm", "accuracy", "ema_decay")
     progress_metrics = ("loss", "accuracy", "learning_rate")
+    reads = tuple(key for key in STRONG_VIEW_TRAINING if key != "unlabelled_ratio")  # no unlabelled stream
+    reference_recipe = "supervised-wrn28-2"
+    demo_recipe = "supervised-demo"
 
     def streams(self, recipe):
         # With a policy (`augment: autoaugment`, as the AutoAugment paper trains), the labelled images get

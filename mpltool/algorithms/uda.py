@@ -5,6 +5,26 @@ L = CE_l + uda_weight·min(1, t/uda_steps)·CE_u over ONE training-mode pass on 
 """
 
 from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+from mpltool.recipes.schema import NON_NEGATIVE, UNIT, Field, counts
+
+# The UDA loss's keys (MPL's teacher reads them too).
+UDA_FIELDS = (
+    Field("uda_temp", "float", 0.7, "temperature of the teacher's sharpened distribution", low=0.0, low_open=True),
+    Field("uda_threshold", "float", 0.6, "confidence mask threshold of the UDA loss", **UNIT),
+    Field("uda_weight", "float", 8.0, "final weight of the UDA loss", **NON_NEGATIVE),
+    Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", **counts()),
+)
+# The shared keys a teacher-style single network reads: its optimiser, EMA, augmentation, unlabelled ratio.
+STRONG_VIEW_TRAINING = ("unlabelled_ratio", "lr", "lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum", "weight_decay",
+             "grad_bound", "ema_decay", "augment", "augment_magnitude", "augment_layers", "augment_overflow")
+
+
+def uda_weight(global_step, recipe):
+    """`uda_weight * min(1, t / uda_steps)`: the unlabelled loss ramps in over `uda_steps`."""
+    from mpltool.tfv1 import tf
+
+    t = tf.cast(global_step, tf.float32)
+    return tf.multiply(float(recipe.uda_weight), tf.minimum(1.0, t / float(recipe.uda_steps)), name="uda_weight")
 
 
 @register_algorithm
@@ -14,23 +34,26 @@ class Uda(SingleNetwork):
     metric_names = ("loss", "labelled_ce", "uda_loss", "uda_mask_rate", "uda_weight", "learning_rate",
                     "grad_norm", "accuracy", "ema_decay")
     progress_metrics = ("loss", "uda_mask_rate", "learning_rate")
+    fields = UDA_FIELDS
+    reads = STRONG_VIEW_TRAINING
+    reference_recipe = "uda-wrn28-2"
+    demo_recipe = "uda-demo"
 
     def streams(self, recipe):
-        return Streams(unlabelled=recipe.uda_data)
+        return Streams(unlabelled=recipe.unlabelled_ratio)
 
     def forward_equivalents(self, recipe):
         b = recipe.batch_size
-        return {"train": 3 * (b + 2 * b * recipe.uda_data)}  # one fwd+bwd pass on [l, u_ori, u_aug]
+        return {"train": 3 * (b + 2 * b * recipe.unlabelled_ratio)}  # one fwd+bwd pass on [l, u_ori, u_aug]
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-        from mpltool.algorithms import schedules
         from mpltool.algorithms.common import single_network_step, uda_loss
         from mpltool.tfv1 import tf
 
         def consistency(logits, step):
             z_ori, z_aug = tf.split(logits, 2, axis=0)
             unlabelled_ce, mask = uda_loss(z_ori, z_aug, recipe.uda_temp, recipe.uda_threshold)
-            weight = schedules.uda_weight(step, recipe)
+            weight = uda_weight(step, recipe)
             return tf.cast(weight, unlabelled_ce.dtype) * unlabelled_ce, [
                 ("uda_loss", unlabelled_ce), ("uda_mask_rate", tf.reduce_mean(mask)), ("uda_weight", weight)]
 

@@ -16,14 +16,14 @@ from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, UsageError
 from mpltool.eval.metrics import MEDIAN_WINDOWS, evaluate_logits_fn, median_key
 from mpltool.manifest import Project
-from mpltool.recipes import FIELD_BY_NAME, recipe_from_record
+from mpltool.recipes import recipe_from_record
 
 
 def train_recipe(project: Project):
     """The recipe training recorded, or the defaults when a model was given without any training here."""
     params = (project.stage("train") or {}).get("params") or {}
-    # Only recipe keys: a train record may carry bookkeeping params (recipe name, overrides) besides them.
-    return recipe_from_record({key: value for key, value in params.items() if key in FIELD_BY_NAME})
+    # lenient: a train record may carry bookkeeping params (recipe name, overrides) besides the recipe's.
+    return recipe_from_record(params, lenient=True)
 
 
 def is_frozen_graph_path(model) -> bool:

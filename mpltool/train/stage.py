@@ -48,7 +48,7 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
         if extend_steps is not None:
             raise UsageError("--extend-steps needs an earlier training run in this project",
                              hint="run `mpltool train --recipe NAME` first")
-        resolved = load_recipe(recipe or "mpl-wrn28-2", overrides)
+        resolved = load_recipe(recipe, overrides)
         resolved["replicas"] = replicas
         if data_record is not None:
             _adopt_data(resolved, data_record, log)
@@ -218,14 +218,6 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     algorithm = get_algorithm(resolved.algorithm)
     for line in algorithm.warnings(resolved):
         warn(line)
-    if ("student_lr_wait_steps" in algorithm.fields
-            and resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps >= resolved.num_train_steps):
-        warn("student_lr_wait_steps + student_lr_warmup_steps ({}) >= num_train_steps ({}): the student "
-             "barely trains; shorten them with --set student_lr_wait_steps=... --set student_lr_warmup_steps=..."
-             "{}".format(resolved.student_lr_wait_steps + resolved.student_lr_warmup_steps,
-                         resolved.num_train_steps,
-                         "" if getattr(resolved, "recipe_name", None) == "mpl-demo"
-                         else ", or use --recipe mpl-demo for a short demo run"))
     ckpt_dir = project.path(CHECKPOINT_DIR)
     restore_from = None
     if previous is not None:

@@ -1,6 +1,6 @@
 """The training session: graph, savers, the step loop, periodic evaluation, logs and checkpoints.
 
-One `session.run` per step (the whole MPL step is one op). Checkpoints are written before the manifest
+One `session.run` per step (an algorithm's whole step is one op). Checkpoints are written before the manifest
 names them, so a kill -9 at any moment leaves a manifest that points only at complete files, and
 re-running `train` resumes from the newest checkpoint the Saver finished (losing < save_every steps).
 """
@@ -23,8 +23,6 @@ from mpltool.tfv1 import tf
 from mpltool.checkpoints import step_of
 
 EVAL_METRICS = ("top1", "top5", "loss")
-DIVERGED_HINT = ("the last finite checkpoint is kept; lower the learning rates (--set teacher_lr=... "
-                 "--set student_lr=...) and start over with `mpltool train --force`")
 
 
 def csv_columns(algorithm):
@@ -309,7 +307,7 @@ class TrainingSession:
         bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
         if bad:  # nothing of this step or later is saved: the last checkpoint is the last finite one
             raise NonFiniteError("training diverged at step {}: {} became {}".format(
-                self.step, ", ".join(bad), metrics[bad[0]]), hint=DIVERGED_HINT)
+                self.step, ", ".join(bad), metrics[bad[0]]), hint=self.graph.algorithm.divergence_hint(self.recipe))
 
     def _report(self, metrics: Dict[str, float], log_now: bool) -> None:
         """Progress bar every step; CSV, TensorBoard and (off a terminal) a log line every log_every."""
@@ -371,7 +369,7 @@ class TrainingSession:
     def save_latest(self) -> None:
         if not self._weights_finite():
             raise NonFiniteError("training diverged: the weights hold NaN or inf after step {}".format(self.step),
-                                 hint=DIVERGED_HINT)
+                                 hint=self.graph.algorithm.divergence_hint(self.recipe))
         prefix = self.graph.saver.save(self.session, str(self.ckpt_dir / "model.ckpt"), global_step=self.step,
                                        write_meta_graph=False)
         self.on_checkpoint("latest", self.step, {"prefix": prefix})
