@@ -17,13 +17,18 @@ from train_step import algorithm_step
 
 
 def pipeline(batch=64, uda_data=7, batches=20, images=5000):
+    from mpltool.algorithms import get_algorithm
     from mpltool.data.pipeline import TrainInput
+    from mpltool.models import input_spec, normalize_input
+    from mpltool.recipes import load_recipe
     from mpltool.tfv1 import tf
 
     rng = np.random.RandomState(0)
     data = rng.randint(0, 256, (images, 32, 32, 3)).astype(np.uint8)
     labels = rng.randint(0, 10, images)
-    source = TrainInput(batch, uda_data, magnitude=16, num_layers=2, seed=0)
+    recipe = load_recipe("mpl-wrn28-2", ["batch_size={}".format(batch), "unlabelled_ratio={}".format(uda_data)])
+    spec = input_spec(recipe.model)
+    source = TrainInput(get_algorithm("mpl").streams(recipe), lambda x: normalize_input(x, spec), seed=0)
     with tf.Session() as session:
         source.initialize(session, data, labels, np.arange(min(4000, images)))
         seconds = common.timed(lambda: session.run(source.batch), warmup=3, repeat=batches)

@@ -76,31 +76,40 @@ class InMemory:
             session.run(initializer, feed_dict={value: array})
 
 
+def view_structure(view, shape):
+    """The nested structure (tuples of images) one record becomes, traced in a scratch graph."""
+    from mpltool.tfv1 import tf
+
+    with tf.Graph().as_default():
+        return view.make(tf.zeros(shape, tf.uint8), 0)
+
+
 def step_batch(streams, recipe, shape, memory):
-    """A Batch as the input pipeline would give the algorithm's streams, in memory."""
-    from mpltool.data.pipeline import Batch
+    """The batch dict the input pipeline would give the algorithm's streams, in memory: each view's
+    outputs (their structure traced from the view itself) and labels, per source domain where asked."""
+    from mpltool.tfv1 import tf
 
-    b = recipe.batch_size
-    fields = {"labelled_images": memory.images(b, shape), "labels": memory.labels(b, recipe.num_classes),
-              "ori_images": None, "aug_images": None}
-    unlabelled = b * int(streams.unlabelled)
-    if unlabelled and streams.weak_views:
-        fields["unlabelled_views"] = tuple(memory.images(unlabelled, shape) for _ in range(streams.weak_views))
-    elif unlabelled and streams.pair_views:
-        fields["unlabelled_views"] = (memory.images(unlabelled, shape), memory.images(unlabelled, shape))
-    elif unlabelled:
-        fields["ori_images"], fields["aug_images"] = memory.images(unlabelled, shape), memory.images(unlabelled, shape)
-    if streams.per_domain:
-        fields["domain_images"] = tuple(memory.images(b, shape) for _ in range(SOURCE_DOMAINS))
-        fields["domain_labels"] = tuple(memory.labels(b, recipe.num_classes) for _ in range(SOURCE_DOMAINS))
-    return Batch(**fields)
+    batch = {}
+    for stream in streams:
+        domains = SOURCE_DOMAINS if stream.per_domain else 1
+
+        def one_domain(stream=stream):
+            made = view_structure(stream.view, shape)
+            part = {name: tf.nest.map_structure(lambda _: memory.images(stream.per_step, shape), output)
+                    for name, output in zip(stream.view.names, made)}
+            if stream.labels:
+                part[stream.labels] = memory.labels(stream.per_step, recipe.num_classes)
+            return part
+
+        parts = [one_domain() for _ in range(domains)]
+        for name in parts[0]:
+            batch[name] = parts[0][name] if not stream.per_domain else tuple(p[name] for p in parts)
+    return batch
 
 
-def images_per_step(streams, batch_size):
-    """Distinct images one step consumes (views of one image count once)."""
-    if streams.per_domain:
-        return batch_size * SOURCE_DOMAINS
-    return batch_size * (1 + int(streams.unlabelled))
+def images_per_step(streams):
+    """Distinct records one step consumes (views of one record count once)."""
+    return sum(int(s.per_step) * (SOURCE_DOMAINS if s.per_domain else 1) for s in streams)
 
 
 def build_step(recipe, overrides):
@@ -183,7 +192,7 @@ def expected(recipe_name, overrides):
 
     recipe = load_recipe(recipe_name, overrides)
     algorithm = get_algorithm(recipe.algorithm)
-    return algorithm.forward_equivalents(recipe), images_per_step(algorithm.streams(recipe), recipe.batch_size)
+    return algorithm.forward_equivalents(recipe), images_per_step(algorithm.streams(recipe))
 
 
 def summarise(runs, forward_equivalents, images):

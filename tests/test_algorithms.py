@@ -82,65 +82,123 @@ def test_supervised_builds_no_unlabelled_stream():
     from mpltool.tfv1 import tf
 
     with tf.Graph().as_default():
-        source = TrainInput(batch_size=4, unlabelled_ratio=0, shuffle_buffer=8, seed=1)
-        assert source.batch.ori_images is None and source.batch.aug_images is None
+        streams = get_algorithm("supervised").streams(load_recipe("supervised-demo", ["batch_size=4"]))
+        source = TrainInput(streams, lambda x: tf.cast(x, tf.float32), shuffle_buffer=8, seed=1)
+        assert sorted(source.batch) == ["labelled", "labels"]
         ops = {op.type for op in tf.get_default_graph().get_operations()}
     assert "ZipDataset" not in ops
 
 
 def test_the_recipes_overflow_mode_reaches_the_unlabelled_views(monkeypatch):
-    from mpltool.data import views as augment
+    from mpltool.data import views
     from mpltool.data.pipeline import TrainInput
     from mpltool.tfv1 import tf
 
     seen = []
-    real = augment.unlabelled_views
+    real = views.unlabelled_views
 
     def recording(*args, **kwargs):
         seen.append(kwargs.get("overflow"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(augment, "unlabelled_views", recording)
+    monkeypatch.setattr(views, "unlabelled_views", recording)
+    recipe = load_recipe("mpl-demo", ["batch_size=2", "unlabelled_ratio=1", "augment_overflow=wrap"])
     with tf.Graph().as_default():
-        TrainInput(batch_size=2, unlabelled_ratio=1, shuffle_buffer=4, seed=1, overflow="wrap")
+        TrainInput(get_algorithm("mpl").streams(recipe), lambda x: tf.cast(x, tf.float32), shuffle_buffer=4, seed=1)
     assert seen == ["wrap"]
     assert load_recipe("mpl-wrn28-2").augment_overflow == "wrap"
 
 
-def test_a_new_algorithm_needs_only_its_module_and_a_recipe(prepared, tmp_path):
-    """A toy algorithm registered here (labelled CE at half the teacher's rate, its own metric
-    names) runs train -> eval -> freeze -> convert --check-only with no line of eval/, freeze/ or convert/
-    knowing it: they read its networks and input spec from the train record."""
-    from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
-    from mpltool.algorithms.common import single_network_step
+def _register_two_strong_views():
+    """A toy algorithm, registered from this module alone: its own recipe key (`toy_agreement`), its own
+    view kind (two independent RandAugment views of each labelled image, `strong_a` and `strong_b`), and
+    a step that trains on view a and weights the cross-entropy of view b by toy_agreement."""
+    from mpltool.algorithms import SingleNetwork, register_algorithm
+    from mpltool.algorithms.common import single_network_step, soft_cross_entropy
+    from mpltool.data import views
+    from mpltool.data.augment.ops import derived_seed
+    from mpltool.data.pipeline import Stream, View
+    from mpltool.recipes.schema import Field
+    from mpltool.tfv1 import tf
+
+    if "toy-two-strong" in algorithm_names():
+        return
 
     @register_algorithm
-    class HalfRate(SingleNetwork):
-        name = "toy-half-rate"
-        metric_names = ("loss", "accuracy")
+    class TwoStrongViews(SingleNetwork):
+        name = "toy-two-strong"
+        fields = (Field("toy_agreement", "float", 1.0, "weight of the second view's cross-entropy", low=0.0,
+                        high=100.0, why="a weight beyond 100 drowns the first view"),)
+        reads = ("lr", "lr_warmup_steps", "lr_decay", "momentum", "weight_decay", "grad_bound", "ema_decay",
+                 "augment", "augment_magnitude", "augment_layers", "augment_overflow")
+        metric_names = ("loss", "labelled_ce", "view_b_ce", "accuracy")
         progress_metrics = ("loss",)
-        reads = ("lr", "lr_warmup_steps", "lr_decay", "momentum", "weight_decay", "grad_bound", "ema_decay")
 
         def streams(self, recipe):
-            return Streams(unlabelled=False)
+            def two_strong(image, seed):
+                def strong(view_seed):
+                    return views.strong_view(image, recipe.augment, recipe.augment_magnitude, recipe.augment_layers,
+                                             view_seed, recipe.augment_overflow)
+
+                return strong(seed), strong(derived_seed(seed, 500))
+
+            return [Stream("labelled", recipe.batch_size, View(("strong_a", "strong_b"), two_strong),
+                           labels="labels")]
 
         def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-            recipe = dict(recipe, lr=recipe["lr"] / 2)
-            from mpltool.recipes import Recipe
+            labels = batch["labels"]
 
-            return single_network_step(model, Recipe(recipe), batch, global_step, None, optimizer_wrapper)
+            def view_b(logits, step):
+                ce = tf.reduce_mean(soft_cross_entropy(tf.one_hot(labels, recipe.num_classes, dtype=logits.dtype),
+                                                       logits))
+                return recipe.toy_agreement * ce, [("view_b_ce", ce)]
+
+            return single_network_step(model, recipe, {"labelled": batch["strong_a"], "labels": labels}, global_step,
+                                       (batch["strong_b"], view_b), optimizer_wrapper)
+
+
+def test_a_new_algorithm_brings_its_own_key_and_view_kind_and_needs_no_other_edit(prepared, tmp_path):
+    """The toy algorithm (registered by this test module alone) runs train -> eval -> freeze -> convert
+    --check-only: its key is typed and range-checked and recorded, other algorithms refuse it naming the
+    toy, its two views reach its step as two batch keys, and eval/freeze/convert read its networks and
+    input spec from the train record."""
+    from mpltool.data.pipeline import TrainInput
+    from mpltool.tfv1 import tf
+
+    _register_two_strong_views()
+    with pytest.raises(UsageError, match=r"toy_agreement=-1.0 must be >= 0 \(between 0 and 100\)"):
+        load_recipe("supervised-demo", ["algorithm=toy-two-strong", "toy_agreement=-1"])
+    with pytest.raises(UsageError, match=r"algorithm mpl does not read toy_agreement \(toy-two-strong does\)"):
+        load_recipe("mpl-demo", ["toy_agreement=0.5"])
+    recipe = load_recipe("supervised-demo", ["algorithm=toy-two-strong", "augment=randaugment", "batch_size=4"])
+    with tf.Graph().as_default():
+        source = TrainInput(get_algorithm("toy-two-strong").streams(recipe), lambda x: tf.cast(x, tf.float32),
+                            shuffle_buffer=8, seed=1)
+        assert sorted(source.batch) == ["labels", "strong_a", "strong_b"]
+        with tf.Session() as session:
+            images = np.random.RandomState(0).randint(0, 256, (10, 32, 32, 3)).astype(np.uint8)
+            source.initialize(session, images, np.arange(10) % 10, np.arange(10))
+            pairs = [session.run(source.batch) for _ in range(3)]
+    differ = [not np.array_equal(a, b) for batch in pairs for a, b in zip(batch["strong_a"], batch["strong_b"])]
+    assert sum(differ) >= len(differ) - 1  # two independent draws of the policy, not one view twice
 
     recipe_file = tmp_path / "toy.yaml"
-    recipe_file.write_text("algorithm: toy-half-rate\nmodel: wrn-10-1\nnum_labelled: 20\nbatch_size: 4\n")
+    recipe_file.write_text("algorithm: toy-two-strong\nmodel: wrn-10-1\nnum_labelled: 20\nbatch_size: 4\n"
+                           "augment: randaugment\ntoy_agreement: 0.5\n")
     project = tmp_path / "p"
     shutil.copytree(str(prepared), str(project))
     trained = invoke("--project", project, "train", "--recipe", recipe_file, "--device", "cpu",
-                     *sets(base=RUN, algorithm="toy-half-rate"))
+                     *sets(base=RUN, algorithm="toy-two-strong"))
     assert trained.exit_code == 0, trained.stderr
+    record = yaml.safe_load((project / MANIFEST_NAME).read_text())["stages"]["train"]
+    assert record["params"]["toy_agreement"] == 0.5 and "uda_temp" not in record["params"]
     with open(str(project / "logs" / "metrics.csv")) as handle:
-        assert next(csv.reader(handle)) == ["step", "time", "steps_per_second", "loss", "accuracy", "model_top1",
-                                            "model_top5", "model_loss_eval", "ema_top1", "ema_top5",
-                                            "ema_loss_eval", "model_valid_top1", "ema_valid_top1"]
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:7] == ["step", "time", "steps_per_second", "loss", "labelled_ce", "view_b_ce", "accuracy"]
+    trained_rows = [r for r in rows if r["loss"]]
+    for row in trained_rows:  # loss = CE(view a) + 0.5 CE(view b), as the step adds them
+        assert float(row["loss"]) == pytest.approx(float(row["labelled_ce"]) + 0.5 * float(row["view_b_ce"]),
+                                                   rel=1e-5)
     assert invoke("--project", project, "eval", "--target", "model").exit_code == 0
     frozen = invoke("--project", project, "--json", "freeze", "--parity-images", "4")
     assert frozen.exit_code == 0, frozen.stderr

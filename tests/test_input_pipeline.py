@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from mpltool.models import CIFAR_MEAN, CIFAR_STD
+from mpltool.algorithms import get_algorithm
 from mpltool.data.pipeline import TrainInput
+from mpltool.models import CIFAR_MEAN, CIFAR_STD, input_spec, normalize_input
+from mpltool.recipes import load_recipe
 from mpltool.tfv1 import tf
 
 
@@ -20,21 +22,25 @@ def batches():
     labels = np.arange(count) % 10
     labelled = np.array([3, 5, 7, 11], dtype=np.int64)
     with tf.Graph().as_default():
-        source = TrainInput(batch_size=4, unlabelled_ratio=3, magnitude=16, num_layers=2, shuffle_buffer=16, seed=1)
+        recipe = load_recipe("mpl-demo", ["batch_size=4", "unlabelled_ratio=3", "augment_magnitude=16",
+                                          "augment_layers=2"])
+        spec = input_spec("wrn-28-2")
+        source = TrainInput(get_algorithm("mpl").streams(recipe), lambda x: normalize_input(x, spec),
+                            shuffle_buffer=16, seed=1)
+        assert sorted(source.batch) == ["aug", "labelled", "labels", "ori"]
         with tf.Session() as session:
             source.initialize(session, images, labels, labelled)
-            # The ori/aug pair: no weak views in this batch (its unlabelled_views is None, not a fetch).
-            out = [session.run(source.batch._replace(unlabelled_views=(), domain_images=(), domain_labels=())) for _ in range(5)]
+            out = [session.run(source.batch) for _ in range(5)]
     return out, labelled
 
 
 def test_shapes_and_dtypes(batches):
     out, _ = batches
     for batch in out:
-        assert batch.labelled_images.shape == (4, 32, 32, 3) and batch.labelled_images.dtype == np.float32
-        assert batch.labels.shape == (4,) and batch.labels.dtype == np.int64
-        assert batch.ori_images.shape == (12, 32, 32, 3) and batch.aug_images.shape == (12, 32, 32, 3)
-        assert batch.ori_images.dtype == batch.aug_images.dtype == np.float32
+        assert batch["labelled"].shape == (4, 32, 32, 3) and batch["labelled"].dtype == np.float32
+        assert batch["labels"].shape == (4,) and batch["labels"].dtype == np.int64
+        assert batch["ori"].shape == (12, 32, 32, 3) and batch["aug"].shape == (12, 32, 32, 3)
+        assert batch["ori"].dtype == batch["aug"].dtype == np.float32
 
 
 def test_values_are_normalised_pixels_in_range(batches):
@@ -42,7 +48,7 @@ def test_values_are_normalised_pixels_in_range(batches):
     low = (0 - 255 * np.array(CIFAR_MEAN)) / (255 * np.array(CIFAR_STD))
     high = (255 - 255 * np.array(CIFAR_MEAN)) / (255 * np.array(CIFAR_STD))
     for batch in out:
-        for view in (batch.labelled_images, batch.ori_images, batch.aug_images):
+        for view in (batch["labelled"], batch["ori"], batch["aug"]):
             assert np.all(view >= low - 1e-5) and np.all(view <= high + 1e-5)
 
 
@@ -50,8 +56,8 @@ def test_labelled_view_uses_only_the_split_with_its_labels_and_fill_128(batches)
     out, labelled = batches
     allowed = set(int(10 + i) for i in labelled)
     for batch in out:
-        pixels = denormalise(batch.labelled_images)
-        for image, label in zip(pixels, batch.labels):
+        pixels = denormalise(batch["labelled"])
+        for image, label in zip(pixels, batch["labels"]):
             values = set(np.unique(image).astype(int)) - {128}
             assert len(values) == 1 and values <= allowed  # one source image, padded with 128
             assert (values.pop() - 10) % 10 == label
@@ -61,7 +67,7 @@ def test_ori_view_draws_from_all_training_images(batches):
     out, _ = batches
     seen = set()
     for batch in out:
-        for image in denormalise(batch.ori_images):
+        for image in denormalise(batch["ori"]):
             values = set(np.unique(image).astype(int)) - {128}
             assert len(values) == 1
             seen |= values

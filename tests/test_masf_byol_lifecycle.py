@@ -116,12 +116,15 @@ def test_masf_starts_from_pretrained_weights_and_refuses_a_missing_file(domains_
 
 
 def test_the_per_domain_stream_gives_each_domain_its_own_batch():
+    from mpltool.algorithms import get_algorithm
     from mpltool.data.pipeline import TrainInput
+    from mpltool.recipes import load_recipe
 
     graph = tf.Graph()
     with graph.as_default():
-        source = TrainInput(batch_size=4, unlabelled_ratio=0, shuffle_buffer=16, seed=1, image_shape=(8, 8, 3),
-                            normalize=lambda x: tf.cast(x, tf.float32), num_domains=3)
+        streams = get_algorithm("masf").streams(load_recipe("masf-demo", ["batch_size=4"]))
+        source = TrainInput(streams, lambda x: tf.cast(x, tf.float32), shuffle_buffer=16, seed=1,
+                            image_shape=(8, 8, 3), num_domains=3)
         with tf.Session(graph=graph) as session:
             domains = np.repeat(np.arange(3), 10)
             labels = domains * 3 + np.arange(30) % 3  # domain k holds labels 3k..3k+2
@@ -130,7 +133,7 @@ def test_the_per_domain_stream_gives_each_domain_its_own_batch():
             labelled = np.arange(30)[np.arange(30) % 5 != 0]  # 8 labelled records per domain
             source.initialize(session, images, labels, labelled, None, domains=domains)
             for _ in range(3):
-                batch_images, batch_labels = session.run([source.batch.domain_images, source.batch.domain_labels])
+                batch_images, batch_labels = session.run([source.batch["labelled"], source.batch["labels"]])
                 for k in range(3):
                     assert batch_images[k].shape == (4, 8, 8, 3)
                     # flip/pad/crop moves pixels and pads with grey (128), never mixes domains

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from _pytest.monkeypatch import MonkeyPatch
 
-from mpltool.algorithms import Streams, algorithm_names, get_algorithm
+from mpltool.algorithms import algorithm_names, get_algorithm
 from mpltool.algorithms import mixmatch
 from mpltool.algorithms.common import EMA_SCOPE, MODEL_SCOPE
 from mpltool.algorithms.mixmatch import (MixMatch, beta_sample, decoupled_decay, guess_labels, interleave,
                                          interleave_offsets, is_kernel, l2_consistency, match_weight, mixup,
                                          sharpen)
-from mpltool.data.pipeline import Batch
 from mpltool.errors import UsageError
 from mpltool.models.wrn import ModelOutput
 from mpltool.recipes import load_recipe
@@ -377,8 +376,8 @@ def one_step():
         with graph.as_default():
             tf.set_random_seed(3)
             global_step = tf.train.get_or_create_global_step()
-            batch = Batch(tf.constant(images), tf.constant(labels), None, None,
-                          tuple(tf.constant(v) for v in views))
+            batch = {"labelled": tf.constant(images), "labels": tf.constant(labels),
+                     "views": tuple(tf.constant(v) for v in views)}
             step = MixMatch().build_step(model, recipe, batch, global_step)
             model_vars = collections.OrderedDict(
                 (name, graph.get_tensor_by_name("{}/{}:0".format(MODEL_SCOPE, name))) for name in model.initial)
@@ -515,7 +514,14 @@ def test_mixmatch_is_registered_with_its_declaration():
                                       "learning_rate", "grad_norm")
     assert set(algorithm.progress_metrics) <= set(algorithm.metric_names)
     recipe = load_recipe("mixmatch-demo", ["mixmatch_views=3"])
-    assert algorithm.streams(recipe) == Streams(unlabelled=1, labelled_strong=False, weak_views=3)
+    labelled, unlabelled = algorithm.streams(recipe)
+    assert (labelled.records, labelled.per_step, labelled.view.names, labelled.labels) == (
+        "labelled", recipe.batch_size, ("labelled",), "labels")
+    assert (unlabelled.records, unlabelled.per_step, unlabelled.view.names, unlabelled.labels) == (
+        "unlabelled", recipe.batch_size, ("views",), None)
+    with tf.Graph().as_default():  # K = 3 weak views of one record
+        made = unlabelled.view.make(tf.zeros((32, 32, 3), tf.uint8), 1)
+    assert len(made) == 1 and len(made[0]) == 3
     assert algorithm.describe() == {"name": "mixmatch", "networks": ["model", "ema"],
                                     "eval_targets": ["model", "ema"], "default_target": "ema"}
 

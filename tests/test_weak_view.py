@@ -8,7 +8,7 @@ import pytest
 from helpers import dataset_samples
 from mpltool.data.augment import ops
 from mpltool.data import views
-from mpltool.data.pipeline import TrainInput
+from mpltool.data.pipeline import Stream, TrainInput
 from mpltool.models import input_spec, normalize_input
 from mpltool.tfv1 import tf
 
@@ -90,7 +90,8 @@ def unnormalise(x):
 
 @pytest.fixture(scope="module")
 def weak_input():
-    """(random-image batches, index-image batches, the unlabelled indices) from one TrainInput(weak_views=2)."""
+    """(random-image batches, index-image batches, the unlabelled indices) from MixMatch's streams: B labelled
+    images in one weak view, RATIO·B unlabelled ones in two."""
     rng = np.random.RandomState(4)
     count = 40
     random_images = rng.randint(0, 256, (count, H, W, 3)).astype(np.uint8)
@@ -99,12 +100,13 @@ def weak_input():
     labelled = np.array([0, 1, 2, 3], np.int64)
     unlabelled = np.array([5, 9, 14, 22, 27, 33, 38], np.int64)
     with tf.Graph().as_default():
-        source = TrainInput(BATCH, RATIO, shuffle_buffer=16, seed=7, weak_views=2,
-                            normalize=lambda x: normalize_input(x, SPEC))
+        streams = [Stream("labelled", BATCH, views.weak(), labels=views.LABELS),
+                   Stream("unlabelled", BATCH * RATIO, views.weak_views(2))]
+        source = TrainInput(streams, lambda x: normalize_input(x, SPEC), shuffle_buffer=16, seed=7)
         batch = source.batch
-        views = batch.unlabelled_views
-        static = [tuple(v.shape.as_list()) for v in views] if isinstance(views, tuple) else None
-        fetch = {"labelled": batch.labelled_images, "views": views}
+        pair = batch["views"]
+        static = [tuple(v.shape.as_list()) for v in pair] if isinstance(pair, tuple) else None
+        fetch = {"labelled": batch["labelled"], "views": pair}
         with tf.Session() as session:
             source.initialize(session, random_images, labels, labelled)
             random_batches = [session.run(fetch) for _ in range(4)]
@@ -116,10 +118,10 @@ def weak_input():
 
 def test_weak_views_are_two_float_tensors_in_minus_one_to_one(weak_input):
     """MixMatch's network takes [-1, 1] inputs and guesses labels from K = 2 views of each unlabelled image."""
-    views = weak_input["batch"].unlabelled_views
-    assert weak_input["batch"].ori_images is None and weak_input["batch"].aug_images is None
-    assert isinstance(views, tuple) and len(views) == 2
-    assert all(v.dtype == tf.float32 for v in views)
+    pair = weak_input["batch"]["views"]
+    assert sorted(weak_input["batch"]) == ["labelled", "labels", "views"]  # no ori/aug pair
+    assert isinstance(pair, tuple) and len(pair) == 2
+    assert all(v.dtype == tf.float32 for v in pair)
     assert weak_input["static"] == [(BATCH * RATIO, H, W, 3)] * 2
     for batch in weak_input["random"]:
         assert len(batch["views"]) == 2

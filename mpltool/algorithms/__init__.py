@@ -51,18 +51,6 @@ def phases_of(step: Step):
     """The phases of a step: its own, or the one phase of a single-phase algorithm."""
     return tuple(step.phases) if step.phases else (Phase("train", None, step.train_op, step.metrics, True),)
 
-Streams = collections.namedtuple("Streams", [
-    "unlabelled",       # unlabelled images per labelled one (U = unlabelled·B); 0: the labelled stream alone
-    "labelled_strong",  # the labelled images get the recipe's strong view (`augment`) instead of flip/crop
-    "weak_views",       # 0: each unlabelled image as the (ori, aug) pair; K > 0: K weak views (flip, reflect crop)
-    "pair_views",       # BYOL: each unlabelled image as two views of byol_views.byol_view, the labelled
-                        # ones as crop/flip/resize (its linear evaluation's augmentation); a dict gives
-                        # the views' options (min_crop)
-    "per_domain",       # MASF: B labelled images from EACH source domain per step (batch.domain_images)
-])
-Streams.__new__.__defaults__ = (False, 0, False, False)
-
-
 class Algorithm(abc.ABC):
     """The declaration of one algorithm; subclasses fill in the class attributes, `streams` and `build_step`
     (registering a class that lacks either fails at import, naming it)."""
@@ -81,13 +69,14 @@ class Algorithm(abc.ABC):
     progress_metrics = ()  # type: Tuple[str, ...]  the two or three shown on a progress line
 
     @abc.abstractmethod
-    def streams(self, recipe) -> Streams:
-        """The input streams this recipe needs."""
+    def streams(self, recipe) -> Sequence[Any]:
+        """The input streams one step reads: mpltool.data.pipeline.Stream declarations, each with its view
+        (mpltool/data/views.py has the common ones; an algorithm may declare its own)."""
 
     @abc.abstractmethod
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None) -> Step:
-        """`batch`: labelled_images, labels (+ ori_images, aug_images, or unlabelled_views with weak_views or
-        pair_views; domain_images, domain_labels: one tensor per source domain with per_domain).
+        """`batch`: a dict from the batch keys its streams declared (view names, label keys) to tensors
+        (a tuple of tensors for a view of several images, or for a per-domain stream).
         `optimizer_wrapper` wraps every optimizer (NPU loss scale, the data-parallel all-reduce);
         `replicas` (mpltool.parallel) all-reduces what the step needs identical on every replica."""
 

@@ -12,7 +12,7 @@ the reference; the paper's cosine schedule is target_decay's "cosine").
 import collections
 import math
 
-from mpltool.algorithms import Algorithm, Phase, Step, Streams, register_algorithm
+from mpltool.algorithms import Algorithm, Phase, Step, register_algorithm
 from mpltool.models import layers
 from mpltool.recipes.schema import LEARNING_RATE, UNIT, Field, counts
 from mpltool.tfv1 import tf
@@ -262,8 +262,17 @@ class Byol(Algorithm):
         return []
 
     def streams(self, recipe):
-        return Streams(unlabelled=1, pair_views={"min_crop": recipe.byol_min_crop,
-                                                 "grayscale_p": recipe.byol_grayscale})
+        from mpltool.data import byol_views, views
+        from mpltool.data.pipeline import Stream, View
+
+        # Each phase pulls only its own group: pre-training two views of each unlabelled image, linear
+        # evaluation crop/flip/resize of the labelled ones.
+        options = {"min_crop": recipe.byol_min_crop, "grayscale_p": recipe.byol_grayscale}
+        pair = View(("views",), lambda image, seed: (byol_views.byol_pair(image, seed=seed, **options),))
+        linear = View((views.LABELLED,), lambda image, seed: (
+            byol_views.crop_flip_resize_view(image, seed=seed, **options),))
+        return [Stream("labelled", recipe.batch_size, linear, labels=views.LABELS, group="linear"),
+                Stream("unlabelled", recipe.batch_size, pair, group="pretrain")]
 
     def forward_equivalents(self, recipe):
         # Pre-training: the online encoder's fwd+bwd on both views of B images and the target's forward
@@ -276,7 +285,7 @@ class Byol(Algorithm):
         from mpltool.algorithms.schedules import replica_scale
 
         pretrain = int(recipe.byol_pretrain_steps)
-        view1, view2 = batch.unlabelled_views
+        view1, view2 = batch["views"]
         head_scope = "{}/{}/head/".format(ONLINE, model.name)
 
         # -- phase 1: pre-training
@@ -327,8 +336,8 @@ class Byol(Algorithm):
             ("grad_norm", tf.global_norm(gradients))])
 
         # -- phase 2: linear evaluation of the frozen encoder
-        logits = model(batch.labelled_images, training=False, scope=ONLINE).logits
-        labels = tf.one_hot(batch.labels, recipe.num_classes, dtype=logits.dtype)
+        logits = model(batch["labelled"], training=False, scope=ONLINE).logits
+        labels = tf.one_hot(batch["labels"], recipe.num_classes, dtype=logits.dtype)
         ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits_v2(labels=labels, logits=logits))
         head = [v for v in network_variables(ONLINE) if v.op.name.startswith(head_scope)
                 and v.op.name in trainable_names]
@@ -338,7 +347,7 @@ class Byol(Algorithm):
         head_optimizer = wrapped(tf.train.AdamOptimizer(linear_lr), optimizer_wrapper)
         with tf.control_dependencies([head_optimizer.minimize(ce, var_list=head)]):
             linear_op = tf.group(tf.assign_add(global_step, 1), name="linear_op")
-        correct = tf.equal(tf.argmax(logits, axis=-1), tf.cast(batch.labels, tf.int64))
+        correct = tf.equal(tf.argmax(logits, axis=-1), tf.cast(batch["labels"], tf.int64))
         linear_metrics = collections.OrderedDict([
             ("linear_ce", ce), ("linear_accuracy", tf.reduce_mean(tf.cast(correct, tf.float32))),
             ("linear_lr", linear_lr)])

@@ -148,13 +148,13 @@ def single_network_step(model, recipe, batch, global_step, extra_loss, optimizer
     """
     step = tf.cast(global_step, tf.float32, name="step")
     learning_rate = schedules.learning_rate(step, recipe)
-    labelled = batch.labelled_images
+    labelled = batch["labelled"]
     images = labelled if extra_loss is None else tf.concat([labelled, extra_loss[0]], axis=0)
     output = model(images, training=True, scope=MODEL_SCOPE)
     variables = network_variables(MODEL_SCOPE)
     num_labelled = tf.shape(labelled)[0]
     z_l = output.logits[:num_labelled]
-    y = tf.one_hot(batch.labels, recipe.num_classes, dtype=z_l.dtype)
+    y = tf.one_hot(batch["labels"], recipe.num_classes, dtype=z_l.dtype)
     labelled_ce = tf.reduce_mean(soft_cross_entropy(smooth_labels(y, recipe.label_smoothing), z_l))
     metrics = collections.OrderedDict()
     loss = labelled_ce
@@ -173,7 +173,7 @@ def single_network_step(model, recipe, batch, global_step, extra_loss, optimizer
     with tf.control_dependencies([ema_update, step]):
         train_op = tf.group(tf.assign_add(global_step, 1), name="train_op")
     metrics = collections.OrderedDict([("loss", loss), ("labelled_ce", labelled_ce)] + list(metrics.items()) + [
-        ("learning_rate", learning_rate), ("grad_norm", grad_norm), ("accuracy", accuracy(batch.labels, z_l)),
+        ("learning_rate", learning_rate), ("grad_norm", grad_norm), ("accuracy", accuracy(batch["labels"], z_l)),
         ("ema_decay", decay)])
     metrics = collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in metrics.items())
     return Step(train_op=train_op, metrics=metrics, init_ops=[ema_init])

@@ -22,7 +22,7 @@ same code in these respects.
 import collections
 import contextlib
 
-from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm
+from mpltool.algorithms import Algorithm, Step, register_algorithm
 from mpltool.models.layers import leaky_relu
 from mpltool.recipes.schema import LEARNING_RATE, NON_NEGATIVE, Field
 from mpltool.tfv1 import tf
@@ -338,7 +338,11 @@ class Masf(Algorithm):
     progress_metrics = ("task_ce", "global_loss", "local_loss")
 
     def streams(self, recipe):
-        return Streams(unlabelled=0, per_domain=True)
+        from mpltool.data import views
+        from mpltool.data.pipeline import Stream
+
+        # B flip/pad/crop images from each source domain per step; no unlabelled stream.
+        return [Stream("labelled", recipe.batch_size, views.flip_crop(), labels=views.LABELS, per_domain=True)]
 
     def warnings(self, recipe):
         if recipe.pretrained:
@@ -358,13 +362,13 @@ class Masf(Algorithm):
         from mpltool.algorithms.common import accuracy, network_variables, trainable, wrapped
         from mpltool.errors import UsageError
 
-        domains = len(batch.domain_images or ())
+        domains = len(batch["labelled"])
         if domains < 3:
             raise UsageError("masf needs 3 or more source domains (2 meta-train + 1 meta-test per step); this "
                              "run has {}".format(domains), hint="prepare image folders with 4 or more domains "
                                                                 "and hold one out with target_domain")
         permutation = episode_domains(domains, seed=recipe.seed + 505)
-        episode = select_episode(tf.stack(batch.domain_images), tf.stack(batch.domain_labels), permutation)
+        episode = select_episode(tf.stack(batch["labelled"]), tf.stack(batch["labels"]), permutation)
         a, a1, b = episode.meta_train_a, episode.meta_train_a1, episode.meta_test_b
         num_classes = recipe.num_classes
 

@@ -23,7 +23,7 @@ One step, B labelled images x (one weak view each) and B unlabelled images u (K 
 
 import collections
 
-from mpltool.algorithms import SingleNetwork, Step, Streams, register_algorithm
+from mpltool.algorithms import SingleNetwork, Step, register_algorithm
 from mpltool.recipes.schema import LEARNING_RATE, NON_NEGATIVE, Field, counts
 
 MIXMATCH_FIELDS = (
@@ -157,7 +157,12 @@ class MixMatch(SingleNetwork):
         return []
 
     def streams(self, recipe):
-        return Streams(unlabelled=1, weak_views=recipe.mixmatch_views)
+        from mpltool.data import views
+        from mpltool.data.pipeline import Stream
+
+        # B labelled images in one weak view, B unlabelled ones in K weak views each.
+        return [Stream("labelled", recipe.batch_size, views.weak(), labels=views.LABELS),
+                Stream("unlabelled", recipe.batch_size, views.weak_views(recipe.mixmatch_views))]
 
     def forward_equivalents(self, recipe):
         # K guessing forwards of B images (no gradient), then K + 1 fwd+bwd calls of B mixed images.
@@ -171,7 +176,7 @@ class MixMatch(SingleNetwork):
         from mpltool.tfv1 import tf
 
         size = recipe.batch_size
-        views = list(batch.unlabelled_views)
+        views = list(batch["views"])
         num_classes = recipe.num_classes
 
         def forward(images):
@@ -180,8 +185,8 @@ class MixMatch(SingleNetwork):
         # 1. Guess (K calls; their BN updates are dropped).
         guess = guess_labels([forward(v).logits for v in views], recipe.mixmatch_temperature)
         # 2. MixUp over the pooled batch.
-        pooled = tf.concat([batch.labelled_images] + views, axis=0)
-        targets = tf.concat([tf.one_hot(batch.labels, num_classes)] + [guess] * len(views), axis=0)
+        pooled = tf.concat([batch["labelled"]] + views, axis=0)
+        targets = tf.concat([tf.one_hot(batch["labels"], num_classes)] + [guess] * len(views), axis=0)
         total = size * (1 + len(views))
         seed = recipe.seed + 303  # op seeds of their own (the graph seed alone could repeat another op's draws)
         lam = beta_sample([total], recipe.mixup_beta, seed=seed)
@@ -200,7 +205,7 @@ class MixMatch(SingleNetwork):
         # 6. Adam, then the EMA, then the decoupled decay.
         variables = network_variables(MODEL_SCOPE)
         weights = trainable(variables)
-        ema_variables, ema_init = build_ema(model, batch.labelled_images, variables)
+        ema_variables, ema_init = build_ema(model, batch["labelled"], variables)
         rate = float(recipe.mixmatch_lr) * replica_scale(recipe)
         learning_rate = tf.constant(rate, name="learning_rate")
         optimizer = wrapped(tf.train.AdamOptimizer(learning_rate), optimizer_wrapper)

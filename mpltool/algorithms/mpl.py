@@ -59,11 +59,11 @@ alone (fetching a late metric such as `h` alone would run the student update wit
 
 import collections
 
-from mpltool.algorithms import Algorithm, Step, Streams, register_algorithm, schedules
+from mpltool.algorithms import Algorithm, Step, register_algorithm, schedules
 from mpltool.algorithms.common import (accuracy, apply_gradients, batch_size_of, build_ema, gradient_step,
                                        make_optimizer, network_gradients, network_variables, smooth_labels,
                                        soft_cross_entropy, trainable, uda_loss, wrapped)
-from mpltool.algorithms.uda import STRONG_VIEW_TRAINING, UDA_FIELDS, uda_weight
+from mpltool.algorithms.uda import STRONG_VIEW_TRAINING, UDA_FIELDS, labelled_and_pair_streams, uda_weight
 from mpltool.recipes.schema import LEARNING_RATE, UNIT, Field, counts
 from mpltool.tfv1 import tf
 
@@ -293,7 +293,7 @@ class MetaPseudoLabels(Algorithm):
                 "and start over with `mpltool train --force`")
 
     def streams(self, recipe):
-        return Streams(unlabelled=recipe.unlabelled_ratio)
+        return labelled_and_pair_streams(recipe)
 
     def forward_equivalents(self, recipe):
         # Teacher fwd+bwd on [l, u_ori, u_aug], student fwd+bwd on [u_aug, l], the second student
@@ -302,7 +302,7 @@ class MetaPseudoLabels(Algorithm):
         return {"train": 3 * (b + 2 * u) + 3 * (u + b) + b}
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-        step = build_mpl_step(model, recipe, batch.labelled_images, batch.labels, batch.ori_images,
-                              batch.aug_images, global_step, optimizer_wrapper=optimizer_wrapper,
+        step = build_mpl_step(model, recipe, batch["labelled"], batch["labels"], batch["ori"], batch["aug"],
+                              global_step, optimizer_wrapper=optimizer_wrapper,
                               replicas=replicas)
         return Step(train_op=step.train_op, metrics=step.metrics, init_ops=[step.ema_init_op])

@@ -1,6 +1,6 @@
 """Supervised training on the labelled split alone: the reference's `Supervised` baseline."""
 
-from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+from mpltool.algorithms import SingleNetwork, register_algorithm
 from mpltool.algorithms.uda import STRONG_VIEW_TRAINING
 
 
@@ -15,9 +15,13 @@ class Supervised(SingleNetwork):
     demo_recipe = "supervised-demo"
 
     def streams(self, recipe):
+        from mpltool.data import views
+        from mpltool.data.pipeline import Stream
+
         # With a policy (`augment: autoaugment`, as the AutoAugment paper trains), the labelled images get
         # it; `augment: none` (the supervised recipes) keeps flip/pad/crop.
-        return Streams(unlabelled=0, labelled_strong=recipe.augment != "none")
+        view = views.strong(recipe) if recipe.augment != "none" else views.flip_crop()
+        return [Stream("labelled", recipe.batch_size, view, labels=views.LABELS)]
 
     def forward_equivalents(self, recipe):
         return {"train": 3 * recipe.batch_size}  # one fwd+bwd pass over B labelled images

@@ -4,7 +4,7 @@ L = CE_l + uda_weight·min(1, t/uda_steps)·CE_u over ONE training-mode pass on 
 (CE_u: sharpened, confidence-masked consistency of u_aug with u_ori; algorithms/mpl.py step 2).
 """
 
-from mpltool.algorithms import SingleNetwork, Streams, register_algorithm
+from mpltool.algorithms import SingleNetwork, register_algorithm
 from mpltool.recipes.schema import NON_NEGATIVE, UNIT, Field, counts
 
 # The UDA loss's keys (MPL's teacher reads them too).
@@ -17,6 +17,16 @@ UDA_FIELDS = (
 # The shared keys a teacher-style single network reads: its optimiser, EMA, augmentation, unlabelled ratio.
 STRONG_VIEW_TRAINING = ("unlabelled_ratio", "lr", "lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum", "weight_decay",
              "grad_bound", "ema_decay", "augment", "augment_magnitude", "augment_layers", "augment_overflow")
+
+
+def labelled_and_pair_streams(recipe):
+    """B flip/pad/crop labelled images and U = unlabelled_ratio·B unlabelled ones as the reference's
+    (ori, aug) pair: what a UDA-style teacher reads."""
+    from mpltool.data import views
+    from mpltool.data.pipeline import Stream
+
+    return [Stream("labelled", recipe.batch_size, views.flip_crop(), labels=views.LABELS),
+            Stream("unlabelled", recipe.batch_size * recipe.unlabelled_ratio, views.ori_aug(recipe))]
 
 
 def uda_weight(global_step, recipe):
@@ -40,7 +50,7 @@ class Uda(SingleNetwork):
     demo_recipe = "uda-demo"
 
     def streams(self, recipe):
-        return Streams(unlabelled=recipe.unlabelled_ratio)
+        return labelled_and_pair_streams(recipe)
 
     def forward_equivalents(self, recipe):
         b = recipe.batch_size
@@ -57,5 +67,5 @@ class Uda(SingleNetwork):
             return tf.cast(weight, unlabelled_ce.dtype) * unlabelled_ce, [
                 ("uda_loss", unlabelled_ce), ("uda_mask_rate", tf.reduce_mean(mask)), ("uda_weight", weight)]
 
-        images = tf.concat([batch.ori_images, batch.aug_images], axis=0)
+        images = tf.concat([batch["ori"], batch["aug"]], axis=0)
         return single_network_step(model, recipe, batch, global_step, (images, consistency), optimizer_wrapper)

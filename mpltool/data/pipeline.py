@@ -1,159 +1,171 @@
-"""The tf.data input of a training step: the labelled view and, when the algorithm asks for them, the
-unlabelled "ori" and "aug" views (docs/mpl-reference.md §1).
+"""The tf.data input of a training step, built from the streams an algorithm declares.
+
+An algorithm says what one step reads (`Algorithm.streams(recipe)`): a list of `Stream`s, each naming the
+records it draws from (the split's labelled or unlabelled records), how many per step and replica, and
+its `View`: what one record becomes (mpltool/data/views.py has the common ones; an algorithm may bring its
+own). The pipeline builds every stream the same way -- the records repeated, shuffled, mapped through the
+view and normalised to the network's input spec, batched -- and hands the step a dict: each view's names
+to their tensors (a tuple of tensors for a view that makes several images of one record), and each
+labelled stream's labels under the name it chose. Nothing here knows which algorithm asked.
 
 Images enter through placeholders fed once at iterator initialisation, so the GraphDef (and every
 checkpoint's meta graph) stays small however large the data set is.
 """
 
 import collections
-from typing import Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from mpltool.data import views
 from mpltool.data.augment.ops import derived_seed
 from mpltool.errors import InvalidInputError
 from mpltool.tfv1 import tf
 
-Batch = collections.namedtuple("Batch", ["labelled_images", "labels", "ori_images", "aug_images", "unlabelled_views",
-                                         "domain_images", "domain_labels"])
-Batch.__new__.__defaults__ = (None, None, None)
+RECORDS = ("labelled", "unlabelled")
+
+# A view: `names` (the batch keys of its outputs) and `make(image, seed)` -> a tuple with one entry per
+# name, each a uint8 HWC image or a tuple of them (K views of one record).
+View = collections.namedtuple("View", ["names", "make"])
+
+Stream = collections.namedtuple("Stream", [
+    "records",     # "labelled" or "unlabelled": which of the split's records it draws
+    "per_step",    # records per step and replica
+    "view",        # the View every record goes through
+    "labels",      # the batch key of the records' labels (labelled streams), or None
+    "per_domain",  # one stream per source domain, `per_step` records from each (image folders); each key
+                   # then holds a tuple over the domains
+    "group",       # streams of one group are pulled together, by one iterator; a step phase that needs
+                   # only some groups pulls only theirs (Algorithm phases)
+])
+Stream.__new__.__defaults__ = (None, False, "step")
+
+# Op-seed offsets from the run's seed: (shuffle, map) of the first stream of each kind of records, so the
+# streams of the algorithms that existed before streams were declared draw what they drew then. A
+# further stream of the same records is 1000 further on; source domain k shuffles 31·k further on.
+SEED_OFFSETS = {"labelled": (0, 101), "unlabelled": (1, 202)}
+NEXT_STREAM_OFFSET = 1000
+DOMAIN_SHUFFLE_OFFSET = 31
+
+
+def check_streams(streams: Sequence[Stream]) -> None:
+    """Every declaration well formed, and no two outputs under one batch key."""
+    seen = set()
+    for stream in streams:
+        if stream.records not in RECORDS:
+            raise ValueError("a stream draws {} records, not {!r}".format(" or ".join(RECORDS), stream.records))
+        if int(stream.per_step) < 1:
+            raise ValueError("a stream needs at least one record per step, got {}".format(stream.per_step))
+        if stream.labels and stream.records != "labelled":
+            raise ValueError("only labelled records have labels ({} stream)".format(stream.records))
+        keys = list(stream.view.names) + ([stream.labels] if stream.labels else [])
+        clash = [key for key in keys if key in seen]
+        if clash:
+            raise ValueError("two streams put {} in the batch".format(", ".join(clash)))
+        seen.update(keys)
 
 
 class TrainInput:
-    """Per step: B labelled images and, with unlabelled_ratio > 0, U = unlabelled_ratio·B unlabelled images,
-    either as ori (flip/pad/crop) + aug (the strong view of `policy`) or, with weak_views = K > 0, as K
-    weak views (flip, reflect-pad crop: MixMatch's). The labelled view is flip/pad/crop (the weak view
-    with weak_views), or the strong view when the algorithm asks for it (`labelled_strong`: supervised
-    training with a policy). unlabelled_ratio = 0 builds no unlabelled stream (its fields are None).
+    """The declared streams as tf.data iterators; `batch` is the dict a step is built on.
 
-    With pair_views (BYOL), each unlabelled image comes as two independent byol_views.byol_view views and
-    the labelled view is crop/flip/resize. With num_domains = D > 0 (MASF), the labelled stream is D
-    streams, one per source domain, each giving B images a step (batch.domain_images/domain_labels; the
-    labelled fields hold the first domain's).
+    `normalize(images)` maps uint8 views to the network's input (its input spec), so every model sees in
+    training exactly what its exported graph computes from raw pixels. `num_domains`: how many source
+    domains the labelled records come from (per-domain streams need it; 0 for data without domains).
+    """
 
-    `normalize` maps uint8 views to the network's input (its input spec), so every model sees in training
-    exactly what its exported graph computes from raw pixels."""
-
-    def __init__(self, batch_size, unlabelled_ratio, magnitude=16, num_layers=2, shuffle_buffer=1024,
-                 seed=None, image_shape=(32, 32, 3), overflow="clip", policy="randaugment",
-                 labelled_strong=False, weak_views=0, normalize=None, pair_views=False,
-                 num_domains=0):
-        if normalize is None:
-            from mpltool.models import input_spec, normalize_input
-
-            spec = input_spec("wrn-28-2")
-            normalize = lambda images: normalize_input(images, spec)  # noqa: E731
-        self.batch_size = batch_size
-        self.unlabelled_batch_size = batch_size * unlabelled_ratio
-        self.labelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="labelled_images")
-        self.labelled_labels = tf.placeholder(tf.int64, (None,), name="labelled_labels")
-        self.unlabelled_images = tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="unlabelled_images")
+    def __init__(self, streams: Sequence[Stream], normalize: Callable, shuffle_buffer: int = 1024, seed=None,
+                 image_shape=(32, 32, 3), num_domains: int = 0):
+        check_streams(streams)
+        self.streams = list(streams)
+        self.image_shape = tuple(image_shape)
+        self._placeholders = collections.OrderedDict()  # (records, domain or None) -> (images, labels)
         parallel = tf.data.experimental.AUTOTUNE
+        counts = collections.Counter()
+        groups = collections.OrderedDict()  # group -> [(stream, dataset)]
+        for stream in self.streams:
+            shuffle_offset, map_offset = SEED_OFFSETS[stream.records]
+            shuffle_offset += NEXT_STREAM_OFFSET * counts[stream.records]
+            map_offset += NEXT_STREAM_OFFSET * counts[stream.records]
+            counts[stream.records] += 1
+            domains = range(num_domains) if stream.per_domain else [None]
+            if stream.per_domain and not num_domains:
+                raise InvalidInputError("this algorithm reads B images from each source domain per step, but the "
+                                        "data has no domains", hint="prepare image folders with `mpltool data "
+                                                                    "prepare --images DIR`")
+            datasets = []
+            for domain in domains:
+                images, labels = self._placeholder(stream.records, domain)
+                shuffle_seed = derived_seed(seed, shuffle_offset + DOMAIN_SHUFFLE_OFFSET * (domain or 0))
+                datasets.append(self._dataset(stream, images, labels, shuffle_seed, derived_seed(seed, map_offset),
+                                              normalize, shuffle_buffer, parallel))
+            groups.setdefault(stream.group, []).append(
+                (stream, datasets[0] if not stream.per_domain else tf.data.Dataset.zip(tuple(datasets))))
+        self.initializers = []
+        self.batch = {}  # type: Dict[str, object]
+        self.batch_by_group = collections.OrderedDict()
+        for group, members in groups.items():
+            zipped = members[0][1] if len(members) == 1 else tf.data.Dataset.zip(tuple(d for _, d in members))
+            iterator = tf.data.make_initializable_iterator(zipped.prefetch(2))
+            self.initializers.append(iterator.initializer)
+            pulled = iterator.get_next()
+            parts = [pulled] if len(members) == 1 else list(pulled)
+            group_batch = {}
+            for (stream, _), part in zip(members, parts):
+                group_batch.update(self._named(stream, part))
+            self.batch_by_group[group] = group_batch
+            self.batch.update(group_batch)
 
-        # Distinct op seeds per stream: with only a graph-level seed, random ops inside different map
-        # functions can receive the same seeds and draw correlated numbers.
-        view_options = pair_views if isinstance(pair_views, dict) else {}  # e.g. BYOL's min_crop
-        labelled_seed = derived_seed(seed, 101)
-        unlabelled_seed = derived_seed(seed, 202)
-
-        def labelled_map(image, label):
-            if pair_views:
-                from mpltool.data import byol_views
-
-                return normalize(byol_views.crop_flip_resize_view(image, seed=labelled_seed, **view_options)), label
-            if labelled_strong:
-                view = views.strong_view(image, policy, magnitude, num_layers, labelled_seed, overflow)
-            elif weak_views:
-                view = views.weak_view(image, seed=labelled_seed)
-            else:
-                view = views.labelled_view(image, seed=labelled_seed)
-            return normalize(view), label
-
-        def unlabelled_map(image):
-            if pair_views:
-                from mpltool.data import byol_views
-
-                return tuple(normalize(view) for view in byol_views.byol_pair(image, seed=unlabelled_seed,
-                                                                              **view_options))
-            if weak_views:
-                return tuple(normalize(views.weak_view(image, seed=derived_seed(unlabelled_seed, 11 * k)))
-                             for k in range(weak_views))
-            if policy == "randaugment":  # the reference's pair: aug starts from this very ori image
-                ori, aug = views.unlabelled_views(image, magnitude=magnitude, num_layers=num_layers,
-                                                    seed=unlabelled_seed, overflow=overflow)
-            else:
-                ori = views.ori_view(image, seed=unlabelled_seed)
-                aug = views.strong_view(ori, policy, magnitude, num_layers,
-                                  derived_seed(unlabelled_seed, 7), overflow)
-            return normalize(ori), normalize(aug)
-
-        # Shuffle after repeat, as the reference: epochs blur into one stream.
-        def labelled_stream(images, labels, stream_seed):
-            return (tf.data.Dataset.from_tensor_slices((images, labels))
-                    .repeat().shuffle(shuffle_buffer, seed=stream_seed)
-                    .map(labelled_map, num_parallel_calls=parallel)
-                    .batch(batch_size, drop_remainder=True))
-
-        self.domain_placeholders = [
-            (tf.placeholder(tf.uint8, (None,) + tuple(image_shape), name="domain_{}_images".format(k)),
-             tf.placeholder(tf.int64, (None,), name="domain_{}_labels".format(k))) for k in range(num_domains)]
-        if num_domains:
-            labelled = tf.data.Dataset.zip(tuple(
-                labelled_stream(images, labels, derived_seed(seed, 31 * k))
-                for k, (images, labels) in enumerate(self.domain_placeholders)))
-        else:
-            labelled = labelled_stream(self.labelled_images, self.labelled_labels, seed)
-        if self.unlabelled_batch_size:
-            unlabelled = (tf.data.Dataset.from_tensor_slices(self.unlabelled_images)
-                          .repeat().shuffle(shuffle_buffer, seed=derived_seed(seed, 1))
-                          .map(unlabelled_map, num_parallel_calls=parallel)
-                          .batch(self.unlabelled_batch_size, drop_remainder=True))
-            if pair_views:
-                # Two iterators: BYOL's phases each pull only their own stream (pre-training the view
-                # pairs, linear evaluation the labelled images), so neither computes the other's views.
-                iterators = [tf.data.make_initializable_iterator(d.prefetch(2)) for d in (labelled, unlabelled)]
-                self.initializers = [it.initializer for it in iterators]
-                labelled_batch, unlabelled_views = [it.get_next() for it in iterators]
-            else:
-                iterator = tf.data.make_initializable_iterator(tf.data.Dataset.zip((labelled, unlabelled)).prefetch(2))
-                self.initializers = [iterator.initializer]
-                labelled_batch, unlabelled_views = iterator.get_next()
-            if weak_views or pair_views:
-                self.batch = self._batch(labelled_batch, num_domains, unlabelled_views=tuple(unlabelled_views))
-            else:
-                self.batch = self._batch(labelled_batch, num_domains, ori_images=unlabelled_views[0],
-                                         aug_images=unlabelled_views[1])
-        else:
-            iterator = tf.data.make_initializable_iterator(labelled.prefetch(2))
-            self.initializers = [iterator.initializer]
-            self.batch = self._batch(iterator.get_next(), num_domains)
+    def _placeholder(self, records: str, domain: Optional[int]):
+        key = (records, domain)
+        if key not in self._placeholders:
+            suffix = "" if domain is None else "_domain_{}".format(domain)
+            images = tf.placeholder(tf.uint8, (None,) + self.image_shape, name="{}_images{}".format(records, suffix))
+            labels = tf.placeholder(tf.int64, (None,), name="{}_labels{}".format(records, suffix))
+            self._placeholders[key] = (images, labels)
+        return self._placeholders[key]
 
     @staticmethod
-    def _batch(labelled_batch, num_domains, **unlabelled):
-        if not num_domains:
-            return Batch(labelled_batch[0], labelled_batch[1], unlabelled.get("ori_images"),
-                         unlabelled.get("aug_images"), unlabelled.get("unlabelled_views"))
-        images = tuple(pair[0] for pair in labelled_batch)
-        labels = tuple(pair[1] for pair in labelled_batch)
-        return Batch(images[0], labels[0], unlabelled.get("ori_images"), unlabelled.get("aug_images"),
-                     unlabelled.get("unlabelled_views"), images, labels)
+    def _dataset(stream: Stream, images, labels, shuffle_seed, map_seed, normalize, shuffle_buffer, parallel):
+        def as_input(output):
+            return tf.nest.map_structure(normalize, output)
+
+        if stream.labels:
+            def mapped(image, label):
+                return tuple(as_input(o) for o in stream.view.make(image, map_seed)) + (label,)
+
+            records = tf.data.Dataset.from_tensor_slices((images, labels))
+        else:
+            def mapped(image):
+                return tuple(as_input(o) for o in stream.view.make(image, map_seed))
+
+            records = tf.data.Dataset.from_tensor_slices(images)
+        # Shuffle after repeat, as the reference: epochs blur into one stream.
+        return (records.repeat().shuffle(shuffle_buffer, seed=shuffle_seed)
+                .map(mapped, num_parallel_calls=parallel)
+                .batch(int(stream.per_step), drop_remainder=True))
+
+    @staticmethod
+    def _named(stream: Stream, pulled) -> Dict[str, object]:
+        """The batch keys of one stream's element: each view name, then the labels'. A per-domain stream's
+        element is a tuple over the domains; each key then holds a tuple too."""
+        names = list(stream.view.names) + ([stream.labels] if stream.labels else [])
+        if not stream.per_domain:
+            return dict(zip(names, pulled))
+        return {name: tuple(domain[i] for domain in pulled) for i, name in enumerate(names)}
 
     def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray,
                    unlabelled_indices: Optional[np.ndarray] = None, domains: Optional[np.ndarray] = None) -> None:
         """Labelled = the recorded split; unlabelled = the split's unlabelled records (None: every training
         image, so it includes the labelled, as the MPL reference). `domains`: each training record's source
-        domain (0..D-1), which splits the labelled records into the per-domain streams."""
-        if self.domain_placeholders:
-            feed = {}
-            for k, (domain_images, domain_labels) in enumerate(self.domain_placeholders):
-                chosen = labelled_indices[domains[labelled_indices] == k]
-                if chosen.size == 0:
-                    raise InvalidInputError("source domain {} has no training records".format(k))
-                feed.update({domain_images: images[chosen], domain_labels: labels[chosen].astype(np.int64)})
-        else:
-            feed = {self.labelled_images: images[labelled_indices],
-                    self.labelled_labels: labels[labelled_indices].astype(np.int64)}
-        if self.unlabelled_batch_size:
-            feed[self.unlabelled_images] = images if unlabelled_indices is None else images[unlabelled_indices]
+        domain (0..D-1), which splits a per-domain stream's records."""
+        chosen = {"labelled": labelled_indices,
+                  "unlabelled": np.arange(len(labels)) if unlabelled_indices is None else unlabelled_indices}
+        feed = {}
+        for (records, domain), (image_ph, label_ph) in self._placeholders.items():
+            indices = chosen[records]
+            if domain is not None:
+                indices = indices[domains[indices] == domain]
+                if indices.size == 0:
+                    raise InvalidInputError("source domain {} has no training records".format(domain))
+            feed[image_ph] = images[indices]
+            feed[label_ph] = labels[indices].astype(np.int64)
         session.run(self.initializers, feed_dict=feed)

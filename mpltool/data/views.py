@@ -1,13 +1,18 @@
 """The training views: what one record becomes before it reaches a network (docs/mpl-reference.md §1).
 
 labelled_view (flip/pad/crop), weak_view (MixMatch's flip/reflect crop), the reference's (ori, aug) pair
-and the strong view of each `augment` policy. The streams an algorithm declares (mpltool/data/streams.py)
-are made of these.
+and the strong view of each `augment` policy; at the end, the View declarations (data/pipeline.py) the
+algorithms' streams are made of. An algorithm may declare a view of its own the same way.
 """
 
 from mpltool.data.augment.autoaugment import CIFAR10_POLICY, autoaugment
 from mpltool.data.augment.ops import derived_seed, flip_pad_crop, hwc, jitter, no_autograph, random_cutout, uint8_image
 from mpltool.data.augment.randaugment import randaugment
+from mpltool.data.pipeline import View
+
+# The batch keys the common views use.
+LABELLED = "labelled"
+LABELS = "labels"
 
 
 @no_autograph
@@ -75,3 +80,42 @@ def strong_view(image, policy, magnitude, num_layers, seed, overflow):
     if policy == "none":
         return labelled_view(image, seed=seed)
     raise ValueError("augment must be one of {}, got {!r}".format(", ".join(POLICIES), policy))
+
+
+# --------------------------------------------------------------------------------- view declarations
+
+
+def flip_crop(name=LABELLED) -> View:
+    """One flip/pad/crop view (the reference's labelled view)."""
+    return View((name,), lambda image, seed: (labelled_view(image, seed=seed),))
+
+
+def weak(name=LABELLED) -> View:
+    """One weak view (flip, reflect-pad crop: MixMatch's)."""
+    return View((name,), lambda image, seed: (weak_view(image, seed=seed),))
+
+
+def weak_views(count: int, name="views") -> View:
+    """K weak views of each record, as one tuple under `name`."""
+    return View((name,), lambda image, seed: (tuple(weak_view(image, seed=derived_seed(seed, 11 * k))
+                                                    for k in range(int(count))),))
+
+
+def strong(recipe, name=LABELLED) -> View:
+    """The strong view of the recipe's `augment` policy."""
+    return View((name,), lambda image, seed: (strong_view(image, recipe.augment, recipe.augment_magnitude,
+                                                          recipe.augment_layers, seed, recipe.augment_overflow),))
+
+
+def ori_aug(recipe) -> View:
+    """The reference's unlabelled pair under `ori` and `aug`: with RandAugment, aug starts from this very
+    ori image; with another policy, the policy's strong view of ori."""
+    def make(image, seed):
+        if recipe.augment == "randaugment":
+            return unlabelled_views(image, magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
+                                    seed=seed, overflow=recipe.augment_overflow)
+        ori = ori_view(image, seed=seed)
+        return ori, strong_view(ori, recipe.augment, recipe.augment_magnitude, recipe.augment_layers,
+                                derived_seed(seed, 7), recipe.augment_overflow)
+
+    return View(("ori", "aug"), make)

@@ -71,17 +71,10 @@ class TrainingGraph:
             # start equal all the same (rank 0's are broadcast before the first step).
             tf.set_random_seed(recipe.seed + rank)
             self.global_step = tf.train.get_or_create_global_step()
-            streams = self.algorithm.streams(recipe)
             spec = input_spec(recipe.model)  # what the exported graph does to raw pixels, training included
-            self.input = TrainInput(recipe.batch_size, int(streams.unlabelled),
-                                    magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
+            self.input = TrainInput(self.algorithm.streams(recipe), lambda images: normalize_input(images, spec),
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed + 7919 * rank,
-                                    image_shape=image_shape,
-                                    overflow=recipe.augment_overflow, policy=recipe.augment,
-                                    labelled_strong=streams.labelled_strong, weak_views=streams.weak_views,
-                                    normalize=lambda images: normalize_input(images, spec),
-                                    pair_views=streams.pair_views,
-                                    num_domains=num_domains if streams.per_domain else 0)
+                                    image_shape=image_shape, num_domains=num_domains)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
