@@ -193,45 +193,23 @@ def data():
 @command
 def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, num_valid, force):
     """Validate CIFAR files or image folders, copy them into the project, record hashes, counts and the split."""
-    from mpltool.data.splits import resolve
+    from mpltool.data.sources import get_source
     from mpltool.data.stage import prepare
     from mpltool.errors import UsageError
-    from mpltool.models import input_spec
-    from mpltool.recipes import load_recipe
 
-    see = "see `mpltool data prepare --help`"
     if (source is None) == (images is None):
-        raise UsageError("give exactly one of --cifar PATH and --images DIR", hint=see)
-    if images is None:
-        if lists is not None:
-            raise UsageError("--lists goes with --images", hint=see)
-        from mpltool.recipes import default_recipe
-
-        recipe = recipe or default_recipe()
-        settings = resolve(load_recipe(recipe), num_labelled, split, seed, num_valid)
-        result = prepare(ctx.project, source, force=force, **settings)
-        ctx.out.table("CIFAR files", ["file", "records", "bytes", "sha256"],
-                      [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]])
-        ctx.out.info("labelled: {} records ({} split{}, seed {}); unlabelled: {}; validation: {}; test: {}".format(
-            result["labelled_records"], result["split"]["method"],
-            " " + result["split"]["name"] if "name" in result["split"] else "", result["split"]["seed"],
-            result["unlabelled_records"], result.get("valid_records", 0), result["test_records"]))
-        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe))
-    else:
-        given = [name for name, value in (("--labelled", num_labelled), ("--split", split), ("--seed", seed),
-                                          ("--valid", num_valid)) if value is not None]
-        if given:
-            raise UsageError("{} only apply to --cifar (image folders keep every image labelled; training holds "
-                             "a domain out)".format(", ".join(given)), hint=see)
-        recipe = recipe or "masf-pacs-alexnet"
-        loaded = load_recipe(recipe)
-        size = tuple(input_spec(loaded.model).shape[:2])
-        result = prepare(ctx.project, images, force=force, kind="folders", image_size=size, lists=lists,
-                         note=ctx.out.info)
-        ctx.out.table("domains ({}x{} images, {} classes)".format(size[0], size[1], len(result["classes"])),
-                      ["domain", "records", "file"], [[f["domain"], f["records"], f["name"]] for f in result["files"]])
-        held_out = [] if loaded.target_domain else ["--set", "target_domain={}".format(result["domains"][-1])]
-        ctx.out.info("next: " + ctx.next_command("train", "--recipe", recipe, *held_out))
+        raise UsageError("give exactly one of --cifar PATH and --images DIR", hint="see `mpltool data prepare --help`")
+    kind, given = ("cifar", source) if images is None else ("folders", images)
+    result = prepare(ctx.project, given, kind=kind, recipe=recipe, force=force, note=ctx.out.info,
+                     options={"num_labelled": num_labelled, "split": split, "seed": seed, "num_valid": num_valid,
+                              "lists": lists})
+    data_source = get_source(kind)
+    title, columns, rows, lines = data_source.summary(result)
+    ctx.out.table(title, columns, rows)
+    for line in lines:
+        ctx.out.info(line)
+    ctx.out.info("next: " + ctx.next_command("train", "--recipe", result["recipe"],
+                                             *data_source.next_train_args(result, result["recipe"])))
     ctx.out.result(result)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mpltool.errors import InvalidInputError, MpltoolError, NonFiniteError, UsageError
+from mpltool.data.stage import class_names
 from mpltool.manifest import Project
 
 RECORDED = {None: "best", "ckpt": "best", "latest": "latest"}
@@ -98,27 +99,6 @@ def open_model(project: Project, model=None, target: Optional[str] = None):
         yield network, described, size
     finally:
         network.close()
-
-
-def class_names(project: Project, count: int) -> Tuple[List[str], str]:
-    """(a name per class, where they came from): CIFAR's batches.meta.txt of the imported data, the
-    classes of imported image folders, else `class k` (also when their number is not the model's)."""
-    from mpltool.data.cifar import read_class_names
-
-    names, origin = None, "none"
-    try:
-        record = project.stage("data") or {}
-    except MpltoolError:
-        record = {}
-    if record.get("source") == "folders":
-        names, origin = record.get("classes"), "data record classes"
-    else:
-        meta = (record.get("outputs") or {}).get("batches_meta")
-        if meta:
-            names, origin = read_class_names(project.path(meta["path"])), "batches.meta.txt"
-    if not names or len(names) != count:
-        return ["class {}".format(k) for k in range(count)], "none"
-    return [str(name) for name in names], origin
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

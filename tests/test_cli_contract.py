@@ -241,7 +241,7 @@ def test_global_options_after_a_subcommand_and_its_options(monkeypatch, tmp_path
     monkeypatch.setattr(mpltool.data.stage, "prepare", prepare)
     result = invoke("data", "prepare", "--cifar", "X", "--project", str(tmp_path), "--labelled", "20", "--json")
     assert result.exit_code == 0, result.stderr
-    assert seen["project"] == str(tmp_path) and seen["source"] == "X" and seen["num_labelled"] == 20
+    assert seen["project"] == str(tmp_path) and seen["source"] == "X" and seen["options"]["num_labelled"] == 20
     assert json.loads(result.stdout) == prepared_result()
 
 
@@ -315,7 +315,7 @@ def test_plain_status_table_through_the_cli(monkeypatch, tmp_path):
 def prepared_result():
     return {"files": [{"name": "test_batch.bin", "records": 5, "size": 15365, "sha256": "ab" * 32}],
             "labelled_records": 10, "unlabelled_records": 50, "test_records": 5,
-            "split": {"method": "first", "seed": 0}}
+            "split": {"method": "first", "seed": 0}, "recipe": "mpl-demo", "source": "cifar"}
 
 
 @pytest.mark.parametrize("extra, force", [([], False), (["--force"], True)])
@@ -324,7 +324,7 @@ def test_data_prepare_passes_force_and_names_the_recipe_next(monkeypatch, tmp_pa
 
     seen = {}
     monkeypatch.setattr(mpltool.data.stage, "prepare",
-                        lambda project_dir, source, **kw: seen.update(kw) or prepared_result())
+                        lambda project_dir, source, **kw: seen.update(kw) or dict(prepared_result(), recipe=kw["recipe"]))
     result = invoke("--project", str(tmp_path), "data", "prepare", "--cifar", "X", "--recipe", "mpl-demo", *extra)
     assert result.exit_code == 0, result.stderr
     assert seen["force"] is force

@@ -443,7 +443,7 @@ def test_a_tree_without_a_domain_level_is_one_domain_named_after_the_folder(flat
     assert record["files"] == [{"name": "shapes.bin", "domain": "shapes", "records": 10, "label_counts": [1] * 10}]
     assert (flat_project / "data" / "folders" / "shapes.bin").is_file()
     loaded = prepared(flat_project)
-    images, labels = loaded["source"].read_domains(loaded["paths"], ["shapes"])
+    images, labels = loaded["source"].read_domains(loaded, ["shapes"])
     expected_images, expected_labels = expected_domain("photo")
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -481,8 +481,8 @@ def test_the_one_domain_of_images_dot_is_named_after_the_folder(tmp_path, demo_t
     (["target_domain=art"], 2, "error: unknown target_domain 'art': the prepared domains are cartoon, painting, "
                                "photo, sketch (choose the held-out test domain with --set target_domain=sketch)"),
     (["target_domain=cartoon", "select_best_on=valid"], 2,
-     "error: select_best_on=valid but this run has no validation records (set domain_valid_fraction (image "
-     "folders) or prepare a round-robin split with --valid N (CIFAR), or use select_best_on=test)"),
+     "error: select_best_on=valid but this run has no validation records (set domain_valid_fraction, or use "
+     "select_best_on=test)"),
 ])
 def test_train_refuses_a_missing_or_unknown_target_and_valid_without_holdout(domain_copy, sets, code, expected):
     before = (domain_copy / MANIFEST_NAME).read_bytes()
@@ -512,7 +512,7 @@ def test_train_on_cifar_data_refuses_domain_settings(prepared_copy, sets, expect
 # -- 7. the per-domain validation hold-out --------------------------------------------------------------
 
 def test_domain_holdout_counts_seeds_and_order():
-    from mpltool.data.stage import domain_holdout
+    from mpltool.data.folders import domain_holdout
 
     ids = np.array([0] * 10 + [1] * 7 + [2] * 3, np.int64)
     for fraction, counts in [(0.3, [3, 2, 1]), (0.1, [1, 1, 1]), (0.5, [5, 4, 2]), (0.0, [0, 0, 0])]:
@@ -530,10 +530,16 @@ def test_domain_holdout_counts_seeds_and_order():
 
 
 def test_training_data_holds_out_validation_records_of_each_source_domain(domain_project):
-    from mpltool.data.stage import domain_holdout, read_split, training_data
+    from mpltool.data.folders import domain_holdout
+    from mpltool.data.stage import read_split, training_data
+    from mpltool.recipes import recipe_from_record
+
+    def recipe(target, fraction=0.0, seed=0):
+        return recipe_from_record({"algorithm": "supervised", "target_domain": target,
+                                   "domain_valid_fraction": fraction, "split_seed": seed})
 
     data = prepared(domain_project)
-    result = training_data(data, "photo", valid_fraction=0.2, seed=3)
+    result = training_data(data, recipe("photo", 0.2, 3))
     assert result["source_domains"] == ["cartoon", "painting", "sketch"] and result["target_domain"] == "photo"
     assert result["train_domains"].tolist() == [0] * 10 + [1] * 10 + [2] * 10
     np.testing.assert_array_equal(result["train_images"], np.concatenate(
@@ -550,15 +556,15 @@ def test_training_data_holds_out_validation_records_of_each_source_domain(domain
     assert sorted(labelled.tolist() + valid.tolist()) == list(range(30))
     np.testing.assert_array_equal(result["unlabelled_indices"], labelled)
 
-    again = training_data(data, "photo", valid_fraction=0.2, seed=3)
+    again = training_data(data, recipe("photo", 0.2, 3))
     np.testing.assert_array_equal(again["labelled_indices"], labelled)
-    other = training_data(data, "photo", valid_fraction=0.2, seed=4)
+    other = training_data(data, recipe("photo", 0.2, 4))
     assert not np.array_equal(other["labelled_indices"], labelled)
-    none = training_data(data, "photo")
+    none = training_data(data, recipe("photo"))
     assert none["labelled_indices"].tolist() == list(range(30)) and none["valid_images"].shape == (0, 32, 32, 3)
 
     train_images, _ = read_split(data, "train", "sketch")
-    assert training_data(data, "sketch")["source_domains"] == ["cartoon", "painting", "photo"]
+    assert training_data(data, recipe("sketch"))["source_domains"] == ["cartoon", "painting", "photo"]
     assert train_images.shape[0] == 30
 
 

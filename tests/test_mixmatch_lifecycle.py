@@ -12,7 +12,7 @@ from cifar_fixtures import make_cifar_dir
 from helpers import freeze_and_check_conversion, invoke, manifest, sets
 from mpltool.algorithms import get_algorithm
 from mpltool.data.splits import round_robin
-from mpltool.data.stage import read_labelled_indices
+from mpltool.data.cifar import read_indices as read_labelled_indices
 from mpltool.train.trainer import csv_columns
 
 pytestmark = pytest.mark.slow  # trains: `make test-fast` skips it

@@ -191,7 +191,8 @@ def test_class_names_come_from_the_data_record_else_class_k(tmp_path):
     with project.stage_run("data", {}) as run:
         run.record.update(source="folders", classes=["dog", "elephant", "giraffe"])
     assert class_names(project, 3) == (["dog", "elephant", "giraffe"], "data record classes")
-    assert class_names(project, 4) == (["class 0", "class 1", "class 2", "class 3"], "none")
+    assert class_names(project, 4) == (["dog", "elephant", "giraffe", "class 3"], "data record classes")
+    assert class_names(project, 2) == (["dog", "elephant"], "data record classes")
     assert class_names(Project(tmp_path / "empty"), 2) == (["class 0", "class 1"], "none")
 
 

@@ -288,7 +288,8 @@ def test_cli_prepares_a_named_round_robin_split(tmp_path, cifar_src):
     assert _indices(labelled_file) == expected_label and _indices(unlabelled_file) == expected_unlabel
     assert split["valid_label_counts"] == np.bincount(labels[plan.valid], minlength=10).tolist()
 
-    from mpltool.data.stage import load_prepared, training_indices
+    from mpltool.data.cifar import training_indices
+    from mpltool.data.stage import load_prepared
     from mpltool.manifest import Project
 
     got = training_indices(load_prepared(Project(project)), len(labels))
@@ -334,7 +335,8 @@ def test_first_split_lists_every_training_record_as_unlabelled(tmp_path, cifar_s
     split = _data_record(project)["split"]
     assert split["method"] == "first" and "name" not in split
 
-    from mpltool.data.stage import load_prepared, training_indices
+    from mpltool.data.cifar import training_indices
+    from mpltool.data.stage import load_prepared
     from mpltool.manifest import Project
 
     got = training_indices(load_prepared(Project(project)), 200)
@@ -351,11 +353,11 @@ ROUND_ROBIN_RECORD = {"split": {"method": "round-robin", "seed": 3, "num_labelle
 def test_train_adopts_the_prepared_round_robin_split():
     """Train must use the split data prepare wrote: a recipe that leaves the split keys alone takes them
     from the record (and says so), so the run's recorded params describe the data it really saw."""
-    from mpltool.train.stage import _adopt_data
+    from mpltool.data.sources import get_source
 
     recipe = load_recipe("mpl-wrn28-2")
     logged = []
-    _adopt_data(recipe, ROUND_ROBIN_RECORD, logged.append)
+    get_source("cifar").adopt(recipe, ROUND_ROBIN_RECORD, logged.append)
     assert (recipe.split, recipe.split_seed, recipe.num_labelled, recipe.num_valid) == ("round-robin", 3, 250, 5000)
     assert len(logged) == 1 and "num_valid=5000" in logged[0]
 
@@ -363,13 +365,14 @@ def test_train_adopts_the_prepared_round_robin_split():
 def test_train_refuses_an_explicit_num_valid_that_differs():
     """An explicit `--set num_valid=...` that disagrees with the prepared split would train on a split
     that does not exist on disk: refused, not overridden silently either way."""
-    from mpltool.train.stage import _adopt_data
+    from mpltool.data.sources import get_source
 
+    adopt = get_source("cifar").adopt
     recipe = load_recipe("mpl-wrn28-2", ["split=round-robin", "split_seed=3", "num_valid=100"])
     assert "num_valid" in recipe.overrides
     with pytest.raises(PrerequisiteError) as info:
-        _adopt_data(recipe, ROUND_ROBIN_RECORD, lambda line: None)
+        adopt(recipe, ROUND_ROBIN_RECORD, lambda line: None)
     assert "num_valid=100" in info.value.message and "5000" in info.value.message
     agreeing = load_recipe("mpl-wrn28-2", ["split=round-robin", "num_valid=5000"])
-    _adopt_data(agreeing, ROUND_ROBIN_RECORD, lambda line: None)
+    adopt(agreeing, ROUND_ROBIN_RECORD, lambda line: None)
     assert agreeing.num_valid == 5000 and agreeing.split_seed == 3 and agreeing.num_labelled == 250

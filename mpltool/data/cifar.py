@@ -279,3 +279,209 @@ def import_cifar(source, dest_dir):
         for temp_path, _ in staged:
             if os.path.exists(temp_path):
                 os.remove(temp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the data source
+
+
+from mpltool.data.sources import DataSource, register_source  # noqa: E402  (below the format code it uses)
+
+# The split `data prepare` fixed, as recorded (key in the data record's split) -> the recipe key.
+SPLIT_KEYS = {"num_labelled": "num_labelled", "method": "split", "seed": "split_seed", "num_valid": "num_valid"}
+SEEDED_SPLITS = ("balanced", "round-robin")
+LABELLED_INDICES = "data/labelled_indices.txt"
+# The unlabelled stream in order, the validation records first (only round-robin splits have them and
+# leave the labelled records out; first and balanced list every training record). Projects prepared
+# before this file existed have no such output: their unlabelled stream is every training record.
+UNLABELLED_INDICES = "data/unlabelled_indices.txt"
+MAX_SEED = 2 ** 32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
+
+
+def _checked_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError("--seed must be a whole number from 0 to {}, got {!r}".format(MAX_SEED, seed))
+    return seed
+
+
+def read_indices(path) -> np.ndarray:
+    with open(os.fspath(path), encoding="ascii") as handle:
+        return np.array([int(v) for v in handle.read().split()], dtype=np.int64)
+
+
+def _write_indices(path, indices) -> None:
+    from mpltool.manifest.files import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join("{}\n".format(i) for i in indices).encode("ascii"))
+
+
+def training_indices(prepared, num_train: int):
+    """labelled, unlabelled (in stream order) and valid record indices of a prepared split."""
+    paths = prepared["paths"]
+    labelled = read_indices(paths["labelled_indices"])
+    if "unlabelled_indices" not in paths:
+        return {"labelled": labelled, "unlabelled": np.arange(num_train, dtype=np.int64),
+                "valid": np.zeros((0,), np.int64)}
+    stream = read_indices(paths["unlabelled_indices"])
+    num_valid = int((prepared["record"].get("split") or {}).get("num_valid") or 0)
+    outside = any(indices.size and (indices.min() < 0 or indices.max() >= num_train) for indices in (labelled, stream))
+    if outside or num_valid > stream.size:
+        raise InvalidInputError("the prepared split names records outside the {} training records".format(num_train),
+                                hint="re-run `mpltool data prepare --cifar PATH`")
+    return {"labelled": labelled, "unlabelled": stream[num_valid:], "valid": stream[:num_valid]}
+
+
+@register_source
+class CifarBinaries(DataSource):
+    """CIFAR-10 binary batches (a directory or cifar-10-binary.tar.gz); the demo set is written in this form.
+    The labelled split (and the unlabelled stream, validation records first) is fixed at import."""
+
+    name = "cifar"
+    option = "--cifar PATH"
+    folder = "data/cifar"
+    extra_files = (META_FILE,)
+
+    def prepare_params(self, given, recipe, options):
+        from mpltool.data import splits
+
+        if options.get("lists") is not None:
+            raise UsageError("--lists goes with --images", hint="see `mpltool data prepare --help`")
+        settings = splits.resolve(recipe, options.get("num_labelled"), options.get("split"), options.get("seed"),
+                                  options.get("num_valid"))
+        params = {"source": str(given.absolute()), "num_labelled": settings["num_labelled"],
+                  "split": settings["split"], "seed": _checked_seed(settings["seed"])}
+        if settings["num_valid"]:
+            params["num_valid"] = settings["num_valid"]
+        return params
+
+    def import_files(self, given, folder, params, note):
+        return import_cifar(given, folder)
+
+    def file_key(self, name):
+        """`data_batch_1`, ..., `test_batch`, `batches_meta`."""
+        if name == META_FILE:
+            return "batches_meta"
+        return name[: -len(".bin")] if name.endswith(".bin") else name
+
+    def record(self, run, project, infos, staged, params):
+        from mpltool.data import splits
+
+        split, num_labelled, seed = params["split"], params["num_labelled"], params["seed"]
+        num_valid = params.get("num_valid", 0)
+        _, labels = read_images([staged[name] for name in TRAIN_FILES])
+        plan = splits.make(labels, split, num_labelled, num_valid=num_valid, seed=seed)
+        indices = plan.labelled
+        _write_indices(run.stage_output("labelled_indices", project.path(LABELLED_INDICES)), indices)
+        _write_indices(run.stage_output("unlabelled_indices", project.path(UNLABELLED_INDICES)),
+                       np.concatenate([plan.valid, plan.unlabelled]))
+        run.record["files"] = [{"name": i["name"], "records": i["records"], "label_counts": i["label_counts"]}
+                               for i in infos]
+        run.record["split"] = {"method": split, "seed": seed, "num_labelled": int(len(indices)),
+                               "label_counts": np.bincount(labels[indices], minlength=NUM_CLASSES)}
+        if split == "round-robin":
+            run.record["split"].update({
+                "name": splits.split_name(int(len(indices)), num_valid, seed), "num_valid": num_valid,
+                "valid_label_counts": np.bincount(labels[plan.valid], minlength=NUM_CLASSES)})
+        run.metrics.update({
+            "train_records": sum(i["records"] for i in infos if i["name"] in TRAIN_FILES),
+            "test_records": sum(i["records"] for i in infos if i["name"] == TEST_FILE),
+            "labelled_records": int(len(indices)),
+            "unlabelled_records": int(len(plan.unlabelled)),
+            "valid_records": int(len(plan.valid)),
+        })
+        result = {"split": run.record["split"]}
+        result.update(run.metrics)
+        return result
+
+    def summary(self, result):
+        split = result["split"]
+        line = "labelled: {} records ({} split{}, seed {}); unlabelled: {}; validation: {}; test: {}".format(
+            result["labelled_records"], split["method"], " " + split["name"] if "name" in split else "",
+            split["seed"], result["unlabelled_records"], result.get("valid_records", 0), result["test_records"])
+        rows = [[f["name"], f["records"], f["size"], f["sha256"][:16]] for f in result["files"]]
+        return "CIFAR files", ["file", "records", "bytes", "sha256"], rows, [line]
+
+    def needed_outputs(self, record, splits):
+        needed = [self.file_key(n) for split in splits for n in (TRAIN_FILES if split == "train" else (TEST_FILE,))]
+        if "train" in splits:
+            needed.append("labelled_indices")
+            if "unlabelled_indices" in (record.get("outputs") or {}):
+                needed.append("unlabelled_indices")
+        return needed
+
+    def read_split(self, prepared, split, recipe=None):
+        names = TRAIN_FILES if split == "train" else (TEST_FILE,)
+        return read_images([prepared["paths"][self.file_key(n)] for n in names])
+
+    def check_recipe(self, prepared, recipe):
+        if recipe.target_domain:
+            raise UsageError("target_domain={} but the prepared data has no domains (CIFAR files)".format(
+                recipe.target_domain), hint="drop --set target_domain, or prepare image folders with `mpltool data "
+                                            "prepare --images DIR`")
+        if recipe.domain_valid_fraction:
+            raise UsageError("domain_valid_fraction applies to image-folder data; CIFAR validation records come "
+                             "from a round-robin split (num_valid)")
+        if recipe.select_best_on == "valid" and not recipe.num_valid:
+            raise UsageError("select_best_on=valid but this run has no validation records",
+                             hint="prepare a round-robin split with --valid N, or use select_best_on=test")
+
+    def adopt(self, recipe, record, log):
+        """The labelled split `data prepare` recorded is adopted for every split key the user did not set
+        explicitly (`--set`); an explicit one that differs is refused."""
+        from mpltool.errors import PrerequisiteError
+
+        split = record.get("split") or {}
+        explicit = set(getattr(recipe, "overrides", {}) or {})
+        adopted, conflicts = [], []
+        for recorded_key, recipe_key in SPLIT_KEYS.items():
+            have = split.get(recorded_key, 0 if recorded_key == "num_valid" and split else None)
+            if have is None or (recipe_key == "split_seed" and split.get("method") not in SEEDED_SPLITS):
+                continue
+            if recipe[recipe_key] == have:
+                continue
+            if recipe_key in explicit:
+                conflicts.append("{}={} (prepared: {})".format(recipe_key, recipe[recipe_key], have))
+            else:
+                adopted.append("{}={}".format(recipe_key, have))
+                recipe[recipe_key] = have
+        if conflicts:
+            raise PrerequisiteError(
+                "the labelled split you set differs from the prepared one: {}".format(", ".join(conflicts)),
+                hint="drop those --set options to use the prepared split, or re-run `mpltool data prepare --cifar "
+                     "PATH --labelled {} --split {}{}{}`".format(
+                         recipe.num_labelled, recipe.split,
+                         " --seed {}".format(recipe.split_seed) if recipe.split in SEEDED_SPLITS else "",
+                         " --valid {}".format(recipe.num_valid) if recipe.num_valid else ""))
+        if adopted:
+            log("using the labelled split recorded by `data prepare`: {}".format(", ".join(adopted)))
+
+    def training_data(self, prepared, recipe):
+        train_images, train_labels = self.read_split(prepared, "train")
+        test_images, test_labels = self.read_split(prepared, "test")
+        indices = training_indices(prepared, len(train_labels))
+        return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+                "test_labels": test_labels, "labelled_indices": indices["labelled"],
+                "unlabelled_indices": indices["unlabelled"], "valid_images": train_images[indices["valid"]],
+                "valid_labels": train_labels[indices["valid"]], "train_domains": np.zeros(train_labels.shape, np.int64),
+                "source_domains": [], "target_domain": "", "train_record": {"domains": None}}
+
+    def test_set(self, prepared, train_params):
+        images, labels = self.read_split(prepared, "test")
+        return images, labels, prepared["inputs"]
+
+    def class_names(self, project, record):
+        meta = (record.get("outputs") or {}).get("batches_meta")
+        if not isinstance(meta, dict) or not meta.get("path"):
+            return None, "none"
+        return read_class_names(project.path(meta["path"])), "batches.meta.txt"
+
+    def facts(self, record, train_params):
+        import collections
+
+        facts = collections.OrderedDict()
+        split = record.get("split") or {}
+        if split:
+            facts["split"] = "{}{}, seed {}, {} labelled".format(split.get("method"), " " + split["name"]
+                                                                 if split.get("name") else "", split.get("seed"),
+                                                                 split.get("num_labelled"))
+        return facts

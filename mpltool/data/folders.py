@@ -11,6 +11,7 @@ so nothing here splits the data.
 import json
 import os
 import re
+from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -217,3 +218,196 @@ def read_domains(folder, domains: Sequence[str]):
     folder = os.fspath(folder)
     index = read_index(os.path.join(folder, INDEX_FILE))
     return read_domain_files([os.path.join(folder, "{}.bin".format(d)) for d in domains], index["size"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the data source
+
+
+from mpltool.data.sources import DataSource, register_source  # noqa: E402  (below the format code it uses)
+
+# `data prepare --images` without --recipe prepares at this recipe's input size: the reference
+# domain-generalisation recipe's (Caffe AlexNet, 227x227).
+DEFAULT_RECIPE = "masf-pacs-alexnet"
+
+
+def domain_holdout(domain_ids: np.ndarray, fraction: float, seed: int, names: Optional[Sequence[str]] = None
+                   ) -> np.ndarray:
+    """Validation records of image-folder training: round(fraction·n) records of each source domain, a
+    seeded draw per domain, sorted. The draw is seeded by the domain's name (`names[id]`; its id when no
+    names are given), so a domain's share never depends on the others nor on which one is the target."""
+    import zlib
+
+    chosen = []
+    for domain in np.unique(domain_ids):
+        members = np.flatnonzero(domain_ids == domain)
+        count = int(round(fraction * members.size))
+        if fraction > 0 and count == 0:
+            count = 1
+        key = zlib.crc32(names[int(domain)].encode("utf-8")) if names is not None else int(domain)
+        rng = np.random.RandomState([seed, key])
+        chosen.append(members[rng.permutation(members.size)[:count]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros((0,), np.int64)
+
+
+@register_source
+class ImageFolders(DataSource):
+    """Image files in PACS's DOMAIN/CLASS layout or named by per-domain list files, stored per domain at the
+    recipe model's input size. No labelled split: every image is labelled, and training names the held-out
+    test domain (`target_domain`); the other domains are the training data."""
+
+    name = "folders"
+    option = "--images DIR"
+    folder = "data/folders"
+    extra_files = (INDEX_FILE,)
+
+    def default_recipe(self):
+        return DEFAULT_RECIPE
+
+    def prepare_params(self, given, recipe, options):
+        from mpltool.errors import UsageError
+        from mpltool.models import input_spec
+
+        refused = [flag for flag, key in (("--labelled", "num_labelled"), ("--split", "split"), ("--seed", "seed"),
+                                          ("--valid", "num_valid")) if options.get(key) is not None]
+        if refused:
+            raise UsageError("{} only apply to --cifar (image folders keep every image labelled; training holds "
+                             "a domain out)".format(", ".join(refused)), hint="see `mpltool data prepare --help`")
+        params = {"source": str(given.absolute()), "image_size": list(input_spec(recipe.model).shape[:2])}
+        if options.get("lists"):
+            params["lists"] = str(Path(str(options["lists"])).expanduser().absolute())
+        return params
+
+    def import_files(self, given, folder, params, note):
+        return import_folders(given, folder, tuple(params["image_size"]), lists=params.get("lists"), note=note)
+
+    def file_key(self, name):
+        """`domain_<domain>` for `<domain>.bin`, `folders_index` for folders.json."""
+        if name == INDEX_FILE:
+            return "folders_index"
+        return "domain_" + (name[: -len(".bin")] if name.endswith(".bin") else name)
+
+    def record(self, run, project, infos, staged, params):
+        index = read_index(staged[INDEX_FILE])
+        run.record["files"] = [{"name": i["name"], "domain": i["domain"], "records": i["records"],
+                                "label_counts": i["label_counts"]} for i in infos]
+        run.record["domains"] = [i["domain"] for i in infos]
+        run.record["classes"] = index["classes"]
+        run.record["image_size"] = index["size"]
+        run.metrics.update({"records": sum(i["records"] for i in infos), "domains": len(infos),
+                            "classes": len(index["classes"])})
+        run.metrics.update({"{}_records".format(i["domain"]): i["records"] for i in infos})
+        return {"domains": run.record["domains"], "classes": index["classes"], "image_size": index["size"],
+                "records": run.metrics["records"]}
+
+    def summary(self, result):
+        size = result["image_size"]
+        return ("domains ({}x{} images, {} classes)".format(size[0], size[1], len(result["classes"])),
+                ["domain", "records", "file"], [[f["domain"], f["records"], f["name"]] for f in result["files"]], [])
+
+    def next_train_args(self, result, recipe):
+        from mpltool.recipes import load_recipe
+
+        if load_recipe(recipe).target_domain:
+            return []
+        return ["--set", "target_domain={}".format(result["domains"][-1])]
+
+    def needed_outputs(self, record, splits):
+        # Every domain file, whichever split: which domain is the test set is training's choice.
+        return [self.file_key("{}.bin".format(d)) for d in record.get("domains") or []] + [self.file_key(INDEX_FILE)]
+
+    def _domains(self, prepared):
+        return list(prepared["record"].get("domains") or [])
+
+    def split_domains(self, prepared, target_domain: str):
+        """(source domains, target domain): the target is held out as the test set."""
+        from mpltool.errors import UsageError
+
+        domains = self._domains(prepared)
+        if len(domains) < 2:
+            raise UsageError("the prepared images form one domain ({}): training needs a held-out test domain"
+                             .format(", ".join(domains)),
+                             hint="lay the images out as DIR/<domain>/<class>/ with two or more domains (a "
+                                  "train/test split is two domains: DIR/train/..., DIR/test/...)")
+        if target_domain not in domains:
+            raise UsageError("{}: the prepared domains are {}".format(
+                "target_domain is not set" if not target_domain else "unknown target_domain {!r}".format(
+                    target_domain), ", ".join(domains)),
+                hint="choose the held-out test domain with --set target_domain={}".format(domains[-1]))
+        return [d for d in domains if d != target_domain], target_domain
+
+    def read_domains(self, prepared, domains):
+        paths = prepared["paths"]
+        index = read_index(paths[self.file_key(INDEX_FILE)])
+        return read_domain_files([paths[self.file_key("{}.bin".format(d))] for d in domains], index["size"])
+
+    def read_split(self, prepared, split, recipe=None):
+        """`recipe`: the training's (its target_domain is the test set), or that domain's name."""
+        sources, target = self.split_domains(prepared, getattr(recipe, "target_domain", recipe) or "")
+        return self.read_domains(prepared, [target] if split == "test" else sources)
+
+    def check_recipe(self, prepared, recipe):
+        from mpltool.errors import PrerequisiteError, UsageError
+        from mpltool.models import input_spec
+
+        self.split_domains(prepared, recipe.target_domain)
+        size = list(prepared["record"].get("image_size") or [])
+        wanted = list(input_spec(recipe.model).shape[:2])
+        if size != wanted:
+            raise PrerequisiteError("the images were prepared at {}x{} but {} takes {}x{}".format(
+                size[0], size[1], recipe.model, wanted[0], wanted[1]),
+                hint="re-run `mpltool data prepare --images DIR --recipe {} --force`".format(
+                    getattr(recipe, "recipe_name", None) or "RECIPE"))
+        if recipe.select_best_on == "valid" and not recipe.domain_valid_fraction > 0:
+            raise UsageError("select_best_on=valid but this run has no validation records",
+                             hint="set domain_valid_fraction, or use select_best_on=test")
+
+    def training_data(self, prepared, recipe):
+        """The target domain is the test set; every record of the other domains is labelled and
+        unlabelled alike, except `domain_valid_fraction` of each source domain held out for validation
+        (model selection that never looks at the target)."""
+        from mpltool.errors import InvalidInputError
+
+        sources, target = self.split_domains(prepared, recipe.target_domain)
+        train_images, train_labels = self.read_domains(prepared, sources)
+        test_images, test_labels = self.read_domains(prepared, [target])
+        counts = {f["domain"]: int(f["records"]) for f in prepared["record"].get("files") or []}
+        domain_ids = np.concatenate([np.full(counts[d], k, np.int64) for k, d in enumerate(sources)])
+        if domain_ids.size != train_labels.size:
+            raise InvalidInputError("the prepared domain files hold {} records where the data record counts {}"
+                                    .format(train_labels.size, domain_ids.size), hint="re-run `mpltool data prepare`")
+        valid = domain_holdout(domain_ids, recipe.domain_valid_fraction, recipe.split_seed, sources)
+        rest = np.setdiff1d(np.arange(train_labels.size), valid)
+        return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
+                "test_labels": test_labels, "labelled_indices": rest, "unlabelled_indices": rest,
+                "valid_images": train_images[valid], "valid_labels": train_labels[valid], "train_domains": domain_ids,
+                "source_domains": list(sources), "target_domain": target,
+                "train_record": {"domains": {"source": list(sources), "target": target}}}
+
+    def test_set(self, prepared, train_params):
+        from mpltool.errors import PrerequisiteError
+
+        target = str((train_params or {}).get("target_domain") or "")
+        if not target:
+            raise PrerequisiteError("image-folder data has no test set until training names the held-out domain",
+                                    hint="run `mpltool train --set target_domain=DOMAIN` first")
+        images, labels = self.read_split(prepared, "test", target)
+        keep = (self.file_key("{}.bin".format(target)), self.file_key(INDEX_FILE))
+        return images, labels, {k: v for k, v in prepared["inputs"].items() if k in keep}
+
+    def test_set_key(self, train_params):
+        return str((train_params or {}).get("target_domain") or "")
+
+    def class_names(self, project, record):
+        return record.get("classes"), "data record classes"
+
+    def facts(self, record, train_params):
+        import collections
+
+        facts = collections.OrderedDict()
+        target = (train_params or {}).get("target_domain")
+        facts["domains"] = ", ".join("{}{}".format(d, " (held out: the test set)" if d == target else "")
+                                     for d in record.get("domains") or [])
+        if record.get("image_size"):
+            facts["image size"] = "x".join(str(v) for v in record["image_size"])
+        return facts

@@ -1,84 +1,142 @@
-"""Data sources: where a project's images come from, behind the one interface the data stage and the
-readers use.
+"""Data sources: where a project's images come from, behind the one interface the data stage, training,
+eval, predict and the report use. None of them asks which kind of source it holds.
 
-A source imports what the user points at into a folder (validating every file) and reads it back as raw
-images (uint8, HWC) and int64 labels. The data stage records the source's name; train and eval read
-through it. Two kinds exist:
-- split sources (CIFAR) name the files of the train and test splits, and the data stage fixes the
-  labelled split at import;
-- domain sources (image folders) store one file per domain, and training names the held-out test
-  domain (`target_domain`): the other domains are the training data.
-A new source is a class here and a `SOURCES` entry, not an edit of train/, eval/ or freeze/.
+A source imports what the user points at into the project (validating every file), records it, and reads
+it back for training (`training_data`: train and test images, the labelled / unlabelled / validation
+records, each record's domain) and for evaluation (`test_set`). It also says which recipe keys it needs
+and refuses those it cannot serve (`check_recipe`), fits a recipe to what was prepared (`adopt`), names
+the classes, and summarises itself for the CLI and the report.
+
+Adding one: a module with a `DataSource` subclass, a line in `_MODULES`, and (for the command line) an
+option of `data prepare` naming it. docs/architecture.md shows the steps.
 """
 
-from typing import Dict, List, Sequence, Tuple
+import collections
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mpltool.data import cifar, folders
-from mpltool.errors import InvalidInputError
+from mpltool.errors import InvalidInputError, UsageError
 
-SPLITS = ("train", "test")
-
-
-class CifarBinaries:
-    """CIFAR-10 binary batches (a directory or cifar-10-binary.tar.gz); the demo set is written in this form."""
-
-    name = "cifar"
-    extra_files = (cifar.META_FILE,)  # imported when present, not read as images
-    has_domains = False
-
-    def import_files(self, given, folder, **options) -> List[Dict]:
-        """Copy and validate every file into `folder`; one summary (name, records, label_counts...) per file."""
-        return cifar.import_cifar(given, folder)
-
-    def split_files(self, split: str) -> Sequence[str]:
-        return cifar.TRAIN_FILES if split == "train" else (cifar.TEST_FILE,)
-
-    @staticmethod
-    def file_key(name: str) -> str:
-        """Manifest output key of an imported file: `data_batch_1`, ..., `test_batch`, `batches_meta`."""
-        if name == cifar.META_FILE:
-            return "batches_meta"
-        return name[: -len(".bin")] if name.endswith(".bin") else name
-
-    def read(self, paths) -> Tuple[np.ndarray, np.ndarray]:
-        return cifar.read_images(paths)
+# name -> module that registers it (imported on first use).
+_MODULES = collections.OrderedDict([
+    ("cifar", "mpltool.data.cifar"),
+    ("folders", "mpltool.data.folders"),
+])
+_REGISTRY = {}  # type: Dict[str, DataSource]
+DEFAULT_SOURCE = "cifar"  # a data record from before sources were named
 
 
-class ImageFolders:
-    """Image files in PACS's DOMAIN/CLASS layout or named by per-domain list files, stored per domain
-    (mpltool/data/folders.py)."""
+class DataSource:
+    """The interface of a source; the docstring of each method says what the data stage expects."""
 
-    name = "folders"
-    extra_files = (folders.INDEX_FILE,)
-    has_domains = True
+    name = ""
+    option = ""            # how `data prepare` names it: "--cifar PATH"
+    folder = ""            # where its files land in the project: "data/cifar"
+    extra_files = ()       # imported when present, not read as images (batches.meta.txt, an index)
 
-    def import_files(self, given, folder, image_size=(32, 32), lists=None, note=None) -> List[Dict]:
-        return folders.import_folders(given, folder, tuple(image_size), lists=lists, note=note or (lambda line: None))
+    # -- data prepare --
+    def default_recipe(self) -> str:
+        """The recipe whose settings `data prepare` defaults to when none is named."""
+        from mpltool.recipes import default_recipe
 
-    @staticmethod
-    def file_key(name: str) -> str:
-        """`domain_<domain>` for `<domain>.bin`, `folders_index` for folders.json."""
-        if name == folders.INDEX_FILE:
-            return "folders_index"
-        return "domain_" + (name[: -len(".bin")] if name.endswith(".bin") else name)
+        return default_recipe()
 
-    @staticmethod
-    def domain_file(domain: str) -> str:
-        return "{}.bin".format(domain)
+    def prepare_params(self, given: Path, recipe, options: Dict[str, Any]) -> Dict[str, Any]:
+        """The data stage's params: what the user gave, with the recipe's defaults; refuses what does not
+        apply to this source (a usage error naming the option)."""
+        raise NotImplementedError
 
-    def read_domains(self, paths: Dict[str, str], domains: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """(images, labels) of `domains` in that order; `paths` maps file keys to verified files."""
-        index = folders.read_index(paths[self.file_key(folders.INDEX_FILE)])
-        return folders.read_domain_files([paths[self.file_key(self.domain_file(d))] for d in domains], index["size"])
+    def import_files(self, given: Path, folder: Path, params: Dict[str, Any],
+                     note: Callable[[str], None]) -> List[Dict[str, Any]]:
+        """Validate and copy every file into `folder`; one summary (name, records, label_counts...) per file."""
+        raise NotImplementedError
+
+    def file_key(self, name: str) -> str:
+        """The manifest output key of an imported file."""
+        raise NotImplementedError
+
+    def record(self, run, project, infos: List[Dict[str, Any]], staged: Dict[str, Path],
+               params: Dict[str, Any]) -> Dict[str, Any]:
+        """Fill the data record (and its metrics; further outputs through run.stage_output); the result
+        `data prepare` returns."""
+        raise NotImplementedError
+
+    def summary(self, result: Dict[str, Any]) -> Tuple[str, List[str], List[List[Any]], List[str]]:
+        """(table title, columns, rows, lines) `data prepare` prints."""
+        raise NotImplementedError
+
+    def next_train_args(self, result: Dict[str, Any], recipe) -> List[str]:
+        """What to add to `mpltool train --recipe R` after this import."""
+        return []
+
+    # -- reading back --
+    def needed_outputs(self, record: Dict[str, Any], splits: Sequence[str]) -> List[str]:
+        """The output keys a reader of `splits` ("train", "test") needs verified."""
+        raise NotImplementedError
+
+    def read_split(self, prepared: Dict[str, Any], split: str, recipe=None) -> Tuple[np.ndarray, np.ndarray]:
+        """(images uint8 HWC, labels int64) of one split."""
+        raise NotImplementedError
+
+    def check_recipe(self, prepared: Dict[str, Any], recipe) -> None:
+        """Refuse a recipe that cannot train on this data (exit 2 or 4, saying what to change)."""
+
+    def adopt(self, recipe, record: Dict[str, Any], log: Callable[[str], None]) -> None:
+        """Fit the recipe to the prepared data before any graph is built (a split `data prepare` fixed)."""
+
+    def training_data(self, prepared: Dict[str, Any], recipe) -> Dict[str, Any]:
+        """Everything a training run reads: train_images/labels, test_images/labels, labelled_indices,
+        unlabelled_indices, valid_images/labels, train_domains (each training record's domain, an index
+        into source_domains), source_domains, target_domain (the held-out one, or ""), and `train_record`
+        (what the train record keeps of it)."""
+        raise NotImplementedError
+
+    def test_set(self, prepared: Dict[str, Any], train_params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray,
+                                                                                        Dict[str, Any]]:
+        """(images, labels, the records of the files they come from) of the test set, given the train
+        record's params (None: no training yet)."""
+        raise NotImplementedError
+
+    def test_set_key(self, train_params: Optional[Dict[str, Any]]) -> str:
+        """What beside the files' hashes decides which images are the test set (a cache key part)."""
+        return ""
+
+    def class_names(self, project, record: Dict[str, Any]) -> Tuple[Optional[List[str]], str]:
+        """(a name per class, or None; where they came from)."""
+        return None, "none"
+
+    def facts(self, record: Dict[str, Any], train_params: Dict[str, Any]) -> "collections.OrderedDict":
+        """What the report's data section shows beside the counts."""
+        return collections.OrderedDict()
 
 
-SOURCES = {source.name: source for source in (CifarBinaries(), ImageFolders())}
+def register_source(cls):
+    instance = cls()
+    _REGISTRY[instance.name] = instance
+    return cls
 
 
-def get_source(name: str):
-    if name not in SOURCES:
+def source_names() -> List[str]:
+    return list(_MODULES) + [name for name in _REGISTRY if name not in _MODULES]
+
+
+def get_source(name: Optional[str]) -> DataSource:
+    """The registered source `name` (a record from before sources were named: DEFAULT_SOURCE)."""
+    name = name or DEFAULT_SOURCE
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in _REGISTRY:
         raise InvalidInputError("the data record names an unknown source {!r} (this mpltool reads {})".format(
-            name, ", ".join(SOURCES)))
-    return SOURCES[name]
+            name, ", ".join(source_names())))
+    return _REGISTRY[name]
+
+
+def source_for_usage(name: str) -> DataSource:
+    """The source a user named (an unknown one is a usage error listing the known)."""
+    try:
+        return get_source(name)
+    except InvalidInputError:
+        raise UsageError("unknown data source {!r}".format(name), hint="one of {}".format(", ".join(source_names())))

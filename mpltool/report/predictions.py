@@ -174,7 +174,7 @@ def predictions(project, manifest: Dict[str, Any], cache_path, log: Callable[[st
                 ) -> Dict[str, Any]:
     """{source, images, labels, logits, key, cached, changed, test_files}; raises Unavailable with the
     reason when the project cannot give them (no network yet, a missing file, a changed data file...)."""
-    from mpltool.data.stage import load_test_set, trained_target_domain
+    from mpltool.data.stage import load_test_set, test_set_key
 
     source = model_source(project, manifest)
     try:
@@ -183,7 +183,7 @@ def predictions(project, manifest: Dict[str, Any], cache_path, log: Callable[[st
     except MpltoolError as exc:
         raise Unavailable(str(exc))
     changed = changed_since_recorded(files, source.get("recorded") or [])
-    key = cache_key(source, files, test_files, trained_target_domain(project))
+    key = cache_key(source, files, test_files, test_set_key(project))
     logits = read_cache(cache_path, key, labels)
     cached = logits is not None
     if not cached:

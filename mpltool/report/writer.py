@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mpltool import __version__
+from mpltool.data.sources import get_source
+from mpltool.data.stage import class_names
 from mpltool.errors import MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import MANIFEST_NAME, Project
 from mpltool.manifest.files import atomic_write_bytes, current_umask, fsync_dir
@@ -170,25 +172,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def class_names(project: Project, manifest: Dict[str, Any], count: int) -> List[str]:
-    """`count` class names: image folders' recorded classes, CIFAR's batches.meta.txt as imported (when the
-    data record has it), else "class k" -- and "class k" for any label beyond the names found."""
-    from mpltool.data.cifar import read_class_names
-
-    record = (manifest.get("stages") or {}).get("data") or {}
-    names = []  # type: List[str]
-    if record.get("classes"):
-        names = [str(n) for n in record["classes"]]
-    else:
-        meta = (record.get("outputs") or {}).get("batches_meta")
-        if isinstance(meta, dict) and meta.get("path"):
-            try:
-                names = read_class_names(project.path(meta["path"])) or []
-            except OSError:
-                names = []
-    return [names[k] if k < len(names) else "class {}".format(k) for k in range(count)]
-
-
 class _Builder:
     """Collects every section's facts and figures, then renders the page (page())."""
 
@@ -275,25 +258,23 @@ class _Builder:
         if not record:
             return _section("data", "Data", _not_run("data", "mpltool data prepare --cifar PATH"))
         metrics = record.get("metrics") or {}
-        facts = OrderedDict([("status", record.get("status")), ("source", record.get("source") or "cifar"),
+        try:
+            source = get_source(record.get("source"))
+        except MpltoolError as exc:  # a record of a source this mpltool does not know: say so, show the rest
+            source = None
+            self.warnings.append(str(exc))
+        facts = OrderedDict([("status", record.get("status")), ("source", source.name if source else
+                                                                 record.get("source")),
                              ("imported from", (record.get("params") or {}).get("source"))])
-        split = record.get("split") or {}
-        if split:
-            facts["split"] = "{}{}, seed {}, {} labelled".format(split.get("method"), " " + split["name"]
-                                                                 if split.get("name") else "", split.get("seed"),
-                                                                 split.get("num_labelled"))
+        train_params = (self.stages.get("train") or {}).get("params") or {}
+        if source is not None:
+            facts.update(source.facts(record, train_params))
         for key, value in metrics.items():
             facts[key.replace("_", " ")] = value
-        if record.get("domains"):
-            target = ((self.stages.get("train") or {}).get("params") or {}).get("target_domain")
-            facts["domains"] = ", ".join("{}{}".format(d, " (held out: the test set)" if d == target else "")
-                                         for d in record["domains"])
-        if record.get("image_size"):
-            facts["image size"] = "x".join(str(v) for v in record["image_size"])
-        count = len(record.get("classes") or []) or 10
-        facts["classes"] = ", ".join(class_names(self.project, self.manifest, count))
-        body = _facts(facts)
         files = record.get("files") or []
+        count = max([len(f.get("label_counts") or []) for f in files] + [int(train_params.get("num_classes") or 0)])
+        facts["classes"] = ", ".join(class_names(self.project, count)[0])
+        body = _facts(facts)
         if files:
             rows = [[f.get("name"), f.get("domain", ""), f.get("records"), _fmt(f.get("label_counts"))] for f in files]
             body += _table(["file", "domain", "records", "images per class"], rows)
@@ -390,7 +371,7 @@ class _Builder:
             self.prediction_summary = {"available": False, "reason": str(exc)}
             return "<h3>Predictions</h3><p class=bad>{}</p>".format(html.escape(str(exc)))
         num_classes = int(logits.shape[1])
-        names = class_names(self.project, self.manifest, num_classes)
+        names = class_names(self.project, num_classes)[0]
         predicted = logits.argmax(axis=1)
         confidence = prediction_data.softmax(logits).max(axis=1)
         matrix = prediction_data.confusion_matrix(labels, predicted, num_classes)

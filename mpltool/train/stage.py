@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mpltool import npu, parallel, tuning
-from mpltool.data.stage import load_prepared, split_domains, training_data
+from mpltool.data.stage import check_recipe, load_prepared, training_data
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
@@ -21,8 +21,6 @@ from mpltool.checkpoints import CHECKPOINT_DIR, checkpoint_record, step_of
 
 # Keys that may change between sessions of one run without making the checkpoints meaningless.
 MAX_EXTEND_STEPS = 2 ** 31 - 1
-SPLIT_KEYS = {"num_labelled": "num_labelled", "method": "split", "seed": "split_seed", "num_valid": "num_valid"}
-SEEDED_SPLITS = ("balanced", "round-robin")
 RESUMABLE_CHANGES = frozenset(["num_train_steps", "save_every", "eval_every", "log_every", "keep_checkpoints",
                                "eval_batch_size"])
 
@@ -32,11 +30,11 @@ def _changed_keys(old: Dict[str, Any], new: Dict[str, Any]):
 
 
 def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str], extend_steps: Optional[int],
-                force: bool, data_record: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+                force: bool, prepared: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
                 replicas: int = 1):
     """(recipe, previous record or None) for this invocation, enforcing the resume rules.
 
-    With `data_record`, the recipe is first fitted to the prepared data (`_adopt_data`). `replicas` is
+    With `prepared` data, the recipe is first fitted to it (`_adopt_data`). `replicas` is
     how many data-parallel processes train (a resumed run must keep its count: the global batch)."""
     if _overridden(overrides, "replicas"):
         raise UsageError("replicas is set by `mpltool train --nproc N` (or --devices), not by --set",
@@ -50,8 +48,8 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
                              hint="run `mpltool train --recipe NAME` first")
         resolved = load_recipe(recipe, overrides)
         resolved["replicas"] = replicas
-        if data_record is not None:
-            _adopt_data(resolved, data_record, log)
+        if prepared is not None:
+            _adopt_data(resolved, prepared, log)
         return resolved, None
     recorded = recipe_from_record(previous.get("params") or {})
     object.__setattr__(recorded, "recipe_name", previous.get("recipe") or "recorded")
@@ -59,8 +57,8 @@ def resolve_run(project: Project, recipe: Optional[str], overrides: Sequence[str
     # --set alone applies on top of the recorded run; --recipe names a whole new configuration.
     resolved = load_recipe(recipe, overrides) if recipe is not None else with_overrides(recorded, overrides)
     resolved["replicas"] = replicas
-    if data_record is not None:
-        _adopt_data(resolved, data_record, log)
+    if prepared is not None:
+        _adopt_data(resolved, prepared, log)
     changed = _changed_keys(recorded.values, resolved.values)
     if changed:
         raise UsageError("this project already trains with other settings ({})".format(
@@ -89,11 +87,11 @@ def plan_run(project: Project, recipe: Optional[str], overrides: Sequence[str], 
     starts, without writing anything. `train` runs it, and so does a data-parallel launcher before it
     starts any process."""
     prepared = load_prepared(project)
-    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared["record"], log,
+    resolved, previous = resolve_run(project, recipe, overrides, extend_steps, force, prepared, log,
                                      replicas=replicas)
     if previous is not None:
         _check_same_data(previous, prepared["record"])
-    _check_domains(prepared, resolved)
+    check_recipe(prepared, resolved)
     if resolved.pretrained:
         path = Path(resolved.pretrained).expanduser().absolute()
         if not path.is_file():
@@ -104,65 +102,16 @@ def plan_run(project: Project, recipe: Optional[str], overrides: Sequence[str], 
     return prepared, resolved, previous
 
 
-def _check_domains(prepared: Dict[str, Any], recipe) -> None:
-    """Image-folder data: a known held-out domain, images of the network's input size, and validation
-    records when the best checkpoint is chosen on them (CIFAR: a round-robin split's)."""
-    split_domains(prepared, recipe.target_domain)
-    record = prepared["record"]
-    if prepared["source"].has_domains:
-        size = list(record.get("image_size") or [])
-        wanted = list(input_spec(recipe.model).shape[:2])
-        if size != wanted:
-            raise PrerequisiteError("the images were prepared at {}x{} but {} takes {}x{}".format(
-                size[0], size[1], recipe.model, wanted[0], wanted[1]),
-                hint="re-run `mpltool data prepare --images DIR --recipe {} --force`".format(
-                    getattr(recipe, "recipe_name", None) or "RECIPE"))
-    elif recipe.domain_valid_fraction:
-        raise UsageError("domain_valid_fraction applies to image-folder data; CIFAR validation records come from "
-                         "a round-robin split (num_valid)")
-    has_valid = recipe.domain_valid_fraction > 0 if prepared["source"].has_domains else recipe.num_valid > 0
-    if recipe.select_best_on == "valid" and not has_valid:
-        raise UsageError("select_best_on=valid but this run has no validation records",
-                         hint="set domain_valid_fraction (image folders) or prepare a round-robin split with "
-                              "--valid N (CIFAR), or use select_best_on=test")
-
-
 def _overridden(overrides: Sequence[str], key: str) -> bool:
     """Whether a `--set key=value` names `key`."""
     return any(o.split("=", 1)[0].strip().lstrip("-") == key for o in overrides)
 
 
-def _adopt_data(recipe, data_record: Dict[str, Any], log: Callable[[str], None]) -> None:
-    """Fit the recipe to the prepared data before any graph is built.
-
-    The labelled split `data prepare` recorded is adopted for every split key the user did not set
-    explicitly (`--set`); an explicit one that differs is refused. The class count must cover every
-    label in the data.
-    """
-    split = data_record.get("split") or {}
-    explicit = set(getattr(recipe, "overrides", {}) or {})
-    adopted, conflicts = [], []
-    for recorded_key, recipe_key in SPLIT_KEYS.items():
-        have = split.get(recorded_key, 0 if recorded_key == "num_valid" and split else None)
-        if have is None or (recipe_key == "split_seed" and split.get("method") not in SEEDED_SPLITS):
-            continue
-        if recipe[recipe_key] == have:
-            continue
-        if recipe_key in explicit:
-            conflicts.append("{}={} (prepared: {})".format(recipe_key, recipe[recipe_key], have))
-        else:
-            adopted.append("{}={}".format(recipe_key, have))
-            recipe[recipe_key] = have
-    if conflicts:
-        raise PrerequisiteError(
-            "the labelled split you set differs from the prepared one: {}".format(", ".join(conflicts)),
-            hint="drop those --set options to use the prepared split, or re-run `mpltool data prepare --cifar "
-                 "PATH --labelled {} --split {}{}{}`".format(
-                     recipe.num_labelled, recipe.split,
-                     " --seed {}".format(recipe.split_seed) if recipe.split in SEEDED_SPLITS else "",
-                     " --valid {}".format(recipe.num_valid) if recipe.num_valid else ""))
-    if adopted:
-        log("using the labelled split recorded by `data prepare`: {}".format(", ".join(adopted)))
+def _adopt_data(recipe, prepared: Dict[str, Any], log: Callable[[str], None]) -> None:
+    """Fit the recipe to the prepared data before any graph is built: what its source fixed at import (a
+    labelled split) is adopted where the user did not set it, and the class count must cover every label."""
+    data_record = prepared["record"]
+    prepared["source"].adopt(recipe, data_record, log)
     highest = highest_label(data_record)
     if highest is not None and highest >= recipe.num_classes:
         raise UsageError("num_classes={} but the prepared data has labels up to {}".format(
@@ -194,7 +143,7 @@ def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> N
 
 
 def _load_data(prepared: Dict[str, Any], recipe) -> Dict[str, Any]:
-    return training_data(prepared, recipe.target_domain, recipe.domain_valid_fraction, recipe.split_seed)
+    return training_data(prepared, recipe)
 
 
 def _stderr_warning(message: str) -> None:
@@ -218,7 +167,6 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
     algorithm = get_algorithm(resolved.algorithm)
     for line in algorithm.warnings(resolved):
         warn(line)
-    ckpt_dir = project.path(CHECKPOINT_DIR)
     restore_from = None
     if previous is not None:
         restore_from = resume_point(project, previous, warn)
@@ -251,9 +199,8 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
                            "replicas": replicas.size, "global_batch_size": resolved.batch_size * replicas.size,
                            "parallel": replicas.describe(), "runtime": tuning.describe(),
                            "num_train_steps": resolved.num_train_steps,
-                           "domains": ({"source": data["source_domains"], "target": data["target_domain"]}
-                                       if data["source_domains"] else None),
                            "steps_done": step_of(restore_from) if restore_from else 0, "checkpoints": checkpoints})
+        run.record.update(data["train_record"])  # what the data source keeps of this run (held-out domains)
         run.save_progress()
 
         def on_checkpoint(kind, step, info):
