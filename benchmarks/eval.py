@@ -73,7 +73,7 @@ def measure(images=2000, batch=100, model="wrn-28-2", rounds=3):
 def _onnx_model(graph_def):
     """The graph as onnxruntime runs it, or None (said once) when the `onnx` extra is not installed."""
     from mpltool.errors import ToolMissingError
-    from mpltool.export.runtime import OnnxModel, convert_graph_def
+    from mpltool.models.onnx_runtime import OnnxModel, convert_graph_def
 
     try:
         proto = convert_graph_def(graph_def, 11, "benchmark .pb")

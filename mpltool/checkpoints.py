@@ -1,11 +1,12 @@
 """Checkpoints as the manifest knows them, for every stage: which network, which checkpoint, its files.
 
-Checkpoint files: a TF Saver prefix plus the hash of every file behind it: a TF Saver prefix plus the hash of every file behind it.
+A checkpoint record: a TF Saver prefix plus the hash of every file behind it.
 
-Layout inside a project: `checkpoints/model.ckpt-<step>` (latest, teacher + student + EMA + optimizer
-state), `checkpoints/best-ema/model.ckpt-<step>` and `checkpoints/best-student/model.ckpt-<step>`
-(best top-1 so far, as the seed's ckpts/ and ema_ckpts/). Variables are named `teacher/<model>/...`,
-`student/<model>/...`, `ema/<model>/...`, so any of the three networks restores from any of them.
+Layout inside a project: `checkpoints/model.ckpt-<step>` (latest: every network the algorithm builds and
+the optimizer state), `checkpoints/best-<network>/model.ckpt-<step>` (the best top-1 so far of each
+evaluated network, as the seed's ckpts/ and ema_ckpts/), `checkpoints/phase-<name>/` (the end of each
+phase of a multi-phase algorithm). Variables are named `<network>/<model>/...`, so any network restores
+from any checkpoint that holds it.
 """
 
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any, Dict, List, Optional
 
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 
-TARGETS = ("ema", "student", "teacher")  # the networks of a project trained before algorithms were recorded
 TRAIN_COMMAND = "mpltool train"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -88,13 +88,18 @@ def step_of(prefix) -> int:
 def trained_networks(project) -> Dict[str, Any]:
     """The networks the project's training built, as its record describes them: eval_targets, default_target.
 
-    Read from the train record (the algorithm wrote it), so no stage needs to know any algorithm; a record
-    from before algorithms were recorded is MPL's. Without any train record: MPL's names, for checkpoints
-    given explicitly.
+    Read from the train record (the algorithm wrote it), so no stage needs to know any algorithm. A record
+    from before algorithms were recorded, or no train record at all (checkpoints given explicitly): the
+    networks the recorded (else the default) algorithm builds, as its registry entry says.
     """
-    described = ((project.stage("train") or {}).get("algorithm")) or {}
-    targets = described.get("eval_targets") or list(TARGETS)
-    return {"eval_targets": list(targets), "default_target": described.get("default_target") or "ema"}
+    from mpltool.algorithms import DEFAULT_ALGORITHM, get_algorithm
+
+    train = project.record("train")
+    described = train.algorithm
+    if not described.eval_targets:
+        described = get_algorithm(train.params.get("algorithm") or DEFAULT_ALGORITHM).describe()
+        return {"eval_targets": list(described["eval_targets"]), "default_target": described["default_target"]}
+    return {"eval_targets": described.eval_targets, "default_target": described.default_target}
 
 
 def trained_network(project) -> Optional[Dict[str, Any]]:
@@ -133,13 +138,13 @@ def recorded_checkpoint(project, target: str, which: str = "best") -> Dict[str, 
     if train is None:
         raise PrerequisiteError("no 'train' stage in {}".format(project.manifest_path),
                                 hint="run `{}` first, or pass a checkpoint or .pb explicitly".format(TRAIN_COMMAND))
-    checkpoints = train.get("checkpoints") or {}
+    checkpoints = project.record("train").checkpoints
     record, chosen = None, which
     if which == "best":
-        record = (checkpoints.get("best") or {}).get(target)
-    if record is None:
-        record, chosen = checkpoints.get("latest"), "latest"
-    if record is None:
+        record = checkpoints.best.get(target)
+    if not record:
+        record, chosen = checkpoints.latest, "latest"
+    if not record:
         raise PrerequisiteError("the train stage ({}) recorded no checkpoint yet".format(train.get("status")),
                                 hint="run `{}` until it saves one".format(TRAIN_COMMAND))
     prefix = verify_checkpoint(project, record, "checkpoint")

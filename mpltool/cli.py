@@ -15,6 +15,7 @@ import click
 from mpltool import __version__, errors, tuning
 from mpltool.console import Output
 from mpltool.errors import EXIT_CODE_MEANINGS, ExitCode, MpltoolError
+from mpltool.export.formats import FORMATS as EXPORT_FORMATS
 from mpltool.signals import terminate_as_interrupt
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join("  {:<4} {}".format(code, text) for code, text in EXIT_CODE_MEANINGS)
@@ -32,6 +33,14 @@ class Context:
     def next_command(self, *words):
         """`mpltool --project P WORDS...`, quoted so it can be pasted into a shell."""
         return " ".join(shlex.quote(str(w)) for w in ("mpltool", "--project", self.project) + words)
+
+    def next_after(self, stage: str, *extra):
+        """The command of the stage after `stage` in the lifecycle (manifest/stages.py), `extra` words
+        added (the first words of the next stage's command, without its placeholders)."""
+        from mpltool.manifest.stages import next_stage
+
+        words = [w for w in next_stage(stage).command if not w.isupper()]
+        return self.next_command(*(words[:1] + list(extra) if extra else words))
 
 
 def _from_click(exc):
@@ -208,8 +217,8 @@ def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, 
     ctx.out.table(title, columns, rows)
     for line in lines:
         ctx.out.info(line)
-    ctx.out.info("next: " + ctx.next_command("train", "--recipe", result["recipe"],
-                                             *data_source.next_train_args(result, result["recipe"])))
+    ctx.out.info("next: " + ctx.next_after("data", "--recipe", result["recipe"],
+                                           *data_source.next_train_args(result, result["recipe"])))
     ctx.out.result(result)
 
 
@@ -357,7 +366,7 @@ def train(ctx, recipe, overrides, device, extend_steps, force, nproc, oversubscr
                  for key, value in metrics.items() if key.endswith("_top1_median20"))
     shown["latest checkpoint"] = (result.get("checkpoints") or {}).get("latest", {}).get("prefix")
     ctx.out.fields("train", shown)
-    ctx.out.info("next: " + ctx.next_command("eval"))
+    ctx.out.info("next: " + ctx.next_after("train"))
     ctx.out.result(result)
 
 
@@ -375,7 +384,7 @@ def eval_command(ctx, target, model, batch_size):
 
     result = evaluate(ctx.project, target=target, model=model, batch_size=batch_size)
     source = result["source"]
-    described = (source["path"] if source["kind"] == "pb"
+    described = (source["path"] if source["kind"] != "checkpoint"
                  else "{} {} (step {}, {})".format(source["target"], source["prefix"], source["step"], source["chosen"]))
     ctx.out.fields("eval", {"model": described, "top-1": result["top1"], "top-5": result["top5"],
                             "loss": result["loss"], "images": result["images"],
@@ -384,7 +393,7 @@ def eval_command(ctx, target, model, batch_size):
     if medians:
         ctx.out.info("during training, median test top-1 of the last N evaluations: " + ", ".join(
             "N={} {:.4f}".format(key[len("last"):], value) for key, value in medians.items()))
-    ctx.out.info("next: " + ctx.next_command("freeze"))
+    ctx.out.info("next: " + ctx.next_after("eval"))
     ctx.out.result(result)
 
 
@@ -419,13 +428,13 @@ def freeze(ctx, checkpoint, target, batch, output, parity_images, tolerance, no_
         "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
             parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
         "folded": "{} batch norm(s) into their convolutions".format(result["folded_batch_norms"]),
-        "next": ctx.next_command("convert")})
+        "next": ctx.next_after("freeze")})
     ctx.out.result(result)
 
 
 # -- export -----------------------------------------------------------------------------------------
 @main.command()
-@click.option("--format", "export_format", type=click.Choice(["onnx"]), required=True,
+@click.option("--format", "export_format", type=click.Choice(list(EXPORT_FORMATS)), required=True,
               help="Export format (needs the extra `onnx`: tf2onnx, onnx, onnxruntime).")
 @click.option("--model", default=None, type=click.Path(dir_okay=False),
               help="A frozen .pb [default: the one the freeze stage recorded, hash-checked].")
@@ -446,13 +455,13 @@ def export(ctx, export_format, model, output, parity_images, tolerance, opset, f
                           parity_images=parity_images, tolerance=tolerance, opset=opset, force=force)
     io, parity = result["io"], result["parity"]
     ctx.out.fields("export", {
-        "onnx": result["onnx"], "sha256": result["sha256"], "from": result["source"]["pb"],
+        export_format: result[export_format], "sha256": result["sha256"], "from": result["source"]["pb"],
         "input": "{} {} {}".format(io["input_name"], io["input_shape"], io["input_dtype"]),
         "outputs": ", ".join("{} {}".format(n, s) for n, s in zip(io["output_names"], io["output_shapes"])),
         "opset": result["model"]["opset"],
         "parity": "max |dlogit| {:.3g} <= {:.3g} over {} images, top-1 agreement {:.4f}".format(
             parity["max_abs_logit_diff"], parity["tolerance"], parity["images"], parity["top1_agreement"]),
-        "next": ctx.next_command("convert", "--model", result["onnx"])})
+        "next": ctx.next_after("export", "--model", result[export_format])})
     ctx.out.result(result)
 
 

@@ -13,11 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mpltool.errors import InvalidInputError, MpltoolError, NonFiniteError, UsageError
+from mpltool.errors import InvalidInputError, NonFiniteError, UsageError
 from mpltool.data.stage import class_names
 from mpltool.manifest import Project
 
-RECORDED = {None: "best", "ckpt": "best", "latest": "latest"}
 BATCH = 64
 
 
@@ -57,46 +56,17 @@ def _static_size(shape, what: str) -> Tuple[int, int]:
 
 @contextlib.contextmanager
 def open_model(project: Project, model=None, target: Optional[str] = None):
-    """(network with predict(images) -> logits and num_classes, description, (height, width)) of the model."""
-    from mpltool.checkpoints import (checkpoint_variables, recorded_checkpoint, resolve_target,
-                                     user_checkpoint)
-    from mpltool.convert.onnx_check import is_onnx_path
-    from mpltool.eval.stage import is_frozen_graph_path
+    """(the InferenceModel, its description, (height, width)) of the model `predict --model` names."""
+    from mpltool.models import artifacts
 
-    text = None if model is None else str(model)
-    if text is not None and (is_frozen_graph_path(text) or is_onnx_path(text)):
-        if target is not None:
-            raise UsageError("--target chooses a network of a checkpoint; {} holds one network".format(text))
-        path = Path(text).expanduser().absolute()
-        if not path.is_file():
-            raise InvalidInputError("no model file at {}".format(text))
-        described = {"kind": "onnx" if is_onnx_path(text) else "pb", "path": project.relative(path),
-                     "sha256": project.file_record(path)["sha256"]}
-        if described["kind"] == "onnx":
-            from mpltool.export.runtime import OnnxModel
-
-            network = OnnxModel(path, text)
-            size = _static_size(network.image_shape, text)
-        else:
-            from mpltool.models.inference import FrozenModel, read_graph_def
-
-            network = FrozenModel(read_graph_def(path), text, any_batch=True)
-            size = _static_size(network.input.shape.as_list()[1:], text)
-    else:
-        from mpltool.models.inference import CheckpointModel
-
-        target = resolve_target(project, target)
-        if text in RECORDED:
-            source = recorded_checkpoint(project, target, RECORDED[text])
-            source["variables"] = checkpoint_variables(source["prefix"])
-        else:
-            source = user_checkpoint(text)
-        network = CheckpointModel(source["prefix"], target, source["variables"], network=source["network"])
-        described = {"kind": "checkpoint", "target": target, "prefix": project.relative(source["prefix"]),
-                     "step": source["step"], "chosen": source["chosen"], "model": network.model_name}
-        size = _static_size(list(network.network["input_spec"]["shape"]), "model {}".format(network.model_name))
+    artifact = artifacts.resolve(project, model, target, what="predict --model")
+    network = artifacts.open_model(artifact)
     try:
-        yield network, described, size
+        described = artifacts.describe(project, artifact)
+        if artifact.kind == "checkpoint":
+            described["model"] = network.model_name
+        what = "model {}".format(network.model_name) if artifact.kind == "checkpoint" else str(model)
+        yield network, described, _static_size(network.image_shape, what)
     finally:
         network.close()
 

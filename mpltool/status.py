@@ -11,12 +11,33 @@ import socket
 from typing import Any, Dict, List, Optional, Tuple
 
 from mpltool.manifest import Project
+from mpltool.manifest import stages as stage_table
 from mpltool.manifest.files import FileChecker, stage_files
 from mpltool.manifest.lock import pid_alive
+from mpltool.manifest.records import StageRecord, TrainRecord, typed
 
-STAGE_ORDER = ("data", "train", "eval", "freeze", "export", "convert-check", "convert")
-HEADLINE_METRICS = ("top1", "top5", "loss", "best_ema_top1", "steps_done", "images_per_second",
-                    "max_abs_logit_diff", "top1_agreement", "train_records", "test_records", "labelled_records")
+STAGE_ORDER = stage_table.STAGE_ORDER
+
+
+def _default_target(record: TrainRecord) -> str:
+    """The network eval takes by default: as recorded, else (a record from before algorithms were
+    recorded) its algorithm's, from the registry."""
+    if record.algorithm.default_target:
+        return record.algorithm.default_target
+    from mpltool.algorithms import DEFAULT_ALGORITHM, get_algorithm
+
+    return get_algorithm(record.params.get("algorithm") or DEFAULT_ALGORITHM).default_target
+
+
+def headline(record: StageRecord) -> Dict[str, Any]:
+    """The metrics `status` shows for a stage: its table entry's, and for training the best checkpoint's
+    score of the network the algorithm evaluates by default."""
+    keys = list(stage_table.stage(record.name).headline) if record.name in stage_table.BY_NAME else []
+    if isinstance(record, TrainRecord):
+        target = _default_target(record)
+        keys[1:1] = ["best_{}_top1".format(target), "best_{}_valid_top1".format(target)]
+    metrics = record.metrics
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def _check_files(checker: FileChecker, record: Dict[str, Any]) -> Tuple[int, List[str], List[str]]:
@@ -60,21 +81,20 @@ def _run_state(record: Dict[str, Any]) -> Tuple[str, Optional[str]]:
     return str(status), "unknown status {!r}".format(status)
 
 
-def _outputs_text(name: str, record: Dict[str, Any], state: str, checked: int) -> str:
-    """A short line: each output (path and hash prefix) when few, else a count; train names its checkpoints;
-    then `ok` or what is wrong with the stage's recorded files."""
-    outputs = record.get("outputs") or {}
+def _outputs_text(record: StageRecord, state: str, checked: int) -> str:
+    """A short line: each output (path and hash prefix) when few, else a count; checkpoints by name (the
+    latest, the default network's best); then `ok` or what is wrong with the stage's recorded files."""
+    outputs = record.outputs
     parts = []
     if len(outputs) <= 2:
         parts = ["{} ({})".format(out.get("path"), str(out.get("sha256", ""))[:12]) for out in outputs.values()
                  if isinstance(out, dict)]
     elif outputs:
         parts = ["{} files".format(len(outputs))]
-    checkpoints = record.get("checkpoints") or {}
-    if name == "train" and checkpoints.get("latest"):
-        parts.append("latest {}".format(checkpoints["latest"].get("prefix")))
-        target = (record.get("algorithm") or {}).get("default_target") or "ema"
-        best = (checkpoints.get("best") or {}).get(target)
+    if isinstance(record, TrainRecord) and record.checkpoints.latest:
+        parts.append("latest {}".format(record.checkpoints.latest.get("prefix")))
+        target = _default_target(record)
+        best = record.checkpoints.best.get(target)
         if best:
             top1 = best.get("top1")
             parts.append("best {} {}{}".format(target, best.get("prefix"), " (top-1 {:.4f})".format(top1)
@@ -88,49 +108,48 @@ def project_status(project_dir) -> Dict[str, Any]:
     project = Project(project_dir)
     manifest = project.load()
     stages_data = manifest["stages"]
-    names = [n for n in STAGE_ORDER if n in stages_data] + sorted(n for n in stages_data if n not in STAGE_ORDER)
+    names = stage_table.ordered(list(stages_data))
     checker = FileChecker(project.path, manifest.get("pending"))  # one per call: each distinct file hashed once
     stages = []  # type: List[Dict[str, Any]]
     problems = []  # type: List[str]
     for name in names:
-        record = stages_data[name] if isinstance(stages_data[name], dict) else {}
-        metrics = dict(record.get("metrics") or {})
-        headline = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
-        outputs = record.get("outputs") or {}
-        shown_status, run_problem = _run_state(record)
-        checked, short, full = _check_files(checker, record)
+        raw = stages_data[name] if isinstance(stages_data[name], dict) else {}
+        record = typed(name, raw)
+        shown = headline(record)
+        shown_status, run_problem = _run_state(raw)
+        checked, short, full = _check_files(checker, raw)
         state = "ok" if not short else ", ".join(short)
         stage_problems = ([run_problem] if run_problem else []) + full
         problems.extend("{}: {}".format(name, text) for text in stage_problems)
         stages.append({
             "stage": name,
-            "status": record.get("status"),  # as recorded: what JSON readers compare against
+            "status": record.status,  # as recorded: what JSON readers compare against
             "status_text": shown_status,       # for people: says when a `running` process is gone
-            "started": record.get("started"),
-            "ended": record.get("ended"),
-            "error": record.get("error"),
-            "outputs": outputs,
+            "started": record.started,
+            "ended": record.ended,
+            "error": record.error,
+            "outputs": record.outputs,
             "outputs_state": state,
             "problems": ["{}: {}".format(name, text) for text in stage_problems],
-            "metrics": metrics,
-            "outputs_text": _outputs_text(name, record, state, checked),
-            "metrics_text": " ".join("{}={}".format(k, _short(v)) for k, v in headline.items()) or "-",
+            "metrics": dict(record.metrics),
+            "outputs_text": _outputs_text(record, state, checked),
+            "metrics_text": " ".join("{}={}".format(k, _short(v)) for k, v in shown.items()) or "-",
         })
     notes = []
     for stage in stages:
         if stage["error"]:
             notes.append("{}: {}".format(stage["stage"], stage["error"]))
-    convert = stages_data.get("convert") or {}
-    command = convert.get("command") or (stages_data.get("convert-check") or {}).get("command")
-    if (convert.get("outputs") or {}).get("om"):
-        notes.append("offline model: {}".format(project.path(convert["outputs"]["om"]["path"])))
+    convert = typed("convert", stages_data.get("convert"))
+    command = convert.command or typed("convert-check", stages_data.get("convert-check")).command
+    if convert.output("om"):
+        notes.append("offline model: {}".format(project.path(convert.output("om")["path"])))
     elif command:
         notes.append("to make the .om on a CANN host: {}".format(command))
     if checker.staged_in_use:
         notes.append("{} recorded file(s) still under their staging names (an interrupted commit): the next "
                      "mpltool command on this project renames them into place".format(len(checker.staged_in_use)))
     if not stages:  # nothing to show is not a healthy project: a CI gate on `status` must not pass
-        empty = "no stages yet: start with `mpltool data prepare --cifar PATH` (or `mpltool data demo`)"
+        empty = "no stages yet: start with `{}` (or `mpltool data demo`)".format(stage_table.command("data"))
         notes.append(empty)
         problems.append(empty)
     return {"project": str(project.dir), "manifest": str(project.manifest_path), "stages": stages, "notes": notes,

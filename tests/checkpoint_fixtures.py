@@ -16,7 +16,9 @@ from mpltool.manifest import Project
 from mpltool.models import build_model
 from mpltool.recipes import recipe_from_record
 from mpltool.tfv1 import tf
-from mpltool.checkpoints import TARGETS, checkpoint_record
+from mpltool.checkpoints import checkpoint_record
+
+TARGETS = ("ema", "student", "teacher")  # the networks of an MPL run, as its checkpoints hold them
 
 MODEL = "wrn-10-1"
 NUM_TEST_IMAGES = 37  # not a multiple of any batch size the tests use

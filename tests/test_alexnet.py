@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mpltool.convert.precheck import ATC_TF_SUPPORTED_OPS
+from mpltool.models.verify import ATC_TF_SUPPORTED_OPS
 from mpltool.errors import UsageError
 from mpltool.models import (InputSpec, build_model, classifier_bias, input_spec, is_model_name, normalize_input,
                             parse_model_name, spec_from_record, spec_record)

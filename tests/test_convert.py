@@ -14,6 +14,7 @@ import pytest
 from mpltool import graphdef
 from mpltool.convert import atc as atc_tool
 from mpltool.convert import precheck
+from mpltool.models import verify
 from mpltool.convert.stage import convert
 from mpltool.errors import (ExitCode, InvalidInputError, PrerequisiteError, ToolFailedError, ToolMissingError,
                             UsageError, VerificationError)
@@ -437,4 +438,4 @@ def test_convert_uses_a_toolkit_for_atc_and_soc(frozen_project, clean_env, monke
 
 
 def test_supported_ops_are_never_forbidden_by_the_graphdef_rules():
-    assert [op for op in sorted(precheck.ATC_TF_SUPPORTED_OPS) if graphdef.rule_for(op)] == []
+    assert [op for op in sorted(verify.ATC_TF_SUPPORTED_OPS) if graphdef.rule_for(op)] == []

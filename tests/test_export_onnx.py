@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from mpltool.convert import onnx_check
+from mpltool.models import onnx_file, verify
 from mpltool.convert.stage import convert
 from mpltool.errors import ExitCode, MpltoolError
-from mpltool.export import runtime
+from mpltool.models import onnx_runtime as runtime
 from mpltool.export.stage import export
 from mpltool.freeze.graph import freeze_graph_def
 from mpltool.freeze.stage import freeze
@@ -96,11 +97,11 @@ def test_export_records_the_onnx_and_parity_numbers_a_numpy_comparison_reproduce
     import onnx
 
     model = onnx.load(str(onnx_path))
-    mine = onnx_check.read_onnx(onnx_path)
+    mine = onnx_file.read_onnx(onnx_path)
     assert [n.op_type for n in model.graph.node] == [n["op"] for n in mine["nodes"]]
     assert mine["opsets"] == {o.domain: o.version for o in model.opset_import}
     assert mine["ir_version"] == model.ir_version
-    assert [(i["name"], i["shape"]) for i in onnx_check.graph_inputs(mine)] == [("input", [1, 32, 32, 3])]
+    assert [(i["name"], i["shape"]) for i in onnx_file.graph_inputs(mine)] == [("input", [1, 32, 32, 3])]
 
 
 def test_convert_check_only_of_the_onnx_prints_framework_5(frozen_project, exported, clean_env):
@@ -115,7 +116,7 @@ def test_convert_check_only_of_the_onnx_prints_framework_5(frozen_project, expor
                                 "--check-only", "--soc", "Ascend910A").stdout)
     assert checked["framework"] == 5 and checked["onnx_sha256"] == exported["sha256"] and "pb" not in checked
     assert checked["precheck"]["ok"] is True and checked["precheck"]["input"]["input_shape"] == [1, 32, 32, 3]
-    assert set(checked["precheck"]["op_counts"]) <= onnx_check.ATC_ONNX_SUPPORTED_OPS
+    assert set(checked["precheck"]["op_counts"]) <= verify.ATC_ONNX_SUPPORTED_OPS
     record = manifest(project_dir)["stages"]["convert-check"]
     assert record["framework"] == 5 and record["inputs"]["onnx"]["sha256"] == exported["sha256"]
 
@@ -184,7 +185,7 @@ def test_missing_stack_is_exit_5_naming_the_extra(project_copy, monkeypatch):
     (["--opset", "9"], "--opset 9 is outside 11..15"),
     (["--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
     (["--model", "nothere.pb"], "no frozen graph at"),
-    (["--model", "frozen.onnx"], "is not a frozen graph (.pb)"),
+    (["--model", "frozen.onnx"], "export --model must be a frozen graph (.pb), not an ONNX model"),
 ])
 def test_bad_options_are_usage_or_input_errors(project_copy, args, complaint):
     result = invoke("--project", project_copy, "export", "--format", "onnx", *args)
@@ -209,7 +210,7 @@ def test_onnx_precheck_flags_ops_outside_the_list_and_a_foreign_opset(tmp_path, 
                               [helper.make_tensor_value_info("logits", TensorProto.INT64, None)])
     path = tmp_path / "odd.onnx"
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]).SerializeToString())
-    report = onnx_check.precheck_onnx(onnx_check.read_onnx(path), "input", None, ["logits", "probs"])
+    report = onnx_check.precheck_onnx(onnx_file.read_onnx(path), "input", None, ["logits", "probs"])
     assert [p["kind"] for p in report["problems"]] == ["unsupported_op", "opset", "output"]
     assert report["problems"][0]["message"] == "NonMaxSuppression is not in the ATC ONNX op list: nms"
     assert report["input"]["input_shape"] == [1, 4] and report["op_counts"] == {"NonMaxSuppression": 1, "Relu": 1}
@@ -276,7 +277,7 @@ def test_every_family_exports_with_parity(name, ops, frozen_project, alexnet_pro
     parity = result["parity"]
     assert parity["passed"] is True and parity["top1_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-4
     assert ops <= set(result["model"]["op_counts"]), result["model"]["op_counts"]
-    assert set(result["model"]["op_counts"]) <= onnx_check.ATC_ONNX_SUPPORTED_OPS
+    assert set(result["model"]["op_counts"]) <= verify.ATC_ONNX_SUPPORTED_OPS
     from mpltool.data.stage import load_test_set
 
     images = load_test_set(Project(project_dir))[0]
@@ -291,3 +292,27 @@ def test_export_function_is_the_library_entry(frozen_project):
     with pytest.raises(MpltoolError) as info:
         export(frozen_project["dir"], format="tflite")
     assert info.value.exit_code == 2 and "unknown export format 'tflite'" in str(info.value)
+
+
+def test_eval_and_the_report_open_the_exported_onnx_through_the_one_resolver(project_copy):
+    """`eval --model X.onnx` scores the exported file (the same resolver and model interface as a
+    checkpoint or a .pb): the same top-1 as the .pb's eval; and the report shows the export stage."""
+    from helpers import invoke
+
+    record = manifest(project_copy)["stages"]
+    onnx_path = project_copy / record["export"]["outputs"]["onnx"]["path"]
+    pb_path = project_copy / record["freeze"]["outputs"]["pb"]["path"]
+    scores = {}
+    for name, path in (("onnx", onnx_path), ("pb", pb_path)):
+        result = invoke("--project", project_copy, "--json", "eval", "--model", path)
+        assert result.exit_code == 0, result.stderr
+        scores[name] = json.loads(result.stdout)
+    assert scores["onnx"]["source"]["kind"] == "onnx" and scores["onnx"]["images"] == scores["pb"]["images"] == 37
+    assert scores["onnx"]["correct_top1"] == scores["pb"]["correct_top1"]
+    assert abs(scores["onnx"]["loss"] - scores["pb"]["loss"]) < 1e-5
+    assert manifest(project_copy)["stages"]["eval"]["inputs"]["pb"]["sha256"] == sha256_file(pb_path)
+    reported = invoke("--project", project_copy, "--json", "report", "--samples", "0")
+    assert reported.exit_code == 0, reported.stderr
+    page = (project_copy / "report" / "index.html").read_text()
+    assert '<section id="export"><h2>Export</h2>' in page and "Parity: ONNX model vs frozen graph" in page
+    assert '<a href="#export">Export</a>' in page

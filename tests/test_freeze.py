@@ -140,7 +140,7 @@ def test_eval_of_the_pb_matches_eval_of_the_checkpoint(trained, frozen):
     assert from_pb["correct_top5"] == from_checkpoint["correct_top5"]
     assert from_pb["loss"] == pytest.approx(from_checkpoint["loss"], abs=1e-5)
     assert from_pb["source"] == {"kind": "pb", "path": "frozen/{}-ema-step3.pb".format(MODEL),
-                                 "sha256": sha256_file(frozen["pb"])}
+                                 "sha256": sha256_file(frozen["pb"]), "chosen": "path"}
     assert Project(trained["dir"]).stage("eval")["inputs"]["pb"]["sha256"] == sha256_file(frozen["pb"])
 
 

@@ -10,38 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mpltool import graphdef
 from mpltool.errors import InvalidInputError
+from mpltool.models.verify import ATC_INPUT_DTYPES, ATC_TF_SUPPORTED_OPS
 
-# The TensorFlow ops a CNN classifier needs that ATC converts: a curated subset of Huawei's "Supported
-# TensorFlow Operators" list for TF 1.15 (hiascend.com canncommercial/800 apiref/aolapi/operatorlist_00096,
-# docs/atc.md §3). Extend it only from that list.
-ATC_TF_SUPPORTED_OPS = frozenset((
-    # graph plumbing
-    "Const", "Placeholder", "Identity", "IdentityN", "NoOp", "StopGradient", "Snapshot",
-    # convolution, normalisation, dense
-    "Conv2D", "Conv2DBackpropInput", "Conv3D", "DepthwiseConv2dNative", "BiasAdd",
-    "FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "MatMul", "BatchMatMul", "BatchMatMulV2",
-    "LRN",
-    # element-wise math
-    "Add", "AddV2", "AddN", "Sub", "Mul", "RealDiv", "Div", "FloorDiv", "FloorMod", "Maximum", "Minimum",
-    "SquaredDifference", "Square", "Sqrt", "Rsqrt", "Reciprocal", "Neg", "Abs", "Exp", "Log", "Pow",
-    "Floor", "Ceil", "Round", "Sign", "Erf", "ClipByValue",
-    # activations
-    "Relu", "Relu6", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign",
-    "Softmax", "LogSoftmax",
-    # pooling and reductions
-    "AvgPool", "MaxPool", "Mean", "Sum", "Max", "Min", "Prod", "ArgMax", "ArgMin", "TopKV2",
-    # padding and shape manipulation
-    "Pad", "PadV2", "MirrorPad", "Reshape", "Squeeze", "ExpandDims", "Shape", "Fill", "Tile", "Slice",
-    "StridedSlice", "Split", "SplitV", "Pack", "Unpack", "ConcatV2", "Transpose", "Cast", "GatherV2",
-    "Range", "ZerosLike", "OnesLike", "BroadcastTo", "SpaceToDepth", "DepthToSpace",
-    "ResizeBilinear", "ResizeNearestNeighbor",
-    # comparisons and selection
-    "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr",
-    "LogicalNot", "Select", "OneHot",
-))
-
-# Input dtypes ATC takes from a TensorFlow graph (docs/atc.md §3).
-ATC_INPUT_DTYPES = ("float16", "float32", "uint8", "int32", "int64", "bool")
 
 # The one GraphDef reader (convert/stage.py reads the .pb through this name).
 load_graph_def = graphdef.read_graph_def

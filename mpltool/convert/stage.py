@@ -14,14 +14,16 @@ from typing import Any, Callable, Dict, Optional
 
 from mpltool.convert import atc as atc_tool
 from mpltool.convert import onnx_check
+from mpltool.models import onnx_file
 from mpltool.convert import precheck as graph_check
 from mpltool.convert.soc import SocChoice, resolve_soc
 from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, VerificationError
 from mpltool.manifest import Project
+from mpltool.manifest.records import typed
+from mpltool.manifest.stages import command as stage_command
+from mpltool.models import artifacts
 from mpltool.manifest.files import sha256_file
 
-FREEZE_COMMAND = "mpltool freeze"
-EXPORT_COMMAND = "mpltool export --format onnx"
 OM_DIR = "om"
 LOG_DIR = "logs"
 WORK_DIR = "atc-work"
@@ -38,39 +40,32 @@ def _batch_one(shape):
 
 
 def _frozen_graph(project: Project, model) -> Dict[str, Any]:
-    """The .pb to convert and its input/output names: the freeze record's, or read from an explicit .pb
-    (or .onnx: its one graph input)."""
-    if model is not None and onnx_check.is_onnx_path(model):
-        path = Path(str(model)).expanduser().absolute()
-        onnx_model = onnx_check.read_onnx(path)
-        given = onnx_check.graph_input(onnx_model, str(path))
+    """The model to convert (the freeze record's .pb, verified, or a .pb or .onnx given: models/artifacts.py)
+    and its input/output names: from the freeze record when it is that record's .pb, else read from the
+    file (a .pb's Placeholder, an .onnx's one graph input)."""
+    artifact = artifacts.resolve(project, model, kinds=("pb", "onnx"), default="frozen", what="convert --model")
+    path = artifact.path
+    if artifact.kind == "onnx":
+        onnx_model = onnx_file.read_onnx(path)
+        given = onnx_file.graph_input(onnx_model, str(path))
         return {"pb": path, "format": "onnx", "onnx": onnx_model, "input_name": given["name"],
                 "input_shape": _batch_one(given["shape"]), "output_names": [],
                 "io_source": "input of {}".format(path.name)}
-    record = project.stage("freeze")
-    if model is None:
-        record = project.require_stage("freeze", FREEZE_COMMAND)
-        pb_record = (record.get("outputs") or {}).get("pb")
-        if not pb_record or not (record.get("io") or {}).get("input_name") or not record["io"].get("input_shape"):
-            raise PrerequisiteError("the freeze record lacks the .pb or its input name/shape",
-                                    hint="re-run `{}`".format(FREEZE_COMMAND))
-        pb = project.verify_file(pb_record, "frozen graph")
-        explicit_but_recorded = False
-    else:
-        pb = Path(str(model)).expanduser().absolute()
-        pb_record = ((record or {}).get("outputs") or {}).get("pb") or {}
-        explicit_but_recorded = bool(record and record.get("status") == "done" and record.get("io")
-                                     and pb.is_file() and pb_record.get("sha256") == sha256_file(pb))
-    graph_def = graph_check.load_graph_def(pb)
-    if model is None or explicit_but_recorded:
-        io = record["io"]
-        return {"pb": pb, "format": "pb", "graph_def": graph_def, "input_name": io["input_name"],
+    record = project.record("freeze")
+    recorded = record.done and record.io and record.output("pb").get("sha256") == sha256_file(path)
+    if artifact.record is not None and not (record.io.get("input_name") and record.io.get("input_shape")):
+        raise PrerequisiteError("the freeze record lacks the .pb or its input name/shape",
+                                hint="re-run `{}`".format(stage_command("freeze")))
+    graph_def = graph_check.load_graph_def(path)
+    if recorded:
+        io = record.io
+        return {"pb": path, "format": "pb", "graph_def": graph_def, "input_name": io["input_name"],
                 "input_shape": _batch_one(io["input_shape"]), "output_names": list(io.get("output_names") or []),
                 "io_source": "freeze record"}
     placeholder = graph_check.graph_input(graph_def)
-    return {"pb": pb, "format": "pb", "graph_def": graph_def, "input_name": placeholder["name"],
+    return {"pb": path, "format": "pb", "graph_def": graph_def, "input_name": placeholder["name"],
             "input_shape": _batch_one(placeholder["shape"]), "output_names": [],
-            "io_source": "Placeholder in {}".format(pb.name)}
+            "io_source": "Placeholder in {}".format(path.name)}
 
 
 def _locate_toolkit(atc, toolkit_root):
@@ -123,7 +118,7 @@ def _up_to_date(project: Project, fingerprint: str) -> Optional[Dict[str, Any]]:
     previous = project.stage("convert")
     if not previous or previous.get("status") != "done" or previous.get("fingerprint") != fingerprint:
         return None
-    om_record = (previous.get("outputs") or {}).get("om")
+    om_record = typed("convert", previous).output("om")
     if not om_record:
         return None
     try:
@@ -203,7 +198,7 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
     if not report["ok"]:
         failed_check = VerificationError(
             "{} fails the ATC pre-check: {}".format(result[model_key], graph_check.problems_line(report["problems"])),
-            hint="re-run `{}` on an inference graph".format(EXPORT_COMMAND if is_onnx else FREEZE_COMMAND))
+            hint="re-run `{}` on an inference graph".format(stage_command("export" if is_onnx else "freeze")))
     params = {"model": result[model_key], "output": result["om"], "soc": soc, "precision_mode": precision_mode,
               "log_level": log_level, "out_nodes": out_nodes, "output_type": output_type, "timeout": timeout,
               "atc": str(atc) if atc else None, "toolkit_root": str(toolkit_root) if toolkit_root else None,

@@ -1,4 +1,4 @@
-"""A multi-domain demo set (issue 14, work in progress): the demo shapes drawn in four styles, written as PNG
+"""A multi-domain demo set: the demo shapes drawn in four styles, written as PNG
 files in PACS's layout DOMAIN/CLASS/NNNN.png, so domain generalisation (train on three domains, test on
 the fourth) runs from image files without a download.
 
@@ -17,6 +17,8 @@ from mpltool.data import demo
 from mpltool.errors import UsageError
 
 STYLES = ("photo", "cartoon", "sketch", "painting")
+# The recipe the multi-domain demo is prepared for (domain generalisation on three styles, the fourth held out).
+DEMO_RECIPE = "masf-demo"
 
 
 def _edges(masks):

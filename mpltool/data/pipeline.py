@@ -155,7 +155,7 @@ class TrainInput:
     def initialize(self, session, images: np.ndarray, labels: np.ndarray, labelled_indices: np.ndarray,
                    unlabelled_indices: Optional[np.ndarray] = None, domains: Optional[np.ndarray] = None) -> None:
         """Labelled = the recorded split; unlabelled = the split's unlabelled records (None: every training
-        image, so it includes the labelled, as the MPL reference). `domains`: each training record's source
+        image, so it includes the labelled, as the reference systems train). `domains`: each training record's source
         domain (0..D-1), which splits a per-domain stream's records."""
         chosen = {"labelled": labelled_indices,
                   "unlabelled": np.arange(len(labels)) if unlabelled_indices is None else unlabelled_indices}

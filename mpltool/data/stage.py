@@ -142,8 +142,6 @@ def class_names(project: Project, count: int):
     return [names[k] if k < len(names) else "class {}".format(k) for k in range(count)], origin if names else "none"
 
 
-DEMO_RECIPE = "mpl-demo"
-DOMAINS_DEMO_RECIPE = "masf-demo"
 
 
 def demo(out_dir: Optional[str], project_dir, force: bool = False, domains: bool = False) -> Dict[str, Any]:
@@ -182,10 +180,13 @@ def demo(out_dir: Optional[str], project_dir, force: bool = False, domains: bool
     result = {"out": str(out), "files": [str(out / name) for name in generated],
               "classes": list(demo_data.DEMO_CLASSES)}
     if domains:
-        result.update(recipe=DOMAINS_DEMO_RECIPE, domains=list(domain_data.STYLES),
+        result.update(recipe=domain_data.DEMO_RECIPE, domains=list(domain_data.STYLES),
                       next="mpltool --project {} data prepare --images {} --recipe {}".format(
-                          project_dir, out, DOMAINS_DEMO_RECIPE))
+                          project_dir, out, domain_data.DEMO_RECIPE))
     else:
-        result.update(recipe=DEMO_RECIPE, next="mpltool --project {} data prepare --cifar {} --recipe {}".format(
-            project_dir, out, DEMO_RECIPE))
+        from mpltool.algorithms import DEFAULT_ALGORITHM, get_algorithm
+
+        recipe = get_algorithm(DEFAULT_ALGORITHM).demo_recipe  # the default algorithm's demo run
+        result.update(recipe=recipe, next="mpltool --project {} data prepare --cifar {} --recipe {}".format(
+            project_dir, out, recipe))
     return result

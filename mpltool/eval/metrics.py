@@ -3,7 +3,7 @@
 The Ascend port divided by 10,112 because it padded the last batch from a repeating stream
 (docs/mpl-reference.md §4); here batches are plain slices, the last one simply shorter. Scoring is numpy on
 the host so the same code serves the eval stage, the freeze parity check and the training loop's
-periodic teacher/student/EMA evaluation: anything that maps an image batch to logits can be scored.
+periodic evaluation of every evaluated network: anything that maps an image batch to logits can be scored.
 """
 
 import time
@@ -12,10 +12,11 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from mpltool.errors import NonFiniteError
+from mpltool.models.inference import batched_logits  # noqa: F401  (eval scores through it)
 
 TOP_K = 5
-# The MixMatch reference's report (scripts/extract_accuracy.py): the median test accuracy of the last N
-# evaluations of a run. Training records them; eval shows them.
+# How some references report a run (docs/mixmatch.md: scripts/extract_accuracy.py): the median test accuracy
+# of the last N evaluations. Training records them; eval shows them.
 MEDIAN_WINDOWS = (1, 10, 20, 50)
 
 
@@ -28,30 +29,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def batched_logits(predict_batch: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,
-                   progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    """predict_batch over consecutive slices of `images`; one row of logits per image, in order.
-
-    `progress(done, total)` is called after every batch with image counts.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1, got {}".format(batch_size))
-    total = int(images.shape[0])
-    parts = []
-    for start in range(0, total, batch_size):
-        batch = images[start:start + batch_size]
-        logits = np.asarray(predict_batch(batch))
-        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
-            raise ValueError("predict_batch returned logits of shape {} for a batch of {} images".format(
-                logits.shape, batch.shape[0]))
-        parts.append(logits)
-        if progress is not None:
-            progress(start + batch.shape[0], total)
-    if not parts:
-        raise ValueError("no images to evaluate")
-    return np.concatenate(parts)
 
 
 def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0) -> Dict[str, Any]:

@@ -15,21 +15,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
-from mpltool.checkpoints import (checkpoint_record, checkpoint_variables, recorded_checkpoint, resolve_target,
-                                 user_checkpoint)
+from mpltool.checkpoints import resolve_target
 from mpltool.data.stage import load_test_set
-from mpltool.errors import UsageError, VerificationError
-from mpltool.eval.metrics import batched_logits
+from mpltool.errors import UsageError
 from mpltool.freeze.fold import simplify_for_inference
 from mpltool.freeze.graph import check_frozen_graph, check_weights_match_checkpoint, freeze_graph_def
 from mpltool.manifest import Project
+from mpltool.models import artifacts
 from mpltool.manifest.files import atomic_write_bytes
 from mpltool.models.inference import OUTPUT_NAMES
+from mpltool.models.verify import parity_check, parity_tolerance, record_parity, whole_number
 
 FROZEN_DIR = "frozen"
-RECORDED_CHOICES = {"ckpt": "best", "latest": "latest"}
 PARITY_REFERENCE_BATCH = 100
 MAX_BATCH = 10000  # a static batch beyond a CIFAR test set is a typo, and it is allocated in full
 
@@ -54,34 +51,6 @@ def describe_io(frozen, spec: Dict[str, Any]) -> Dict[str, Any]:
         "output_shapes": [t.shape.as_list() for t in outputs],
         "output_dtypes": [t.dtype.name for t in outputs],
     }
-
-
-def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                 tolerance: float, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
-    """Frozen graph vs checkpoint logits on the same images (raw pixels)."""
-    images = images.astype(np.float32)
-    expected = batched_logits(reference_predict, images, PARITY_REFERENCE_BATCH)
-    actual = batched_logits(frozen.predict, images, frozen.static_batch or PARITY_REFERENCE_BATCH, progress)
-    max_diff = float(np.max(np.abs(actual.astype(np.float64) - expected)))
-    agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
-    return {"images": int(images.shape[0]), "max_abs_logit_diff": max_diff, "top1_agreement": agreement,
-            "tolerance": float(tolerance), "passed": bool(max_diff <= tolerance)}
-
-
-def record_parity(run, parity: Dict[str, Any], started: float, staged: Path, output: Path, differs: str) -> None:
-    """Parity into the stage's record and metrics; a failed check (exit 7) keeps the staged file beside the
-    output as `<name>.rejected<suffix>` and leaves the output as it was. `differs`: "the X differs from Y"."""
-    run.record["parity"] = parity
-    run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"], "top1_agreement": parity["top1_agreement"],
-                        "parity_images": parity["images"], "seconds": time.perf_counter() - started})
-    if not parity["passed"]:
-        rejected = output.with_name(output.stem + ".rejected" + output.suffix)
-        staged.replace(rejected)
-        raise VerificationError(
-            "parity check failed: {} by up to {:.3g} in logits (tolerance {:g}) on {} test images, top-1 agreement "
-            "{:.4f}".format(differs, parity["max_abs_logit_diff"], parity["tolerance"], parity["images"],
-                            parity["top1_agreement"]),
-            hint="kept for inspection as {}; {} was not replaced".format(rejected, output))
 
 
 def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, batch: int = 1, output=None,
@@ -115,13 +84,9 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         raise UsageError("--batch {} is larger than the {} images the parity check uses".format(batch, count),
                          hint="use --batch {} or less, or check more images with --parity-images {}".format(
                              count, batch if batch <= images.shape[0] else 0))
-    if checkpoint in RECORDED_CHOICES:
-        source = recorded_checkpoint(project, target, RECORDED_CHOICES[checkpoint])
-        source["variables"] = checkpoint_variables(source["prefix"])
-    else:
-        source = user_checkpoint(checkpoint)
-    prefix, step = source["prefix"], source["step"]
-    network = resolve_network(source["variables"], target, prefix, source["network"])
+    source = artifacts.resolve(project, checkpoint, target, kinds=("checkpoint",), what="freeze's CHECKPOINT")
+    prefix, step = source.path, source.step
+    network = resolve_network(source.variables, target, prefix, source.network)
     model_name = network["model"]
     if output is None:
         output = project.path("{}/{}-{}-step{}.pb".format(
@@ -135,13 +100,12 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
 
     started = time.perf_counter()
     with project.stage_run("freeze", params, force=force) as run:
-        run.inputs["checkpoint"] = source.get("record") or checkpoint_record(
-            project, prefix, -1 if step is None else step)
+        run.inputs["checkpoint"] = artifacts.input_record(project, source)
         run.inputs.update(test_files)
         run.record["source"] = {"prefix": project.relative(prefix), "step": step, "target": target,
-                                "model": model_name, "chosen": source["chosen"]}
+                                "model": model_name, "chosen": source.chosen}
         staged = run.stage_output("pb", output)
-        with CheckpointModel(prefix, target, source["variables"], batch_size=batch, network=network) as model:
+        with CheckpointModel(prefix, target, source.variables, batch_size=batch, network=network) as model:
             graph_def = freeze_graph_def(model.session, model.graph)
             variable_names = model.variable_names
         # The checkpoint's values, proven on the graph as frozen, before any simplification changes them.
@@ -160,7 +124,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         constants = set(node.name for node in written.node if node.op == "Const")
         check_weights_match_checkpoint(written, prefix, [n for n in variable_names if n in constants], str(output))
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
-                CheckpointModel(prefix, target, source["variables"], network=network) as reference:
+                CheckpointModel(prefix, target, source.variables, network=network) as reference:
             run.record["io"] = describe_io(frozen, network["input_spec"])
             parity = parity_check(frozen, reference.predict, images[:count], tolerance, progress)
         record_parity(run, parity, started, staged, output, "the frozen graph differs from checkpoint {}".format(
@@ -172,23 +136,3 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
             "project": str(project.dir)}
 
 
-def parity_tolerance(value) -> float:
-    """--tolerance as a finite float >= 0 (anything else is a usage error, exit 2)."""
-    try:
-        tolerance = float(value)
-    except (TypeError, ValueError):
-        raise UsageError("tolerance must be a number, got {!r}".format(value))
-    if not np.isfinite(tolerance) or tolerance < 0:
-        raise UsageError("--tolerance must be a finite number >= 0, got {!r}".format(value))
-    return tolerance
-
-
-def whole_number(value, what: str, minimum: int) -> int:
-    """An option's value as an int >= minimum (a bool, a fraction or text is a usage error, exit 2)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError("{} must be a whole number, got {!r}".format(what, value))
-    if number < minimum or isinstance(value, bool) or number != float(value):
-        raise UsageError("{} must be a whole number >= {}, got {!r}".format(what, minimum, value))
-    return number

@@ -70,6 +70,12 @@ class Project:
     def stage(self, name: str) -> Optional[Dict[str, Any]]:
         return self.load()["stages"].get(name)
 
+    def record(self, name: str):
+        """The typed record of stage `name` (manifest/records.py); empty, and false, when it has none."""
+        from mpltool.manifest.records import typed
+
+        return typed(name, self.stage(name))
+
     def require_stage(self, name: str, command: str) -> Dict[str, Any]:
         record = self.stage(name)
         if record is None:

@@ -10,7 +10,7 @@ went while the frozen graph kept its initial weights. No initializer is ever run
 checkpoint does not fill cannot silently keep a random value: it is refused by name before the restore.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -92,13 +92,23 @@ def _first(items: Sequence[str], count: int = 3) -> str:
     return shown + (", ... ({} more)".format(len(items) - count) if len(items) > count else "")
 
 
-class _OwnsSession:
-    """A network in its own graph and session, closed by `with` or close()."""
+class InferenceModel:
+    """What every runnable model offers (a checkpoint's inference graph, a frozen .pb, an .onnx): raw
+    0..255 NHWC pixels in, logits out, run at its static batch when it has one; closed by `with`."""
 
-    session = None
+    num_classes = None  # type: Optional[int]
+    static_batch = None  # type: Optional[int]  # the batch it must be fed (None: any)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> List[Optional[int]]:
+        """[height, width, channels] of one input image (None where the model does not fix it)."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.session.close()
+        raise NotImplementedError
 
     def __enter__(self):
         return self
@@ -106,6 +116,15 @@ class _OwnsSession:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class _OwnsSession(InferenceModel):
+    """A network in its own graph and session."""
+
+    session = None
+
+    def close(self) -> None:
+        self.session.close()
 
 
 class CheckpointModel(_OwnsSession):
@@ -148,6 +167,10 @@ class CheckpointModel(_OwnsSession):
     def variable_names(self) -> List[str]:
         return [v.op.name for v in self.variables]
 
+    @property
+    def image_shape(self) -> List[Optional[int]]:
+        return list(self.network["input_spec"]["shape"])
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(self.logits, {self.input: images})
 
@@ -168,6 +191,30 @@ def run_at_static_batch(run, images: np.ndarray, static_batch: Optional[int], nu
         parts.append(run(chunk)[:valid])
     if not parts:
         return np.zeros((0, num_classes or 0), np.float32)
+    return np.concatenate(parts)
+
+
+def batched_logits(predict_batch: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int,
+                   progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """predict_batch over consecutive slices of `images`; one row of logits per image, in order.
+
+    `progress(done, total)` is called after every batch with image counts.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1, got {}".format(batch_size))
+    total = int(images.shape[0])
+    parts = []
+    for start in range(0, total, batch_size):
+        batch = images[start:start + batch_size]
+        logits = np.asarray(predict_batch(batch))
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+            raise ValueError("predict_batch returned logits of shape {} for a batch of {} images".format(
+                logits.shape, batch.shape[0]))
+        parts.append(logits)
+        if progress is not None:
+            progress(start + batch.shape[0], total)
+    if not parts:
+        raise ValueError("no images to evaluate")
     return np.concatenate(parts)
 
 
@@ -245,6 +292,10 @@ class FrozenModel(_OwnsSession):
         self.static_batch = None if any_batch else static
         self.num_classes = self.logits.shape.as_list()[-1] if self.logits.shape.ndims else None
         self.session = tf.Session(graph=self.graph, config=frozen_session_config())
+
+    @property
+    def image_shape(self) -> List[Optional[int]]:
+        return self.input.shape.as_list()[1:] if self.input.shape.ndims else [None, None, None]
 
     def tensor(self, name: str):
         """A tensor of the graph as written (`input` is the original one, whatever input_map did)."""

@@ -133,8 +133,8 @@ SHARED_FIELDS = [
           "resnet18-cifar[-WIDTH]", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **counts()),
-    Field("split", "str", "first", "labelled split: first N records (MPL reference), class-balanced, or "
-          "round-robin (MixMatch's create_split.py: cifar10.SEED@N-VALID)", choices=("first", "balanced", "round-robin")),
+    Field("split", "str", "first", "labelled split: the first N records, class-balanced, or round-robin "
+          "(create_split.py's: cifar10.SEED@N-VALID; docs/mixmatch.md §1)", choices=("first", "balanced", "round-robin")),
     Field("split_seed", "int", 0, "seed of the balanced or round-robin split (round-robin 0: no shuffle)", **SEED),
     Field("num_valid", "int", 0, "validation records from the head of the unlabelled stream (round-robin only)",
           **counts(low=0)),
@@ -151,7 +151,7 @@ SHARED_FIELDS = [
     Field("eval_batch_size", "int", 64, "batch size of evaluation (every image counted once)",
           **counts(high=MAX_IMAGES_PER_STEP)),
     Field("num_train_steps", "int", 300000, "total training steps (N)", **counts()),
-    Field("lr", "float", 0.05, "base learning rate of the trained network (of the teacher, where one teaches)", **LEARNING_RATE, optional=True),
+    Field("lr", "float", 0.05, "base learning rate of the trained network", **LEARNING_RATE, optional=True),
     Field("lr_warmup_steps", "int", 5000, "linear warmup steps of lr", **counts(low=0), optional=True),
     Field("lr_scale_by_batch", "bool", False, "multiply base rates by B/256 (reference TPU code; the Ascend run did not)", optional=True),
     Field("lr_decay", "str", "cosine", "decay after warmup", choices=("cosine", "constant"), optional=True),

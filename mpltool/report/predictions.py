@@ -36,58 +36,48 @@ def _train_recipe(project):
     return train_recipe(project)
 
 
-def _network(project, stages: Dict[str, Any]):
-    """The train record's network description (checkpoints.trained_network, which imports TensorFlow to
-    rebuild the description of a record from before networks were recorded: only then)."""
-    from mpltool.checkpoints import trained_network
-
-    return (stages.get("train") or {}).get("network") or trained_network(project)
-
-
 def model_source(project, manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """The network to run: {origin, kind, target, prefix|path, recorded files, network, batch_size,
-    label_smoothing, step, note}. Raises Unavailable when the project has no network to run yet."""
+    """The network to run: {origin, kind, target, prefix|path, recorded files, artifact, batch_size,
+    label_smoothing, step, note}. The model is the one the eval record names, else the train record's best
+    checkpoint of the default network (its latest before any best); its files are not verified here (a
+    changed one is reported, not refused). Raises Unavailable when the project has no network yet."""
     from mpltool.checkpoints import trained_networks
+    from mpltool.manifest.records import typed
+    from mpltool.models import artifacts
 
     stages = manifest.get("stages") or {}
-    evaluated = stages.get("eval") or {}
-    source = evaluated.get("source") or {}
+    evaluated = typed("eval", stages.get("eval"))
     note = None
-    if evaluated.get("status") == "done" and source.get("kind") in ("checkpoint", "pb"):
-        params = evaluated.get("params") or {}
-        inputs = evaluated.get("inputs") or {}
-        described = {"origin": "eval", "kind": source["kind"], "batch_size": int(params.get("batch_size") or 100),
-                     "label_smoothing": float(params.get("label_smoothing") or 0.0),
-                     "eval_top1": (evaluated.get("metrics") or {}).get("top1"),
-                     "eval_images": (evaluated.get("metrics") or {}).get("images")}
-        if source["kind"] == "pb":
-            described.update(target=None, path=str(project.path(source["path"])), network=None, step=None,
-                             recorded=[inputs["pb"]] if isinstance(inputs.get("pb"), dict) else [])
-        else:
-            checkpoint = inputs.get("checkpoint") or {}
-            described.update(target=source.get("target"), prefix=str(project.path(source["prefix"])),
-                             step=source.get("step"), chosen=source.get("chosen"),
-                             recorded=list(checkpoint.get("files") or []),
-                             network=None if source.get("chosen") == "path" else _network(project, stages))
-        return described
-    if evaluated:
-        note = "the eval stage is {}: predictions are of the checkpoint eval would choose".format(
-            evaluated.get("status"))
-    train = stages.get("train")
-    if not train:
-        raise Unavailable("no trained network yet: run `mpltool train`, then `mpltool eval`")
-    target = trained_networks(project)["default_target"]
-    checkpoints = train.get("checkpoints") or {}
-    record, chosen = (checkpoints.get("best") or {}).get(target), "best"
-    if not record:
-        record, chosen = checkpoints.get("latest"), "latest"
-    if not record:
-        raise Unavailable("the train stage ({}) recorded no checkpoint yet".format(train.get("status")))
-    recipe = _train_recipe(project)
-    return {"origin": "train", "kind": "checkpoint", "target": target, "prefix": str(project.path(record["prefix"])),
-            "step": record.get("step"), "chosen": chosen, "recorded": list(record.get("files") or []),
-            "network": _network(project, stages), "batch_size": int(recipe.eval_batch_size),
-            "label_smoothing": float(recipe.label_smoothing), "eval_top1": None, "eval_images": None, "note": note}
+    if evaluated.done and evaluated.source.get("kind") in artifacts.KINDS:
+        artifact = artifacts.from_record(project, evaluated.source, evaluated.inputs)
+        described = {"origin": "eval", "batch_size": int(evaluated.params.get("batch_size") or 100),
+                     "label_smoothing": float(evaluated.params.get("label_smoothing") or 0.0),
+                     "eval_top1": evaluated.metrics.get("top1"), "eval_images": evaluated.metrics.get("images")}
+    else:
+        if evaluated:
+            note = "the eval stage is {}: predictions are of the checkpoint eval would choose".format(
+                evaluated.status)
+        train = typed("train", stages.get("train"))
+        if not train:
+            raise Unavailable("no trained network yet: run `mpltool train`, then `mpltool eval`")
+        target = trained_networks(project)["default_target"]
+        record, chosen = train.checkpoints.best.get(target), "best"
+        if not record:
+            record, chosen = train.checkpoints.latest, "latest"
+        if not record:
+            raise Unavailable("the train stage ({}) recorded no checkpoint yet".format(train.status))
+        artifact = artifacts.from_record(project, {"kind": "checkpoint", "target": target, "prefix": record["prefix"],
+                                                   "step": record.get("step"), "chosen": chosen},
+                                         {"checkpoint": record})
+        recipe = _train_recipe(project)
+        described = {"origin": "train", "batch_size": int(recipe.eval_batch_size),
+                     "label_smoothing": float(recipe.label_smoothing), "eval_top1": None, "eval_images": None}
+    described.update(kind=artifact.kind, target=artifact.target, step=artifact.step, chosen=artifact.chosen,
+                     network=artifact.network, artifact=artifact, note=note,
+                     recorded=list((artifact.record or {}).get("files") or []) if artifact.kind == "checkpoint"
+                     else [artifact.record] if artifact.record else [])
+    described["prefix" if artifact.kind == "checkpoint" else "path"] = str(artifact.path)
+    return described
 
 
 def model_files(project, source: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -95,10 +85,10 @@ def model_files(project, source: Dict[str, Any]) -> List[Tuple[str, str]]:
     from mpltool.checkpoints import checkpoint_files
     from mpltool.manifest.files import sha256_file
 
-    if source["kind"] == "pb":
+    if source["kind"] != "checkpoint":
         path = Path(source["path"])
         if not path.is_file():
-            raise Unavailable("the frozen graph {} is missing".format(project.relative(path)))
+            raise Unavailable("the model file {} is missing".format(project.relative(path)))
         paths = [path]
     else:
         paths = checkpoint_files(source["prefix"])
@@ -152,18 +142,12 @@ def cache_bytes(key: str, logits: np.ndarray, labels: np.ndarray) -> bytes:
 
 
 def run_network(source: Dict[str, Any], images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Logits of every test image, through the very classes and batching `eval` uses."""
-    from mpltool.checkpoints import checkpoint_variables
+    """Logits of every test image, through the very models and batching `eval` uses."""
     from mpltool.errors import InvalidInputError
-    from mpltool.eval.metrics import batched_logits
-    from mpltool.models.inference import CheckpointModel, FrozenModel, read_graph_def
+    from mpltool.models import artifacts
+    from mpltool.models.inference import batched_logits
 
-    if source["kind"] == "pb":
-        network = FrozenModel(read_graph_def(source["path"]), source["path"], any_batch=True)
-    else:
-        network = CheckpointModel(source["prefix"], source["target"], checkpoint_variables(source["prefix"]),
-                                  network=source.get("network"))
-    with network:
+    with artifacts.open_model(source["artifact"]) as network:
         if network.num_classes is not None and int(labels.max()) >= network.num_classes:
             raise InvalidInputError("the model has {} classes but the test data has label {}".format(
                 network.num_classes, int(labels.max())))
@@ -197,8 +181,8 @@ def predictions(project, manifest: Dict[str, Any], cache_path, log: Callable[[st
 
 
 def describe(source: Dict[str, Any]) -> str:
-    if source["kind"] == "pb":
-        return "the frozen graph {}".format(Path(source["path"]).name)
+    if source["kind"] != "checkpoint":
+        return "the {} {}".format("frozen graph" if source["kind"] == "pb" else "ONNX model", Path(source["path"]).name)
     return "{} checkpoint {}{}".format(source.get("target"), Path(source["prefix"]).name,
                                        " ({})".format(source["chosen"]) if source.get("chosen") else "")
 

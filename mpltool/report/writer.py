@@ -31,7 +31,9 @@ from mpltool.data.stage import class_names
 from mpltool.errors import MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import MANIFEST_NAME, Project
 from mpltool.manifest.files import atomic_write_bytes, current_umask, fsync_dir
+from mpltool.manifest import stages as stage_table
 from mpltool.manifest.lock import pid_alive
+from mpltool.manifest.records import typed
 from mpltool.report import curves as curve_data
 from mpltool.report import predictions as prediction_data
 from mpltool.signals import critical_section
@@ -210,20 +212,33 @@ class _Builder:
         atomic_write_bytes(self.scratch / name, data)
         self.files.append(name)
 
+    def record(self, name: str):
+        """The typed record of stage `name` (false when the stage has not run)."""
+        return typed(name, self.stages.get(name))
+
     # -- sections --
     def build(self, samples: int, cache_path: Path) -> None:
+        """The stages table, then one section per section of the stage table (manifest/stages.py): the
+        method `<section>_section` where there is one, else the generic record view."""
+        self.samples, self.cache_path = samples, cache_path
         self.sections.append(self.stages_section())
-        self.sections.append(self.data_section())
-        self.sections.append(self.train_section())
-        self.sections.append(self.eval_section(samples, cache_path))
-        self.sections.append(self.freeze_section())
-        self.sections.append(self.convert_section())
+        for section in stage_table.sections():
+            render = getattr(self, "{}_section".format(section.replace("-", "_")), None)
+            self.sections.append(render() if render else self.generic_section(section))
+
+    def generic_section(self, section: str) -> str:
+        """A stage this report has no dedicated view of: its state, parameters and metrics."""
+        parts = []
+        for entry in stage_table.STAGES:
+            record = self.record(entry.name) if entry.section == section else None
+            if record:
+                parts.append(_facts(OrderedDict([("status", record.status), ("error", record.error)] +
+                                                 list(record.params.items()) + list(record.metrics.items()))))
+        return _section(section, _section_title(section), "".join(parts) or _not_run(section))
 
     def stages_section(self) -> str:
-        from mpltool.status import STAGE_ORDER
-
         by_name = {s["stage"]: s for s in self.status["stages"]}
-        names = list(STAGE_ORDER) + [n for n in by_name if n not in STAGE_ORDER]
+        names = stage_table.ordered(list(set(by_name) | set(stage_table.STAGE_ORDER)))
         rows = []
         for name in names:
             stage = by_name.get(name)
@@ -254,24 +269,25 @@ class _Builder:
         return _section("stages", "Stages", body)
 
     def data_section(self) -> str:
-        record = self.stages.get("data")
-        if not record:
-            return _section("data", "Data", _not_run("data", "mpltool data prepare --cifar PATH"))
-        metrics = record.get("metrics") or {}
+        typed_record = self.record("data")
+        if not typed_record:
+            return _section("data", "Data", _not_run("data"))
+        record = typed_record.raw
+        metrics = typed_record.metrics
         try:
-            source = get_source(record.get("source"))
+            source = get_source(typed_record.source)
         except MpltoolError as exc:  # a record of a source this mpltool does not know: say so, show the rest
             source = None
             self.warnings.append(str(exc))
-        facts = OrderedDict([("status", record.get("status")), ("source", source.name if source else
-                                                                 record.get("source")),
-                             ("imported from", (record.get("params") or {}).get("source"))])
-        train_params = (self.stages.get("train") or {}).get("params") or {}
+        facts = OrderedDict([("status", typed_record.status), ("source", source.name if source else
+                                                                 typed_record.source),
+                             ("imported from", typed_record.params.get("source"))])
+        train_params = self.record("train").params
         if source is not None:
             facts.update(source.facts(record, train_params))
         for key, value in metrics.items():
             facts[key.replace("_", " ")] = value
-        files = record.get("files") or []
+        files = typed_record.files
         count = max([len(f.get("label_counts") or []) for f in files] + [int(train_params.get("num_classes") or 0)])
         facts["classes"] = ", ".join(class_names(self.project, count)[0])
         body = _facts(facts)
@@ -281,27 +297,24 @@ class _Builder:
         return _section("data", "Data", body)
 
     def train_section(self) -> str:
-        record = self.stages.get("train")
+        record = self.record("train")
         parts = []
         if not record:
-            parts.append(_not_run("train", "mpltool train --recipe NAME"))
+            parts.append(_not_run("train"))
         else:
-            algorithm = record.get("algorithm") or {}
             facts = OrderedDict([
-                ("status", record.get("status")), ("recipe", record.get("recipe")),
-                ("algorithm", algorithm.get("name") or (record.get("params") or {}).get("algorithm") or "mpl"),
-                ("model", record.get("model")), ("device", record.get("device")),
-                ("steps", "{} of {}".format(record.get("steps_done"), record.get("num_train_steps"))),
-                ("replicas", record.get("replicas")), ("overrides", record.get("overrides") or None),
-                ("error", record.get("error"))])
+                ("status", record.status), ("recipe", record.recipe), ("algorithm", record.algorithm_name),
+                ("model", record.model), ("device", record.device),
+                ("steps", "{} of {}".format(record.steps_done, record.num_train_steps)),
+                ("replicas", record.replicas), ("overrides", record.overrides or None), ("error", record.error)])
             parts.append(_facts(OrderedDict((k, v) for k, v in facts.items() if v not in (None, "", {}))))
-            best = (record.get("checkpoints") or {}).get("best") or {}
+            best = record.checkpoints.best
             if best:
                 rows = [[target, b.get("step"), _fmt(b.get("top1")), _fmt(b.get("valid_top1")), b.get("prefix")]
-                        for target, b in best.items() if b]
+                        for target, b in best.items()]
                 parts.append("<h3>Best checkpoints</h3>" + _table(
                     ["network", "step", "test top-1", "valid top-1", "checkpoint"], rows))
-            metrics = record.get("metrics") or {}
+            metrics = record.metrics
             if metrics:
                 parts.append("<h3>Final metrics</h3>" + _facts(metrics))
         parts.append(self.curves_part())
@@ -339,19 +352,18 @@ class _Builder:
                                "groups": groups, "empty_columns": empty}
         return "".join(parts)
 
-    def eval_section(self, samples: int, cache_path: Path) -> str:
-        record = self.stages.get("eval")
+    def eval_section(self) -> str:
+        record = self.record("eval")
         parts = []
         if not record:
-            parts.append(_not_run("eval", "mpltool eval"))
+            parts.append(_not_run("eval"))
         else:
-            source = record.get("source") or {}
-            facts = OrderedDict([("status", record.get("status")), ("model", _source_text(source))])
-            facts.update((k, v) for k, v in (record.get("metrics") or {}).items())
-            if record.get("error"):
-                facts["error"] = record["error"]
+            facts = OrderedDict([("status", record.status), ("model", _source_text(record.source))])
+            facts.update(record.metrics)
+            if record.error:
+                facts["error"] = record.error
             parts.append(_facts(facts))
-        parts.append(self.predictions_part(samples, cache_path))
+        parts.append(self.predictions_part(self.samples, self.cache_path))
         return _section("eval", "Evaluation", "".join(parts))
 
     def predictions_part(self, samples: int, cache_path: Path) -> str:
@@ -444,41 +456,63 @@ class _Builder:
         return "".join(parts)
 
     def freeze_section(self) -> str:
-        record = self.stages.get("freeze")
+        record = self.record("freeze")
         if not record:
-            return _section("freeze", "Freeze", _not_run("freeze", "mpltool freeze"))
-        source, io, parity = record.get("source") or {}, record.get("io") or {}, record.get("parity") or {}
-        pb = (record.get("outputs") or {}).get("pb") or {}
-        facts = OrderedDict([
-            ("status", record.get("status")), ("frozen graph", pb.get("path") or (record.get("params") or {}).get(
-                "output")), ("sha256", pb.get("sha256")),
-            ("size", "{:,} bytes".format(pb["size"]) if pb.get("size") else None),
+            return _section("freeze", "Freeze", _not_run("freeze"))
+        source = record.source
+        body = self.model_file_part(record, "pb", "frozen graph", "checkpoint", OrderedDict([
             ("from", "{} {} step {} ({})".format(source.get("target"), source.get("prefix"), source.get("step"),
                                                  source.get("chosen")) if source else None),
-            ("input", "{} {} {} ({})".format(io.get("input_name"), io.get("input_shape"), io.get("input_dtype"),
-                                             io.get("input_range")) if io else None),
+            ("weights checked", record.raw.get("weights_checked"))]))
+        body += self.op_summary(record.output("pb"))
+        return _section("freeze", "Freeze", body)
+
+    def export_section(self) -> str:
+        record = self.record("export")
+        if not record:
+            return _section("export", "Export", _not_run("export"))
+        stack = record.section("onnx_stack")
+        model = record.section("onnx")
+        body = self.model_file_part(record, "onnx", "ONNX model", "frozen graph", OrderedDict([
+            ("format", record.params.get("format")), ("from", record.source.get("pb")),
+            ("opset", model.get("opset")), ("nodes", model.get("nodes")),
+            ("converted by", ", ".join("{} {}".format(k, v) for k, v in stack.items() if v) or None)]))
+        return _section("export", "Export", body)
+
+    def model_file_part(self, record, key: str, what: str, reference: str, extra: Dict[str, Any]) -> str:
+        """A model file a stage wrote and proved: where it is, its input and outputs, and its parity with
+        the model it came from (freeze: the checkpoint; export: the frozen graph)."""
+        io, parity, written = record.io, record.parity, record.output(key)
+        facts = OrderedDict([
+            ("status", record.status), (what, written.get("path") or record.params.get("output")),
+            ("sha256", written.get("sha256")),
+            ("size", "{:,} bytes".format(written["size"]) if written.get("size") else None)])
+        facts.update(extra)
+        facts.update([
+            ("input", "{} {} {}{}".format(io.get("input_name"), io.get("input_shape"), io.get("input_dtype"),
+                                          " ({})".format(io["input_range"]) if io.get("input_range") else "")
+             if io else None),
             ("outputs", ", ".join("{} {}".format(n, s) for n, s in zip(io.get("output_names") or [],
                                                                        io.get("output_shapes") or [])) or None),
-            ("weights checked", record.get("weights_checked")), ("error", record.get("error"))])
+            ("error", record.error)])
         body = _facts(OrderedDict((k, v) for k, v in facts.items() if v is not None))
         if parity:
-            body += "<h3>Parity: frozen graph vs checkpoint</h3>" + _facts(OrderedDict([
-                ("result", "passed" if parity.get("passed") else "FAILED"), ("test images", parity.get("images")),
-                ("max |logit difference|", parity.get("max_abs_logit_diff")), ("tolerance", parity.get("tolerance")),
-                ("top-1 agreement", parity.get("top1_agreement"))]))
-        body += self.op_summary(pb)
-        return _section("freeze", "Freeze", body)
+            body += "<h3>Parity: {} vs {}</h3>".format(html.escape(what), html.escape(reference)) + _facts(
+                OrderedDict([("result", "passed" if parity.get("passed") else "FAILED"),
+                             ("test images", parity.get("images")),
+                             ("max |logit difference|", parity.get("max_abs_logit_diff")),
+                             ("tolerance", parity.get("tolerance")), ("top-1 agreement", parity.get("top1_agreement"))]))
+        return body
 
     def op_summary(self, pb: Dict[str, Any]) -> str:
         """Op types of the frozen graph: from a convert pre-check of the same .pb (sha256) when one is
         recorded, else read from the file."""
         counts, origin = None, None
         for name in ("convert", "convert-check"):
-            record = self.stages.get(name) or {}
-            checked = (record.get("inputs") or {}).get("pb") or {}
-            if pb.get("sha256") and checked.get("sha256") == pb["sha256"] and (record.get("precheck") or {}).get(
-                    "op_counts"):
-                counts, origin = record["precheck"]["op_counts"], "the {} pre-check of this .pb".format(name)
+            record = self.record(name)
+            checked = record.input("pb")
+            if pb.get("sha256") and checked.get("sha256") == pb["sha256"] and record.precheck.get("op_counts"):
+                counts, origin = record.precheck["op_counts"], "the {} pre-check of this .pb".format(name)
                 break
         if counts is None and pb.get("path"):
             path = self.project.path(pb["path"])
@@ -502,20 +536,20 @@ class _Builder:
     def convert_section(self) -> str:
         parts = []
         for name in ("convert", "convert-check"):
-            record = self.stages.get(name)
-            if not record:
+            typed_record = self.record(name)
+            if not typed_record:
                 continue
-            precheck = record.get("precheck") or {}
-            om = (record.get("outputs") or {}).get("om") or {}
+            record, precheck, om = typed_record.raw, typed_record.precheck, typed_record.output("om")
+            model = typed_record.input("pb") or typed_record.input("onnx")
             facts = OrderedDict([
                 ("stage", name), ("status", record.get("status")), ("mode", record.get("mode")),
-                ("frozen graph", ((record.get("inputs") or {}).get("pb") or {}).get("path")),
+                ("model", model.get("path")),
                 ("soc_version", "{} ({})".format(record.get("soc_version"), record.get("soc_rule"))),
                 ("atc", "{} ({})".format(record.get("atc_path"), record.get("atc_rule")) if record.get("atc_path")
                  else "not found"),
                 ("atc version", record.get("atc_version")), ("exit status", record.get("exit_status")),
                 ("offline model", "{} (sha256 {})".format(om.get("path"), om.get("sha256")) if om else None),
-                ("atc seconds", (record.get("metrics") or {}).get("atc_seconds")), ("log", record.get("log")),
+                ("atc seconds", typed_record.metrics.get("atc_seconds")), ("log", record.get("log")),
                 ("pre-check", "passed" if precheck.get("ok") else ("FAILED" if precheck else None)),
                 ("graph nodes", precheck.get("nodes")), ("error", record.get("error"))])
             body = _facts(OrderedDict((k, v) for k, v in facts.items() if v is not None))
@@ -527,21 +561,20 @@ class _Builder:
             parts.append("<h3>{}</h3>".format("Conversion" if name == "convert" else "Pre-check only "
                                                "(convert --check-only)") + body)
         if not parts:
-            parts.append(_not_run("convert", "mpltool convert"))
+            parts.append(_not_run("convert"))
         return _section("convert", "Convert", "".join(parts))
 
     # -- the page --
     def page(self) -> str:
-        train = self.stages.get("train") or {}
+        train = self.record("train")
         title = "mpltool report: {}".format(self.project.dir.name)
         generated = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
         subtitle = "{} &middot; {}{} &middot; written {} by mpltool {}".format(
-            html.escape(str(self.project.dir)), html.escape(str(train.get("recipe") or "no training yet")),
-            " ({})".format(html.escape(str((train.get("algorithm") or {}).get("name")))) if train.get("algorithm")
-            else "", generated, html.escape(__version__))
-        nav = " &middot; ".join('<a href="#{0}">{1}</a>'.format(k, t) for k, t in (
-            ("stages", "Stages"), ("data", "Data"), ("train", "Training"), ("eval", "Evaluation"),
-            ("freeze", "Freeze"), ("convert", "Convert")))
+            html.escape(str(self.project.dir)), html.escape(str(train.recipe or "no training yet")),
+            " ({})".format(html.escape(str(train.algorithm_name))) if train.algorithm_name else "", generated,
+            html.escape(__version__))
+        nav = " &middot; ".join('<a href="#{0}">{1}</a>'.format(k, html.escape(t)) for k, t in
+                                [("stages", "Stages")] + [(s, _section_title(s)) for s in stage_table.sections()])
         warnings = ""
         if self.warnings:
             warnings = "<div class=warn>" + "<br>".join(html.escape(w) for w in self.warnings) + "</div>"
@@ -551,8 +584,8 @@ class _Builder:
 
 
 def _source_text(source: Dict[str, Any]) -> str:
-    if source.get("kind") == "pb":
-        return "frozen graph {}".format(source.get("path"))
+    if source.get("kind") in ("pb", "onnx"):
+        return "{} {}".format("frozen graph" if source["kind"] == "pb" else "ONNX model", source.get("path"))
     if source:
         return "{} {} (step {}, {})".format(source.get("target"), source.get("prefix"), source.get("step"),
                                             source.get("chosen"))
@@ -565,9 +598,14 @@ def _section(anchor: str, title: str, body: str) -> str:
     return '<section id="{}"><h2>{}</h2>{}</section>'.format(anchor, html.escape(title), body)
 
 
-def _not_run(stage: str, command: str) -> str:
-    return "<p class=notrun>not run: no '{}' stage yet (<code>{}</code>)</p>".format(html.escape(stage),
-                                                                                       html.escape(command))
+def _not_run(stage: str) -> str:
+    return "<p class=notrun>not run: no '{}' stage yet (<code>{}</code>)</p>".format(
+        html.escape(stage), html.escape(stage_table.command(stage) if stage in stage_table.BY_NAME else stage))
+
+
+def _section_title(section: str) -> str:
+    """The title of the first stage the section shows."""
+    return next(s.title for s in stage_table.STAGES if s.section == section)
 
 
 def _status_cell(status: str) -> str:

@@ -14,6 +14,7 @@ from mpltool import npu, parallel, tuning
 from mpltool.data.stage import check_recipe, load_prepared, training_data
 from mpltool.errors import Interrupted, MpltoolError, PrerequisiteError, UsageError
 from mpltool.manifest import Project
+from mpltool.manifest.records import typed
 from mpltool.recipes import load_recipe, recipe_from_record, with_overrides
 from mpltool.algorithms import get_algorithm
 from mpltool.models import input_spec, spec_record
@@ -130,10 +131,9 @@ def highest_label(data_record: Dict[str, Any]) -> Optional[int]:
 
 def _check_same_data(previous: Dict[str, Any], data_record: Dict[str, Any]) -> None:
     """A resumed or extended run must continue on the very data its checkpoints were trained on."""
-    trained_on = previous.get("inputs") or {}
-    now = data_record.get("outputs") or {}
-    changed = sorted(key for key, record in trained_on.items()
-                     if isinstance(record, dict) and (now.get(key) or {}).get("sha256") != record.get("sha256"))
+    trained_on, now = typed("train", previous), typed("data", data_record)
+    changed = sorted(key for key, record in trained_on.inputs.items()
+                     if isinstance(record, dict) and now.output(key).get("sha256") != record.get("sha256"))
     if changed:
         raise PrerequisiteError(
             "the prepared data changed since this run's checkpoints were trained ({} differ)".format(
@@ -179,7 +179,7 @@ def train(project_dir, recipe: Optional[str] = None, overrides: Sequence[str] = 
         log("resuming from {} (step {} of {})".format(project.relative(restore_from), done,
                                                        resolved.num_train_steps))
     data = _load_data(prepared, resolved)
-    checkpoints = dict((previous or {}).get("checkpoints") or {})
+    checkpoints = dict(typed("train", previous).checkpoints.raw)
     checkpoints.setdefault("best", {})
     score = "valid_top1" if resolved.select_best_on == "valid" else "top1"
     data["best"] = {t: float(v.get(score, -1.0)) for t, v in checkpoints["best"].items()}
@@ -279,7 +279,7 @@ def resume_point(project: Project, previous: Dict[str, Any], warn: Callable[[str
     """
     from mpltool.checkpoints import checkpoint_variables, verify_checkpoint
 
-    recorded = (previous.get("checkpoints") or {}).get("latest")
+    recorded = typed("train", previous).checkpoints.latest
     recorded_prefix, problem = None, None
     try:
         recorded_prefix = verify_checkpoint(project, recorded, "checkpoint")

@@ -36,7 +36,7 @@ def csv_columns(algorithm):
 
 def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
     """`median_key(target, N)`: the median test top-1 of the last N evaluations (fewer when the run
-    evaluated fewer times), as the MixMatch reference reports its accuracy; read from the metrics CSV,
+    evaluated fewer times), as some references report their accuracy (docs/mixmatch.md); read from the metrics CSV,
     so a resumed run counts the evaluations of its earlier sessions."""
     history = {t: [] for t in targets}
     if csv_path.is_file():
@@ -368,7 +368,7 @@ class TrainingSession:
         self.on_checkpoint("latest", self.step, {"prefix": prefix})
 
     def save_phase_end(self, name: str) -> None:
-        """The weights a phase ended with (BYOL: the pre-trained encoder), kept in `phase-<name>/` whatever
+        """The weights a phase ended with (a pre-trained encoder, say), kept in `phase-<name>/` whatever
         the latest checkpoints' pruning later removes."""
         phase_dir = self.ckpt_dir / "phase-{}".format(name)
         phase_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from mpltool.errors import InvalidInputError, ToolFailedError, ToolMissingError, VerificationError, first_line
+from mpltool.models.inference import INPUT_NAME, OUTPUT_NAMES, InferenceModel
 
 EXTRA = "onnx"
 STACK = ("tf2onnx", "onnx", "onnxruntime")
@@ -19,11 +20,12 @@ INSTALL_HINT = "install the extra `{0}`: pip install -e '.[{0}]' in a checkout, 
                "default EXTRAS), or pip install 'mpltool[{0}]'".format(EXTRA)
 # tf2onnx's input and output tensors, and the names they get in the .onnx (atc's --input_shape and
 # --out_nodes cannot take a name with a colon in it).
-TF_INPUT = "input:0"
-TF_OUTPUTS = ("logits:0", "probs:0")
-ONNX_NAMES = {"input:0": "input", "logits:0": "logits", "probs:0": "probs"}
-ONNX_INPUT = "input"
-ONNX_OUTPUTS = ("logits", "probs")
+# The .onnx keeps the frozen graph's names (models/inference.py), without TensorFlow's ":0".
+ONNX_INPUT = INPUT_NAME
+ONNX_OUTPUTS = OUTPUT_NAMES
+TF_INPUT = INPUT_NAME + ":0"
+TF_OUTPUTS = tuple(name + ":0" for name in OUTPUT_NAMES)
+ONNX_NAMES = dict(zip((TF_INPUT,) + TF_OUTPUTS, (ONNX_INPUT,) + ONNX_OUTPUTS))
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -69,7 +71,8 @@ def convert_graph_def(graph_def, opset: int, what: str):
 def check_model(data: bytes, what: str) -> Dict[str, Any]:
     """Exit 7 unless the written .onnx passes onnx's checker and is a classifier mpltool can run: only
     standard (ai.onnx) ops, one input `input`, outputs `logits` and `probs`. Returns its summary."""
-    from mpltool.convert.onnx_check import DEFAULT_DOMAINS, graph_inputs, parse_onnx
+    from mpltool.models.onnx_file import graph_inputs, parse_onnx
+    from mpltool.models.verify import DEFAULT_DOMAINS
 
     onnx = require(("onnx",))["onnx"]
     try:
@@ -94,9 +97,9 @@ def check_model(data: bytes, what: str) -> Dict[str, Any]:
             "nodes": len(model["nodes"]), "op_counts": dict(sorted(counts.items()))}
 
 
-class OnnxModel:
-    """An .onnx (path or bytes) in an onnxruntime CPU session, with FrozenModel's interface: `predict(images)`
-    -> logits, run at the model's static batch when it has one (the last batch padded, its padding dropped)."""
+class OnnxModel(InferenceModel):
+    """An .onnx (path or bytes) in an onnxruntime CPU session: `predict(images)` -> logits, run at the
+    model's static batch when it has one (the last batch padded, its padding dropped)."""
 
     def __init__(self, model, what: str):
         ort = require(("onnxruntime",), purpose="running an .onnx model")["onnxruntime"]
@@ -117,10 +120,14 @@ class OnnxModel:
         self.output_names = outputs
         shape = [d if isinstance(d, int) and d > 0 else None for d in (self.input.shape or [])]
         self.static_batch = shape[0] if shape else None
-        self.image_shape = shape[1:]  # type: List[Optional[int]]
+        self._image_shape = shape[1:]  # type: List[Optional[int]]
         logits = next(o for o in self.session.get_outputs() if o.name == ONNX_OUTPUTS[0])
         last = (logits.shape or [None])[-1]
         self.num_classes = last if isinstance(last, int) and last > 0 else None
+
+    @property
+    def image_shape(self) -> List[Optional[int]]:
+        return list(self._image_shape)
 
     def describe(self) -> Dict[str, Any]:
         outputs = self.session.get_outputs()
@@ -141,10 +148,3 @@ class OnnxModel:
 
     def close(self) -> None:
         self.session = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
