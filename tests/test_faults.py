@@ -413,6 +413,10 @@ def test_empty_lock_refused_when_fresh_taken_over_when_stale(prepared, tiny_sour
     before = snapshot(project)
     lock = project / LOCK_NAME
     lock.touch()
+    # Fresh for the whole first half however slowly the commands start on a loaded machine: a lock's age is
+    # now minus its mtime, and this one's is in the future.
+    fresh = time.time() + 600
+    os.utime(str(lock), (fresh, fresh))
 
     refused = mpltool(project, "data", "prepare", "--cifar", tiny_source, "--labelled", "20")
     assert refused.returncode == 4, refused.stderr.decode()[-2000:]

@@ -7,28 +7,27 @@ CSV columns, stable per algorithm), and the step itself: one train op plus those
 checkpoints, periodic eval, logs, resume and signals (train/trainer.py) are written once for all, and
 eval/freeze/convert read the networks from the train record, never from an algorithm's name.
 
-Adding one: a module here with a class decorated by `@register_algorithm`, an entry in `_MODULES`, and
+Adding one: a module here with a class decorated by `@register_algorithm`, an entry in `_REGISTRY`, and
 recipe files. Nothing in recipes/, train/, eval/, freeze/ or convert/ changes (docs/architecture.md).
 """
 
 import abc
 import collections
 import difflib
-import importlib
 from typing import Any, Dict, Sequence
 
 from mpltool.errors import UsageError
+from mpltool.registry import Registry
 
 # name -> module that registers it (imported on first use, so `recipes` stays light).
-_MODULES = collections.OrderedDict([
+_REGISTRY = Registry(collections.OrderedDict([
     ("mpl", "mpltool.algorithms.mpl"),
     ("supervised", "mpltool.algorithms.supervised"),
     ("uda", "mpltool.algorithms.uda"),
     ("mixmatch", "mpltool.algorithms.mixmatch"),
     ("masf", "mpltool.algorithms.masf"),
     ("byol", "mpltool.algorithms.byol"),
-])
-_REGISTRY = {}  # type: Dict[str, Algorithm]
+]))
 DEFAULT_ALGORITHM = "mpl"  # what a recipe without `algorithm` trains (the product's reference system)
 
 Step = collections.namedtuple("Step", [
@@ -114,23 +113,18 @@ class SingleNetwork(Algorithm):
     default_target = "ema"
 
 
-def register_algorithm(cls):
-    instance = cls()
-    _REGISTRY[instance.name] = instance
-    return cls
+register_algorithm = _REGISTRY.register
 
 
 def algorithm_names() -> Sequence[str]:
-    return list(_MODULES) + [name for name in _REGISTRY if name not in _MODULES]
+    return _REGISTRY.names()
 
 
 def get_algorithm(name: str) -> Algorithm:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name not in _MODULES:
+    found = _REGISTRY.find(name)
+    if found is None:
         close = difflib.get_close_matches(str(name), algorithm_names(), n=1)
         raise UsageError("unknown algorithm {!r}".format(name),
                          hint="did you mean {}?".format(close[0]) if close else "available: {}".format(
                              ", ".join(algorithm_names())))
-    importlib.import_module(_MODULES[name])
-    return _REGISTRY[name]
+    return found

@@ -7,25 +7,24 @@ records, each record's domain) and for evaluation (`test_set`). It also says whi
 and refuses those it cannot serve (`check_recipe`), fits a recipe to what was prepared (`adopt`), names
 the classes, and summarises itself for the CLI and the report.
 
-Adding one: a module with a `DataSource` subclass, a line in `_MODULES`, and (for the command line) an
+Adding one: a module with a `DataSource` subclass, a line in `_REGISTRY`, and (for the command line) an
 option of `data prepare` naming it. docs/architecture.md shows the steps.
 """
 
 import collections
-import importlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mpltool.errors import InvalidInputError, UsageError
+from mpltool.registry import Registry
 
 # name -> module that registers it (imported on first use).
-_MODULES = collections.OrderedDict([
+_REGISTRY = Registry(collections.OrderedDict([
     ("cifar", "mpltool.data.cifar"),
     ("folders", "mpltool.data.folders"),
-])
-_REGISTRY = {}  # type: Dict[str, DataSource]
+]))
 DEFAULT_SOURCE = "cifar"  # a data record from before sources were named
 
 
@@ -113,25 +112,20 @@ class DataSource:
         return collections.OrderedDict()
 
 
-def register_source(cls):
-    instance = cls()
-    _REGISTRY[instance.name] = instance
-    return cls
+register_source = _REGISTRY.register
 
 
 def source_names() -> List[str]:
-    return list(_MODULES) + [name for name in _REGISTRY if name not in _MODULES]
+    return _REGISTRY.names()
 
 
 def get_source(name: Optional[str]) -> DataSource:
     """The registered source `name` (a record from before sources were named: DEFAULT_SOURCE)."""
-    name = name or DEFAULT_SOURCE
-    if name not in _REGISTRY and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in _REGISTRY:
+    found = _REGISTRY.find(name or DEFAULT_SOURCE)
+    if found is None:
         raise InvalidInputError("the data record names an unknown source {!r} (this mpltool reads {})".format(
             name, ", ".join(source_names())))
-    return _REGISTRY[name]
+    return found
 
 
 def source_for_usage(name: str) -> DataSource:
