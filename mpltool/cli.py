@@ -187,6 +187,11 @@ def data():
               help="Directory of CIFAR-10 binary files, or cifar-10-binary.tar.gz itself.")
 @click.option("--images", default=None, type=click.Path(),
               help="Image folders: DIR/<domain>/<class>/*.jpg|png (PACS's layout; no domain level: one domain).")
+@click.option("--tfrecord", default=None, type=click.Path(),
+              help="Folder of TFRecord shards (<split>-00000-of-00008[.tfrecord]) of image/encoded + "
+                   "image/class/label records; each split is a domain.")
+@click.option("--shards", type=int, default=None,
+              help="With --images: store the images as N TFRecord shards per domain instead of as files.")
 @click.option("--lists", default=None, type=click.Path(),
               help="With --images: a folder of per-domain list files `relpath label` (PACS's kfold lists).")
 @click.option("--recipe", default=None, help="Recipe whose split settings (CIFAR) or input size (images) are the "
@@ -200,18 +205,25 @@ def data():
               help="Validation records from the unlabelled stream, round-robin only [recipe: num_valid].")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @command
-def data_prepare(ctx, source, images, lists, recipe, num_labelled, split, seed, num_valid, force):
+def data_prepare(ctx, source, images, tfrecord, shards, lists, recipe, num_labelled, split, seed, num_valid, force):
     """Validate CIFAR files or image folders, copy them into the project, record hashes, counts and the split."""
     from mpltool.data.sources import get_source
     from mpltool.data.stage import prepare
     from mpltool.errors import UsageError
 
-    if (source is None) == (images is None):
-        raise UsageError("give exactly one of --cifar PATH and --images DIR", hint="see `mpltool data prepare --help`")
-    kind, given = ("cifar", source) if images is None else ("folders", images)
-    result = prepare(ctx.project, given, kind=kind, recipe=recipe, force=force, note=ctx.out.info,
+    given = [(kind, path) for kind, path in (("cifar", source), ("folders", images), ("tfrecord", tfrecord))
+             if path is not None]
+    if len(given) != 1:
+        raise UsageError("give exactly one of --cifar PATH, --images DIR and --tfrecord DIR",
+                         hint="see `mpltool data prepare --help`")
+    kind, path = given[0]
+    if shards is not None and kind != "folders":
+        raise UsageError("--shards applies to --images (it writes the images as shards)",
+                         hint="see `mpltool data prepare --help`")
+    kind = "tfrecord" if shards is not None else kind
+    result = prepare(ctx.project, path, kind=kind, recipe=recipe, force=force, note=ctx.out.info,
                      options={"num_labelled": num_labelled, "split": split, "seed": seed, "num_valid": num_valid,
-                              "lists": lists})
+                              "lists": lists, "shards": shards})
     data_source = get_source(kind)
     title, columns, rows, lines = data_source.summary(result)
     ctx.out.table(title, columns, rows)

@@ -136,7 +136,7 @@ def test_sigterm_in_a_real_process_exits_130(tmp_path):
 @pytest.mark.parametrize("args, line", [
     (["train", "--bogus"], "error: no such option: --bogus (see `mpltool train --help`)"),
     (["train", "--forc"], "error: no such option: --forc; did you mean --force or --nproc? (see `mpltool train --help`)"),
-    (["data", "prepare"], "error: give exactly one of --cifar PATH and --images DIR (see `mpltool data prepare "
+    (["data", "prepare"], "error: give exactly one of --cifar PATH, --images DIR and --tfrecord DIR (see `mpltool data prepare "
                           "--help`)"),
     # no train record: the default algorithm's networks, as its registry entry lists them
     (["eval", "--target", "best"], "error: unknown target 'best': this project's training built teacher, student, "

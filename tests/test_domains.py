@@ -34,35 +34,36 @@ def test_written_pngs_decode_to_the_generated_pixels(tmp_path):
 
 
 def test_image_folders_import_every_domain_and_read_back_the_pixels(tmp_path):
-    from mpltool.data.folders import import_folders, read_domains, scan
+    from mpltool.data.folders import import_image_files, read_image_index, scan
+    from mpltool.data.records import FileImages
 
     write_domain_demo(tmp_path / "src", per_domain=10)
     layout = scan(tmp_path / "src")
     assert layout.domains == sorted(STYLES) and len(layout.classes) == 10 and len(layout.items) == 40
-    summaries = import_folders(tmp_path / "src", tmp_path / "out", (32, 32))
-    assert [s["records"] for s in summaries] == [10, 10, 10, 10]
-    images, labels = read_domains(tmp_path / "out", ["cartoon"])
+    summary = import_image_files(tmp_path / "src", tmp_path / "out")
+    assert [d["records"] for d in summary["domains"]] == [10, 10, 10, 10]
+    index = read_image_index(tmp_path / "out" / "images.tsv", tmp_path / "out" / "images")
+    cartoon = np.flatnonzero(index.domains == sorted(STYLES).index("cartoon"))
+    images = FileImages(index.paths[cartoon], index.fingerprints[cartoon], (32, 32))[:]
     expected, expected_labels = make_domain_images(10, [0, 100 + STYLES.index("cartoon")], "cartoon")
-    # Files are read in class-folder order: compare as multisets of (label, image).
-    order = np.lexsort((np.arange(10), expected_labels))
-    assert sorted(labels.tolist()) == sorted(expected_labels.tolist())
-    assert {bytes(i) for i in images} == {bytes(expected[k]) for k in order}  # 32x32 in: resize is exact
+    assert sorted(index.labels[cartoon].tolist()) == sorted(expected_labels.tolist())
+    assert {bytes(i) for i in images} == {bytes(i) for i in expected}  # 32x32 in: resize is exact
 
 
 def test_a_broken_image_or_a_missing_class_folder_is_named(tmp_path):
     import pytest
     import shutil
-    from mpltool.data.folders import import_folders, scan
+    from mpltool.data.folders import import_image_files, scan
     from mpltool.errors import InvalidInputError
 
     write_domain_demo(tmp_path / "src", per_domain=10)
     broken = tmp_path / "src" / "photo" / "disc" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(InvalidInputError, match="broken.png does not decode"):
-        import_folders(tmp_path / "src", tmp_path / "out", (32, 32))
+        import_image_files(tmp_path / "src", tmp_path / "out")
     broken.write_bytes(b"")
     with pytest.raises(InvalidInputError, match="broken.png is empty"):
-        import_folders(tmp_path / "src", tmp_path / "out", (32, 32))
+        import_image_files(tmp_path / "src", tmp_path / "out")
     broken.unlink()
     shutil.rmtree(str(tmp_path / "src" / "sketch" / "ring"))
     with pytest.raises(InvalidInputError, match="domain sketch has no class folder"):

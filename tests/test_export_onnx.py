@@ -278,9 +278,12 @@ def test_every_family_exports_with_parity(name, ops, frozen_project, alexnet_pro
     assert parity["passed"] is True and parity["top1_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-4
     assert ops <= set(result["model"]["op_counts"]), result["model"]["op_counts"]
     assert set(result["model"]["op_counts"]) <= verify.ATC_ONNX_SUPPORTED_OPS
+    from mpltool.data.records import at_input_size
     from mpltool.data.stage import load_test_set
+    from mpltool.models import input_spec
 
-    images = load_test_set(Project(project_dir))[0]
+    # Image folders are decoded at the network's input size (57x57 here), as export's check reads them.
+    images = np.asarray(at_input_size(load_test_set(Project(project_dir))[0], input_spec(name).shape))
     onnx_out, _ = ort_logits(result["onnx"], images)
     assert parity["images"] == len(images)
     assert parity["max_abs_logit_diff"] == pytest.approx(

@@ -144,27 +144,45 @@ def test_prepare_records_every_domain_and_reads_back_the_exact_pixels(domain_pro
     assert record["source"] == "folders"
     assert record["params"]["kind"] == "folders"
     assert record["params"]["source"] == str(Path(str(demo_tree)).absolute())
-    assert record["params"]["image_size"] == [32, 32]
+    assert "image_size" not in record["params"] and "image_size" not in record  # decoded at each model's size
     assert record["domains"] == DOMAINS == ["cartoon", "painting", "photo", "sketch"]
     assert record["classes"] == CLASS_FOLDERS
-    assert record["image_size"] == [32, 32]
-    assert record["files"] == [{"name": d + ".bin", "domain": d, "records": 10, "label_counts": [1] * 10}
-                               for d in DOMAINS]
+    assert record["format"] == "files"
+    assert record["decoded_size"] == {"min": [32, 32], "max": [32, 32]}
+    assert record["files"] == [{"name": d, "domain": d, "records": 10, "label_counts": [1] * 10} for d in DOMAINS]
+    source_bytes = sum(p.stat().st_size for p in Path(str(demo_tree)).rglob("*.png"))
     assert record["metrics"] == {"records": 40, "domains": 4, "classes": 10, "cartoon_records": 10,
-                                 "painting_records": 10, "photo_records": 10, "sketch_records": 10}
+                                 "painting_records": 10, "photo_records": 10, "sketch_records": 10,
+                                 "bytes": source_bytes}
 
+    # The files themselves, byte for byte, under a folder named by the index's hash; one output pins them.
     folder = project / "data" / "folders"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([d + ".bin" for d in DOMAINS] + ["folders.json"])
-    assert json.loads((folder / "folders.json").read_text()) == {
-        "size": [32, 32], "classes": CLASS_FOLDERS, "domains": {d: 10 for d in DOMAINS}}
+    index_text = (folder / "images.tsv").read_bytes()
+    images_dir = "images-" + hashlib.sha256(index_text).hexdigest()[:16]
+    assert record["images_dir"] == images_dir
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["images.tsv", images_dir])
+    copies = sorted(p.relative_to(folder / images_dir) for p in (folder / images_dir).rglob("*.png"))
+    originals = sorted(p.relative_to(demo_tree) for p in Path(str(demo_tree)).rglob("*.png"))
+    assert copies == originals and len(copies) == 40
+    for rel in originals:
+        assert (folder / images_dir / rel).read_bytes() == (Path(str(demo_tree)) / rel).read_bytes()
     outputs = record["outputs"]
-    assert sorted(outputs) == sorted(["domain_" + d for d in DOMAINS] + ["folders_index"])
-    for key, name in [("domain_" + d, d + ".bin") for d in DOMAINS] + [("folders_index", "folders.json")]:
-        assert outputs[key]["path"] == "data/folders/" + name
-        assert outputs[key]["sha256"] == sha256(folder / name)
-        assert outputs[key]["size"] == (folder / name).stat().st_size
-    for d in DOMAINS:
-        assert outputs["domain_" + d]["size"] == 10 * (1 + 32 * 32 * 3)
+    assert sorted(outputs) == ["images_index"]
+    assert outputs["images_index"]["path"] == "data/folders/images.tsv"
+    assert outputs["images_index"]["sha256"] == hashlib.sha256(index_text).hexdigest()
+
+    # The index: one row per file, its label, domain, size, sha256 and decoded size.
+    rows = [line.split("\t") for line in index_text.decode().splitlines()]
+    assert rows[0] == ["relpath", "label", "domain", "size", "mtime_ns", "sha256", "fingerprint", "height", "width"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(str(p) for p in originals)
+    for rel, label, domain, size, _, digest, _, height, width in rows[1:]:
+        path = Path(str(demo_tree)) / rel
+        assert int(label) == CLASS_FOLDERS.index(path.parent.name)
+        assert DOMAINS[int(domain)] == path.parent.parent.name
+        assert int(size) == path.stat().st_size and digest == sha256(path)
+        assert (int(height), int(width)) == (32, 32)
+    # Listed in one seeded random order (not class by class), so a small shuffle buffer still mixes.
+    assert [r[0] for r in rows[1:]] != sorted(r[0] for r in rows[1:])
 
     from mpltool.data.stage import read_split
 
@@ -172,36 +190,35 @@ def test_prepare_records_every_domain_and_reads_back_the_exact_pixels(domain_pro
     test_images, test_labels = read_split(data, "test", "cartoon")
     expected_images, expected_labels = expected_domain("cartoon")
     assert test_images.shape == (10, 32, 32, 3) and test_images.dtype == np.uint8
-    # As multisets (what the decoder must preserve) and in the stored order (class folder, then file name).
-    assert sorted(zip(test_labels.tolist(), map(bytes, test_images))) == sorted(
-        zip(expected_labels.tolist(), map(bytes, expected_images)))
-    np.testing.assert_array_equal(test_images, expected_images)
-    np.testing.assert_array_equal(test_labels, expected_labels)
+    # One image per class: in label order they are the generated ones, pixel for pixel.
+    decoded = test_images[:]
+    np.testing.assert_array_equal(decoded[np.argsort(test_labels)], expected_images)
+    np.testing.assert_array_equal(np.sort(test_labels), expected_labels)
 
     train_images, train_labels = read_split(data, "train", "cartoon")
     assert train_images.shape == (30, 32, 32, 3)
     parts = [expected_domain(style) for style in ("painting", "photo", "sketch")]
-    np.testing.assert_array_equal(train_images, np.concatenate([p[0] for p in parts]))
-    np.testing.assert_array_equal(train_labels, np.concatenate([p[1] for p in parts]))
+    assert sorted(zip(train_labels.tolist(), map(bytes, train_images[:]))) == sorted(
+        (int(l), bytes(i)) for p in parts for i, l in zip(*p))
 
-    # Another target: the other three, still in the prepared order.
+    # Another target: the other three.
     train_images, _ = read_split(data, "train", "photo")
     parts = [expected_domain(style)[0] for style in ("cartoon", "painting", "sketch")]
-    np.testing.assert_array_equal(train_images, np.concatenate(parts))
+    assert sorted(map(bytes, train_images[:])) == sorted(bytes(i) for p in parts for i in p)
 
 
 def test_prepare_prints_the_domains_and_the_next_command(tmp_path, demo_tree):
     result = invoke("--project", tmp_path / "p", "data", "prepare", "--images", demo_tree, "--recipe", RECIPE_64)
     assert result.exit_code == 0, result.stderr
-    assert "domains (64x64 images, 10 classes)" in result.stdout
+    assert "domains (40 images of 32x32 px, 10 classes)" in result.stdout
     for d in DOMAINS:
-        assert d + ".bin" in result.stdout
+        assert d in result.stdout
     # masf-demo names its target domain, so the hint adds none; a recipe without one gets the last domain.
     assert "train --recipe masf-demo\n" in result.stdout and "target_domain" not in result.stdout
     payload = json.loads(invoke("--project", tmp_path / "q", "--json", "data", "prepare", "--images", demo_tree,
                                 "--recipe", RECIPE_32).stdout)
     assert payload["domains"] == DOMAINS and payload["classes"] == CLASS_FOLDERS
-    assert payload["image_size"] == [32, 32] and payload["records"] == 40
+    assert payload["decoded_size"] == {"min": [32, 32], "max": [32, 32]} and payload["records"] == 40
 
 
 # -- 2. resizing -----------------------------------------------------------------------------------------
@@ -222,13 +239,17 @@ def test_48px_images_are_resized_to_the_recipes_64px_and_a_constant_colour_stays
     result = invoke("--project", project, "data", "prepare", "--images", root, "--recipe", RECIPE_64)
     assert result.exit_code == 0, result.stderr
     record = data_record(project)
-    assert record["image_size"] == [64, 64] and record["params"]["image_size"] == [64, 64]
+    assert record["decoded_size"] == {"min": [48, 48], "max": [48, 48]}
     assert record["domains"] == ["d1", "d2"] and record["classes"] == ["cat", "dog"]
     assert [f["label_counts"] for f in record["files"]] == [[2, 2], [2, 2]]
-    assert record["outputs"]["domain_d1"]["size"] == 4 * (1 + 64 * 64 * 3)
 
-    images, labels = read_split(prepared(project), "test", "d2")
+    from mpltool.recipes import load_recipe
+
+    recipe = load_recipe(RECIPE_64, ["target_domain=d2"])  # read at the recipe model's 64x64
+    images, labels = read_split(prepared(project), "test", recipe)
     assert images.shape == (4, 64, 64, 3) and images.dtype == np.uint8
+    order = np.argsort([p.rsplit("/", 2)[-2] + p.rsplit("/", 1)[-1] for p in images.paths.tolist()])
+    images, labels = images[order], labels[order]  # cat/a, cat/b, dog/a, dog/b.jpg
     assert labels.tolist() == [0, 0, 1, 1]
     assert np.all(images[0] == np.array([200, 17, 90], np.uint8))  # cat/a.png: still that one colour
     assert np.all(images[2] == 77)  # dog/a.png: grayscale becomes three equal channels
@@ -288,12 +309,13 @@ def test_pacs_kfold_lists_labels_from_1_are_shifted_and_train_crossval_test_merg
     assert record["params"]["lists"] == str(lists.absolute())
     assert record["domains"] == ["art_painting", "photo"]
     assert record["classes"] == list(PACS_CLASSES)  # named by the folder their files share
-    assert record["files"] == [{"name": d + ".bin", "domain": d, "records": 6, "label_counts": [2, 2, 2]}
+    assert record["files"] == [{"name": d, "domain": d, "records": 6, "label_counts": [2, 2, 2]}
                                for d in ("art_painting", "photo")]
     stored, labels = read_split(prepared(project), "test", "photo")
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    order = np.argsort(stored.paths.astype(str))
+    assert labels[order].tolist() == [0, 0, 1, 1, 2, 2]
     expected = np.stack([images["photo/{}/{}.png".format(c, n)] for c in PACS_CLASSES for n in range(2)])
-    np.testing.assert_array_equal(stored, expected)
+    np.testing.assert_array_equal(stored[order], expected)
 
 
 def test_zero_based_lists_stay_unchanged_and_unshared_folders_name_classes_by_label(tmp_path):
@@ -320,8 +342,9 @@ def test_zero_based_lists_stay_unchanged_and_unshared_folders_name_classes_by_la
     assert record["classes"] == ["class_0", "class_1"]
     assert [f["label_counts"] for f in record["files"]] == [[2, 2], [2, 2]]
     stored, labels = read_split(prepared(project), "test", "svhn")
-    assert labels.tolist() == [0, 0, 1, 1]  # by (label, path)
-    np.testing.assert_array_equal(stored, np.stack([images["svhn/{}.png".format(n)] for n in (0, 2, 1, 3)]))
+    order = np.argsort(stored.paths.astype(str))  # svhn/0.png .. svhn/3.png
+    assert labels[order].tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(stored[order], np.stack([images["svhn/{}.png".format(n)] for n in range(4)]))
 
 
 @pytest.mark.parametrize("case, line, message", [
@@ -360,7 +383,12 @@ def test_lists_without_images_is_a_usage_error(tmp_path):
     with_cifar = invoke("--project", tmp_path / "p", "data", "prepare", "--cifar", cifar, "--lists", lists)
     assert error_line(with_cifar, 2) == "error: --lists goes with --images (see `mpltool data prepare --help`)"
     alone = invoke("--project", tmp_path / "p", "data", "prepare", "--lists", lists)
-    assert error_line(alone, 2) == "error: give exactly one of --cifar PATH and --images DIR (see `mpltool data prepare --help`)"
+    assert error_line(alone, 2) == "error: give exactly one of --cifar PATH, --images DIR and --tfrecord DIR (see `mpltool data prepare --help`)"
+    with_shards = invoke("--project", tmp_path / "p", "data", "prepare", "--tfrecord", lists, "--lists", lists)
+    assert error_line(with_shards, 2) == "error: --lists goes with --images (see `mpltool data prepare --help`)"
+    shards_of_cifar = invoke("--project", tmp_path / "p", "data", "prepare", "--cifar", cifar, "--shards", "2")
+    assert error_line(shards_of_cifar, 2) == ("error: --shards applies to --images (it writes the images as shards) "
+                                              "(see `mpltool data prepare --help`)")
     assert data_record(tmp_path / "p") is None
 
 
@@ -440,13 +468,14 @@ def flat_project(tmp_path, demo_tree):
 def test_a_tree_without_a_domain_level_is_one_domain_named_after_the_folder(flat_project):
     record = data_record(flat_project)
     assert record["domains"] == ["shapes"] and record["classes"] == CLASS_FOLDERS
-    assert record["files"] == [{"name": "shapes.bin", "domain": "shapes", "records": 10, "label_counts": [1] * 10}]
-    assert (flat_project / "data" / "folders" / "shapes.bin").is_file()
+    assert record["files"] == [{"name": "shapes", "domain": "shapes", "records": 10, "label_counts": [1] * 10}]
+    assert len(list((flat_project / "data" / "folders" / record["images_dir"]).rglob("*.png"))) == 10
     loaded = prepared(flat_project)
-    images, labels = loaded["source"].read_domains(loaded, ["shapes"])
+    images, labels, _ = loaded["source"].read_domains(loaded, ["shapes"])
     expected_images, expected_labels = expected_domain("photo")
-    np.testing.assert_array_equal(images, expected_images)
-    np.testing.assert_array_equal(labels, expected_labels)
+    order = np.argsort(labels)  # one image per class
+    np.testing.assert_array_equal(images[:][order], expected_images)
+    np.testing.assert_array_equal(labels[order], expected_labels)
 
     before = (flat_project / MANIFEST_NAME).read_bytes()
     result = invoke("--project", flat_project, "train", "--recipe", RECIPE_32, "--set", "num_train_steps=1")
@@ -492,11 +521,23 @@ def test_train_refuses_a_missing_or_unknown_target_and_valid_without_holdout(dom
     assert (domain_copy / MANIFEST_NAME).read_bytes() == before
 
 
-def test_train_refuses_images_of_another_size_than_the_model_takes(domain_copy):
+def test_one_import_serves_models_of_any_input_size(domain_copy):
+    """Imported once (32x32 files), read at 64x64 by a 64-px model: decoded and resized as they are read,
+    exactly as the 64-px Decoder resizes each file."""
+    from mpltool.data.folders import Decoder
+    from mpltool.data.stage import training_data
+    from mpltool.recipes import load_recipe
+
+    data = training_data(prepared(domain_copy), load_recipe(RECIPE_64))
+    assert data["train_images"].shape == (30, 64, 64, 3) and data["test_images"].shape == (10, 64, 64, 3)
+    decoder = Decoder((64, 64))
+    try:
+        expected = np.stack([decoder(p) for p in data["test_images"].paths[:3]])
+    finally:
+        decoder.close()
+    np.testing.assert_array_equal(data["test_images"][:3], expected)
     result = invoke("--project", domain_copy, "train", "--recipe", RECIPE_64, "--set", "num_train_steps=1")
-    assert error_line(result, 4) == (
-        "error: the images were prepared at 32x32 but caffe-alexnet-64-512 takes 64x64 (re-run `mpltool data "
-        "prepare --images DIR --recipe masf-demo --force`)")
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.parametrize("sets, expected", [
@@ -541,15 +582,18 @@ def test_training_data_holds_out_validation_records_of_each_source_domain(domain
     data = prepared(domain_project)
     result = training_data(data, recipe("photo", 0.2, 3))
     assert result["source_domains"] == ["cartoon", "painting", "sketch"] and result["target_domain"] == "photo"
-    assert result["train_domains"].tolist() == [0] * 10 + [1] * 10 + [2] * 10
-    np.testing.assert_array_equal(result["train_images"], np.concatenate(
-        [expected_domain(s)[0] for s in ("cartoon", "painting", "sketch")]))
-    np.testing.assert_array_equal(result["test_images"], expected_domain("photo")[0])
-    np.testing.assert_array_equal(result["test_labels"], expected_domain("photo")[1])
+    assert np.bincount(result["train_domains"]).tolist() == [10, 10, 10]
+    train_images = result["train_images"][:]
+    for k, style in enumerate(("cartoon", "painting", "sketch")):  # each record's domain is its style's
+        mine = result["train_domains"] == k
+        assert sorted(map(bytes, train_images[mine])) == sorted(map(bytes, expected_domain(style)[0]))
+    order = np.argsort(result["test_labels"])  # one image per class
+    np.testing.assert_array_equal(result["test_images"][:][order], expected_domain("photo")[0])
+    np.testing.assert_array_equal(result["test_labels"][order], expected_domain("photo")[1])
 
     valid = domain_holdout(result["train_domains"], 0.2, 3, result["source_domains"])
     assert np.bincount(result["train_domains"][valid], minlength=3).tolist() == [2, 2, 2]
-    np.testing.assert_array_equal(result["valid_images"], result["train_images"][valid])
+    np.testing.assert_array_equal(result["valid_images"][:], train_images[valid])
     np.testing.assert_array_equal(result["valid_labels"], result["train_labels"][valid])
     labelled = result["labelled_indices"]
     assert np.intersect1d(labelled, valid).size == 0

@@ -8,8 +8,10 @@ view and normalised to the network's input spec, batched -- and hands the step a
 to their tensors (a tuple of tensors for a view that makes several images of one record), and each
 labelled stream's labels under the name it chose. Nothing here knows which algorithm asked.
 
-Images enter through placeholders fed once at iterator initialisation, so the GraphDef (and every
-checkpoint's meta graph) stays small however large the data set is.
+Records enter through placeholders fed once at iterator initialisation, so the GraphDef (and every
+checkpoint's meta graph) stays small however large the data set is: decoded pixels (CIFAR), or image
+files that the pipeline reads, verifies and decodes itself (mpltool/data/records.py says how), so a data
+set larger than memory streams from disk.
 """
 
 import collections
@@ -18,6 +20,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from mpltool.data.augment.ops import derived_seed
+from mpltool.data.records import PixelReader
 from mpltool.errors import InvalidInputError
 from mpltool.tfv1 import tf
 
@@ -73,10 +76,11 @@ class TrainInput:
     """
 
     def __init__(self, streams: Sequence[Stream], normalize: Callable, shuffle_buffer: int = 1024, seed=None,
-                 image_shape=(32, 32, 3), num_domains: int = 0):
+                 image_shape=(32, 32, 3), num_domains: int = 0, reader=None):
         check_streams(streams)
         self.streams = list(streams)
         self.image_shape = tuple(image_shape)
+        self.reader = reader or PixelReader(self.image_shape)  # what a record is (records.reader_of)
         self._placeholders = collections.OrderedDict()  # (records, domain or None) -> (images, labels)
         parallel = tf.data.experimental.AUTOTUNE
         counts = collections.Counter()
@@ -96,7 +100,7 @@ class TrainInput:
                 images, labels = self._placeholder(stream.records, domain)
                 shuffle_seed = derived_seed(seed, shuffle_offset + DOMAIN_SHUFFLE_OFFSET * (domain or 0))
                 datasets.append(self._dataset(stream, images, labels, shuffle_seed, derived_seed(seed, map_offset),
-                                              normalize, shuffle_buffer, parallel))
+                                              normalize, shuffle_buffer, parallel, self.reader))
             groups.setdefault(stream.group, []).append(
                 (stream, datasets[0] if not stream.per_domain else tf.data.Dataset.zip(tuple(datasets))))
         self.initializers = []
@@ -118,26 +122,26 @@ class TrainInput:
         key = (records, domain)
         if key not in self._placeholders:
             suffix = "" if domain is None else "_domain_{}".format(domain)
-            images = tf.placeholder(tf.uint8, (None,) + self.image_shape, name="{}_images{}".format(records, suffix))
+            handles = self.reader.placeholders("{}{}".format(records, suffix))
             labels = tf.placeholder(tf.int64, (None,), name="{}_labels{}".format(records, suffix))
-            self._placeholders[key] = (images, labels)
+            self._placeholders[key] = (handles, labels)
         return self._placeholders[key]
 
     @staticmethod
-    def _dataset(stream: Stream, images, labels, shuffle_seed, map_seed, normalize, shuffle_buffer, parallel):
+    def _dataset(stream: Stream, handles, labels, shuffle_seed, map_seed, normalize, shuffle_buffer, parallel,
+                 reader):
         def as_input(output):
             return tf.nest.map_structure(normalize, output)
 
+        def viewed(record):
+            return tuple(as_input(o) for o in stream.view.make(reader.decode(record), map_seed))
+
         if stream.labels:
-            def mapped(image, label):
-                return tuple(as_input(o) for o in stream.view.make(image, map_seed)) + (label,)
-
-            records = tf.data.Dataset.from_tensor_slices((images, labels))
+            def mapped(record, label):
+                return viewed(record) + (label,)
         else:
-            def mapped(image):
-                return tuple(as_input(o) for o in stream.view.make(image, map_seed))
-
-            records = tf.data.Dataset.from_tensor_slices(images)
+            mapped = viewed
+        records = reader.dataset(handles, labels if stream.labels else None, parallel)
         # Shuffle after repeat, as the reference: epochs blur into one stream.
         return (records.repeat().shuffle(shuffle_buffer, seed=shuffle_seed)
                 .map(mapped, num_parallel_calls=parallel)
@@ -160,12 +164,12 @@ class TrainInput:
         chosen = {"labelled": labelled_indices,
                   "unlabelled": np.arange(len(labels)) if unlabelled_indices is None else unlabelled_indices}
         feed = {}
-        for (records, domain), (image_ph, label_ph) in self._placeholders.items():
+        for (records, domain), (handles, label_ph) in self._placeholders.items():
             indices = chosen[records]
             if domain is not None:
                 indices = indices[domains[indices] == domain]
                 if indices.size == 0:
                     raise InvalidInputError("source domain {} has no training records".format(domain))
-            feed[image_ph] = images[indices]
+            feed.update(self.reader.feed(handles, images, indices))
             feed[label_ph] = labels[indices].astype(np.int64)
         session.run(self.initializers, feed_dict=feed)

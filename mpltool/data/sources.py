@@ -24,6 +24,7 @@ from mpltool.registry import Registry
 _REGISTRY = Registry(collections.OrderedDict([
     ("cifar", "mpltool.data.cifar"),
     ("folders", "mpltool.data.folders"),
+    ("tfrecord", "mpltool.data.tfrecord"),
 ]))
 DEFAULT_SOURCE = "cifar"  # a data record from before sources were named
 
@@ -52,6 +53,13 @@ class DataSource:
                      note: Callable[[str], None]) -> List[Dict[str, Any]]:
         """Validate and copy every file into `folder`; one summary (name, records, label_counts...) per file."""
         raise NotImplementedError
+
+    def place_files(self, imported: Path, final_dir: Path, infos: List[Dict[str, Any]]) -> None:
+        """Move what is not a manifest output (a tree of image files that one indexed output pins) to its
+        final place before the commit; its name must be new, so no earlier import's file is touched."""
+
+    def after_commit(self, project, record: Dict[str, Any]) -> None:
+        """Remove what an earlier import left that the committed `record` no longer names."""
 
     def file_key(self, name: str) -> str:
         """The manifest output key of an imported file."""

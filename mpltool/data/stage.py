@@ -54,8 +54,10 @@ def prepare(project_dir, given, kind: str = "cifar", recipe: Optional[str] = Non
         for name in names:
             staged[name] = run.stage_output(data_source.file_key(name), final_dir / name)
             (imported / name).replace(staged[name])
+        data_source.place_files(imported, final_dir, infos)
         run.record["source"] = data_source.name
         result = data_source.record(run, project, infos, staged, params)
+    data_source.after_commit(project, project.stage("data") or {})
     result.update(project=str(project.dir), data_dir=str(project.path(data_source.folder)), files=infos,
                   source=data_source.name, recipe=recipe_name, outputs=dict(run.outputs))
     for key, record in run.outputs.items():  # the hashes, as committed

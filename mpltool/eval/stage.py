@@ -11,6 +11,7 @@ import collections
 from typing import Any, Callable, Dict, Optional
 
 from mpltool.checkpoints import resolve_target
+from mpltool.data.records import at_input_size
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, UsageError
 from mpltool.eval.metrics import MEDIAN_WINDOWS, evaluate_logits_fn, median_key
@@ -54,8 +55,8 @@ def evaluate(project_dir, target: Optional[str] = None, model=None, batch_size: 
             if network.num_classes is not None and int(labels.max()) >= network.num_classes:
                 raise InvalidInputError("the model has {} classes but the test data has label {}".format(
                     network.num_classes, int(labels.max())))
-            result = evaluate_logits_fn(network.predict, images, labels, batch_size, recipe.label_smoothing,
-                                        progress)
+            result = evaluate_logits_fn(network.predict, at_input_size(images, network.image_shape), labels,
+                                        batch_size, recipe.label_smoothing, progress)
         run.metrics.update(result)
         run.record["source"] = described
     result = dict(result, source=described, batch_size=batch_size, project=str(project.dir))

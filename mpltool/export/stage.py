@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
+from mpltool.data.records import at_input_size, subset
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, UsageError
 from mpltool.export.formats import get_format
@@ -77,7 +80,8 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
         with chosen_format.open(written, str(output)) as exported, \
                 FrozenModel(graph_def, str(pb), any_batch=True) as reference:
             run.record["io"] = exported.describe()
-            parity = parity_check(exported, reference.predict, images[:count], tolerance, progress)
+            checked = at_input_size(subset(images, np.arange(count)), exported.image_shape)
+            parity = parity_check(exported, reference.predict, checked, tolerance, progress)
         record_parity(run, parity, started, staged, output, "the {} model differs from {}".format(
             key.upper(), project.relative(pb)))
     return {key: str(output), "sha256": run.outputs[key]["sha256"], "size": run.outputs[key]["size"],

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 from mpltool.checkpoints import resolve_target
+from mpltool.data.records import at_input_size, subset
 from mpltool.data.stage import load_test_set
 from mpltool.errors import UsageError
 from mpltool.freeze.fold import simplify_for_inference
@@ -126,7 +129,8 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
                 CheckpointModel(prefix, target, source.variables, network=network) as reference:
             run.record["io"] = describe_io(frozen, network["input_spec"])
-            parity = parity_check(frozen, reference.predict, images[:count], tolerance, progress)
+            checked = at_input_size(subset(images, np.arange(count)), network["input_spec"]["shape"])
+            parity = parity_check(frozen, reference.predict, checked, tolerance, progress)
         record_parity(run, parity, started, staged, output, "the frozen graph differs from checkpoint {}".format(
             prefix))
     return {"pb": str(output), "sha256": run.outputs["pb"]["sha256"], "size": run.outputs["pb"]["size"],

@@ -80,9 +80,12 @@ def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], 
     """Exported model vs the model it came from: logits on the same images (raw pixels)."""
     from mpltool.models.inference import batched_logits  # (TensorFlow: only when a check runs)
 
-    images = images.astype(np.float32)
-    expected = batched_logits(reference_predict, images, PARITY_REFERENCE_BATCH)
-    actual = batched_logits(frozen.predict, images, frozen.static_batch or PARITY_REFERENCE_BATCH, progress)
+    def as_float(predict):  # both models see the very same float32 pixels
+        return lambda batch: predict(np.asarray(batch).astype(np.float32))
+
+    expected = batched_logits(as_float(reference_predict), images, PARITY_REFERENCE_BATCH)
+    actual = batched_logits(as_float(frozen.predict), images, frozen.static_batch or PARITY_REFERENCE_BATCH,
+                            progress)
     max_diff = float(np.max(np.abs(actual.astype(np.float64) - expected)))
     agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
     return {"images": int(images.shape[0]), "max_abs_logit_diff": max_diff, "top1_agreement": agreement,

@@ -145,13 +145,14 @@ def run_network(source: Dict[str, Any], images: np.ndarray, labels: np.ndarray) 
     """Logits of every test image, through the very models and batching `eval` uses."""
     from mpltool.errors import InvalidInputError
     from mpltool.models import artifacts
+    from mpltool.data.records import at_input_size
     from mpltool.models.inference import batched_logits
 
     with artifacts.open_model(source["artifact"]) as network:
         if network.num_classes is not None and int(labels.max()) >= network.num_classes:
             raise InvalidInputError("the model has {} classes but the test data has label {}".format(
                 network.num_classes, int(labels.max())))
-        return batched_logits(network.predict, images, source["batch_size"])
+        return batched_logits(network.predict, at_input_size(images, network.image_shape), source["batch_size"])
 
 
 def predictions(project, manifest: Dict[str, Any], cache_path, log: Callable[[str], None] = lambda line: None

@@ -21,6 +21,7 @@ from mpltool.manifest.files import atomic_write_bytes
 from mpltool.signals import check_interrupted, critical_section
 from mpltool.tfv1 import tf
 from mpltool.checkpoints import step_of
+from mpltool.data.records import data_error, rank_share, reader_of
 
 EVAL_METRICS = ("top1", "top5", "loss")
 
@@ -56,7 +57,7 @@ def accuracy_medians(csv_path: Path, targets) -> Dict[str, float]:
 class TrainingGraph:
     """Everything one training session needs, built once in its own tf.Graph."""
 
-    def __init__(self, recipe, device: str, image_shape=(32, 32, 3), replicas=None, num_domains=0):
+    def __init__(self, recipe, device: str, image_shape=(32, 32, 3), replicas=None, num_domains=0, reader=None):
         from mpltool.algorithms import get_algorithm, phases_of
         from mpltool.data.pipeline import TrainInput
         from mpltool.models import build_model, input_spec, normalize_input
@@ -74,7 +75,7 @@ class TrainingGraph:
             spec = input_spec(recipe.model)  # what the exported graph does to raw pixels, training included
             self.input = TrainInput(self.algorithm.streams(recipe), lambda images: normalize_input(images, spec),
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed + 7919 * rank,
-                                    image_shape=image_shape, num_domains=num_domains)
+                                    image_shape=image_shape, num_domains=num_domains, reader=reader)
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,
@@ -193,7 +194,8 @@ class TrainingSession:
         # process (SIGSEGV, seen about once in twenty SIGTERMs then): signals wait until both exist.
         with critical_section():
             self.graph = TrainingGraph(recipe, device, image_shape=data["train_images"].shape[1:],
-                                       replicas=replicas, num_domains=len(data.get("source_domains") or ()))
+                                       replicas=replicas, num_domains=len(data.get("source_domains") or ()),
+                                       reader=reader_of(data["train_images"]))
             self.session = tf.Session(graph=self.graph.graph, config=npu.session_config(device, recipe))
         self.chief = self.graph.replicas.is_chief  # only rank 0 evaluates and writes
         self.ckpt_dir = workdir / "checkpoints"
@@ -251,7 +253,8 @@ class TrainingSession:
         if len(labelled) < size:
             raise InvalidInputError("{} labelled records cannot be shared by {} replicas".format(len(labelled), size),
                                     hint="use fewer processes or more labelled records")
-        return labelled[rank::size], unlabelled[rank::size]
+        images = self.data["train_images"]
+        return rank_share(images, labelled, rank, size), rank_share(images, unlabelled, rank, size)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -265,7 +268,7 @@ class TrainingSession:
                 check_interrupted()
                 phase = self._phase()
                 fetches = {"train": phase.train_op, "metrics": phase.metrics}
-                metrics = {k: float(v) for k, v in self.session.run(fetches)["metrics"].items()}
+                metrics = {k: float(v) for k, v in self._run_step(fetches)["metrics"].items()}
                 self.step += 1
                 self._check_finite(metrics)
                 self._report(metrics, self.step % recipe.log_every == 0 or self.step == total)
@@ -288,6 +291,17 @@ class TrainingSession:
             medians = accuracy_medians(self.csv.path, self.graph.targets)
         return {"steps_done": self.step, "start_step": self.start_step, "last_eval": self.last_eval,
                 "best": self.best, "medians": medians}
+
+    def _run_step(self, fetches):
+        """One step; a failure reading the data (a file changed or lost since `data prepare`) is exit 3
+        naming the file, and nothing of this step is kept."""
+        try:
+            return self.session.run(fetches)
+        except tf.errors.OpError as exc:
+            error = data_error(exc)
+            if error is not None:
+                raise error
+            raise
 
     def _phase(self):
         """The phase the next step belongs to."""
