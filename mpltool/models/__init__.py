@@ -250,3 +250,35 @@ def _unit_range_spec():
 register_model(r"^resnet18-cifar(?:-(\d+))?$", "resnet18-cifar (width 64) or resnet18-cifar-WIDTH, e.g. "
                "resnet18-cifar-16", _resnet_cifar_parse, _resnet_cifar_build, _unit_range_spec(),
                "head/dense/bias")
+
+
+# ResNet-50 v1.5 (models/resnet50.py), seed 003's ImageNet network: raw RGB 0..255 pixels normalised with
+# ImageNet's per-channel mean and std, as tensorflow/models' ImageNet preprocessing does.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_RESNET50_SIZE_MAX = 1024
+
+
+def _resnet50_parse(match):
+    from mpltool.models.resnet50 import DEFAULT_INPUT_SIZE, MIN_INPUT_SIZE
+
+    size = DEFAULT_INPUT_SIZE if match.group(1) is None else int(match.group(1))
+    if not MIN_INPUT_SIZE <= size <= _RESNET50_SIZE_MAX:
+        raise UsageError("invalid model 'resnet50-{}': SIZE must be between {} and {}".format(
+            size, MIN_INPUT_SIZE, _RESNET50_SIZE_MAX))
+    return {"input_size": size}
+
+
+def _resnet50_build(num_classes, dropout_rate, dropout_fn, input_size):
+    from mpltool.models.resnet50 import ResNet50
+
+    return ResNet50(num_classes=num_classes, dropout_rate=dropout_rate, dropout_fn=dropout_fn, input_size=input_size)
+
+
+def _resnet50_spec(kwargs):
+    size = kwargs["input_size"]
+    return InputSpec((size, size, 3), (0, 255), IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, "RGB", "NHWC")
+
+
+register_model(r"^resnet50(?:-(\d+))?$", "resnet50 (v1.5, 224x224) or resnet50-SIZE, e.g. resnet50-64",
+               _resnet50_parse, _resnet50_build, _resnet50_spec, "head/dense/bias")
