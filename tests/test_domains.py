@@ -44,7 +44,7 @@ def test_image_folders_import_every_domain_and_read_back_the_pixels(tmp_path):
     assert [d["records"] for d in summary["domains"]] == [10, 10, 10, 10]
     index = read_image_index(tmp_path / "out" / "images.tsv", tmp_path / "out" / "images")
     cartoon = np.flatnonzero(index.domains == sorted(STYLES).index("cartoon"))
-    images = FileImages(index.paths[cartoon], index.fingerprints[cartoon], (32, 32))[:]
+    images = FileImages(index.root, index.relpaths[cartoon], index.fingerprints[cartoon], (32, 32))[:]
     expected, expected_labels = make_domain_images(10, [0, 100 + STYLES.index("cartoon")], "cartoon")
     assert sorted(index.labels[cartoon].tolist()) == sorted(expected_labels.tolist())
     assert {bytes(i) for i in images} == {bytes(i) for i in expected}  # 32x32 in: resize is exact

@@ -171,8 +171,8 @@ def test_two_ranks_read_disjoint_files_that_together_are_the_training_set(prepar
             feed = pipeline.reader.feed(handles, images, share)
             fed.append(set(feed[handles[0]].tolist()))
     assert fed[0] and fed[1] and not fed[0] & fed[1]
-    assert fed[0] | fed[1] == set(images.paths[labelled].tolist())
-    assert all(Path(p).is_file() for p in fed[0] | fed[1])
+    assert fed[0] | fed[1] == set(images.relpaths[labelled].tolist())  # relative to the images' folder
+    assert all((Path(images.root) / p.decode()).is_file() for p in fed[0] | fed[1])
 
 
 def test_a_streamed_batch_is_the_files_decoded_at_the_models_size(prepared_project):

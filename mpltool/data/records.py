@@ -17,7 +17,7 @@ at prepare) and stops the run with exit 3 naming the file when it differs.
 """
 
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -105,27 +105,31 @@ def data_error(exc: BaseException) -> Optional[InvalidInputError]:
 # start-up check
 
 
-def check_files(paths: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray, sha256s: Sequence[str],
-                shown: Callable[[int], str]) -> int:
-    """Every file present with its recorded size; a file whose mtime moved (a copy, a checkout, a touch)
-    is re-hashed, and passes only with its recorded sha256. Returns how many were re-hashed. Costs one
-    stat per file, whatever their bytes."""
+def check_files(root: str, relpaths: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, sha256s: np.ndarray,
+                shown_root: str) -> int:
+    """Every file `root`/relpath present with its recorded size; a file whose mtime moved (a copy, a
+    checkout, a touch) is re-hashed, and passes only with its recorded sha256 (raw 32-byte digests). A file
+    is named as `shown_root`/relpath. Returns how many were re-hashed. Costs one stat per file, whatever
+    their bytes."""
     from mpltool.manifest.files import sha256_file
 
     rehashed = 0
-    for k, path in enumerate(paths):
+    for k, rel in enumerate(relpaths):
+        rel = rel.decode("utf-8") if isinstance(rel, bytes) else str(rel)
+        path = os.path.join(root, rel)
+        shown = "{}/{}".format(shown_root, rel)
         try:
             stat = os.stat(path)
         except OSError:
-            raise InvalidInputError("prepared data file {} is missing".format(shown(k)), hint=DATA_HINT)
+            raise InvalidInputError("prepared data file {} is missing".format(shown), hint=DATA_HINT)
         if stat.st_size != int(sizes[k]):
             raise InvalidInputError("prepared data file {} changed since `data prepare`: {} bytes, recorded {}"
-                                    .format(shown(k), stat.st_size, int(sizes[k])), hint=DATA_HINT)
+                                    .format(shown, stat.st_size, int(sizes[k])), hint=DATA_HINT)
         if stat.st_mtime_ns != int(mtimes[k]):
             rehashed += 1
-            if sha256_file(path) != sha256s[k]:
+            if bytes.fromhex(sha256_file(path)) != bytes(sha256s[k]).ljust(32, b"\0"):
                 raise InvalidInputError("prepared data file {} changed since `data prepare` (its sha256 differs)"
-                                        .format(shown(k)), hint=DATA_HINT)
+                                        .format(shown), hint=DATA_HINT)
     return rehashed
 
 
@@ -178,8 +182,9 @@ class FileReader(PixelReader):
 
     reads = True
 
-    def __init__(self, size: Tuple[int, int]):
+    def __init__(self, size: Tuple[int, int], root: str = ""):
         self.size = tuple(size)
+        self.root = root
         super().__init__(self.size + (3,))
 
     def placeholders(self, name: str):
@@ -189,10 +194,14 @@ class FileReader(PixelReader):
                 tf.placeholder(tf.int64, (None,), name="{}_fingerprints".format(name)))
 
     def feed(self, handles, images, indices) -> Dict:
-        return {handles[0]: images.paths[indices], handles[1]: images.fingerprints[indices]}
+        """Paths relative to the images' folder (the folder is joined in the graph: a fed string per file
+        is all the memory a file costs)."""
+        return {handles[0]: images.relpaths[indices], handles[1]: images.fingerprints[indices]}
 
-    def read(self, path, expected):
-        return read_verified(path, expected)
+    def read(self, relpath, expected):
+        from mpltool.tfv1 import tf
+
+        return read_verified(tf.strings.join([self.root + os.sep, relpath]), expected)
 
     def decode(self, record):
         return resize_image(decode_image(record), self.size)
@@ -204,7 +213,7 @@ class ShardReader(FileReader):
     fingerprint before it is parsed; a record's label is its own (less the index's label offset)."""
 
     def __init__(self, size, image_key: str, label_key: str, label_offset: int):
-        super().__init__(size)
+        super().__init__(size, "")
         self.image_key, self.label_key, self.label_offset = image_key, label_key, int(label_offset)
 
     def placeholders(self, name: str):
@@ -356,28 +365,34 @@ class LazyImages:
 
 
 class FileImages(LazyImages):
-    """Image files, each verified by its fingerprint as it is read."""
+    """Image files `root`/relpath, each verified by its fingerprint as it is read."""
 
-    def __init__(self, paths: np.ndarray, fingerprints: np.ndarray, size: Tuple[int, int]):
-        self.paths = np.asarray(paths, dtype=object)
+    def __init__(self, root: str, relpaths: np.ndarray, fingerprints: np.ndarray, size: Tuple[int, int]):
+        self.root = root
+        self.relpaths = np.asarray(relpaths, dtype="S")
         self.fingerprints = np.asarray(fingerprints, np.int64)
         self.size = (int(size[0]), int(size[1]))
 
+    @property
+    def paths(self) -> np.ndarray:
+        """Absolute paths (diagnostics and tests; the readers join them in the graph)."""
+        return np.array([os.path.join(self.root, rel.decode("utf-8")) for rel in self.relpaths], dtype=object)
+
     def __len__(self):
-        return len(self.paths)
+        return len(self.relpaths)
 
     def take(self, indices) -> "FileImages":
         indices = np.asarray(indices, np.int64)
-        return FileImages(self.paths[indices], self.fingerprints[indices], self.size)
+        return FileImages(self.root, self.relpaths[indices], self.fingerprints[indices], self.size)
 
     def resized(self, size) -> "FileImages":
-        return FileImages(self.paths, self.fingerprints, size)
+        return FileImages(self.root, self.relpaths, self.fingerprints, size)
 
     def reader(self) -> FileReader:
-        return FileReader(self.size)
+        return FileReader(self.size, self.root)
 
     def _decoder_key(self):
-        return ("files",) + self.size
+        return ("files", self.root) + self.size
 
 
 class ShardImages(LazyImages):

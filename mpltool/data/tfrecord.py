@@ -397,9 +397,10 @@ class TFRecordShards(ImageFolders):
         used = sorted(set(arrays["shard"][rows].tolist()))
         table = index.table
         paths = np.array([os.path.join(index.folder, row["name"]) for row in table], dtype=object)
-        check_files(paths[used], np.array([int(table[k]["size"]) for k in used]),
-                    np.array([int(table[k]["mtime_ns"]) for k in used]), [table[k]["sha256"] for k in used],
-                    lambda k: "{}/{}/{}".format(self.folder, record.get("shards_dir"), table[used[k]]["name"]))
+        check_files(index.folder, np.array([table[k]["name"] for k in used], dtype="S"),
+                    np.array([int(table[k]["size"]) for k in used]), np.array([int(table[k]["mtime_ns"]) for k in used]),
+                    np.array([bytes.fromhex(table[k]["sha256"]) for k in used], dtype="S32"),
+                    "{}/{}".format(self.folder, record.get("shards_dir")))
         if size is None:
             sizes = set(zip(arrays["height"][rows].tolist(), arrays["width"][rows].tolist()))
             if len(sizes) > 1:
