@@ -94,3 +94,12 @@ def freeze_and_check_conversion(project, parity_images=8):
     checked = invoke("--project", project, "--json", "convert", "--check-only")
     assert checked.exit_code == 0, checked.stderr
     assert json.loads(checked.stdout)["precheck"]["ok"] is True
+
+
+def one_error_line(result, code):
+    """The one stderr line of a failed command, after checking its exit code and that nothing leaked."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

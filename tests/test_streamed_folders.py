@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import invoke
+from helpers import invoke, one_error_line
 from mpltool.manifest import MANIFEST_NAME
 
 def as_is():
@@ -23,29 +23,21 @@ RECIPE = "supervised-domains-demo"  # caffe-alexnet-64-512, target cartoon: 64x6
 FEW_STEPS = ["--set", "num_train_steps=2", "--set", "eval_every=2", "--set", "save_every=2", "--set", "log_every=1"]
 
 
-def one_error_line(result, code):
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
+    """The multi-domain demo (10 PNGs a style) and a project that imported it."""
     from mpltool.data.domains import write_domain_demo
 
-    root = tmp_path_factory.mktemp("streamed") / "src"
-    write_domain_demo(root, per_domain=10)
-    return root
+    base = tmp_path_factory.mktemp("streamed")
+    write_domain_demo(base / "src", per_domain=10)
+    assert invoke("--project", base / "p", "data", "prepare", "--images", base / "src",
+                  "--recipe", RECIPE).exit_code == 0
+    return base / "src"
 
 
 @pytest.fixture(scope="module")
-def prepared_project(tmp_path_factory, source):
-    project = tmp_path_factory.mktemp("streamed-project") / "p"
-    result = invoke("--project", project, "data", "prepare", "--images", source, "--recipe", RECIPE)
-    assert result.exit_code == 0, result.stderr
-    return project
+def prepared_project(source):
+    return source.parent / "p"
 
 
 @pytest.fixture

@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import invoke
+from helpers import invoke, one_error_line
 from mpltool.manifest import MANIFEST_NAME
 
 RECIPE = "supervised-domains-demo"  # caffe-alexnet-64-512: 64x64, reads every source record
 TWO_SPLITS = ["--set", "target_domain=test", "--set", "domain_valid_fraction=0", "--set", "select_best_on=test"]
-
-
-def one_error_line(result, code):
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def png(image):

@@ -75,6 +75,13 @@ def dense(x, units, kernel_initializer):
         return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
+def residual_output(y, x, projection=None):
+    """relu(y + shortcut): the shortcut is `projection()` (a strided 1x1 conv + BN in its own scopes) where
+    the block changes the shape, else the block's input `x` unchanged."""
+    shortcut = x if projection is None else projection()
+    return tf.nn.relu(tf.add(y, shortcut, name="add"))
+
+
 def batch_norm(x, training, updates, name, momentum, epsilon=BN_EPSILON):
     """NHWC batch norm under scope `name` (which must start with `bn`: weight decay skips those).
 

@@ -90,13 +90,13 @@ class ResNet50:
         with tf.variable_scope("conv_3"):
             y = _conv(y, 1, width * EXPANSION, 1)
         y = self._batch_norm(y, training, updates, "bn_3")
-        if project:
+
+        def projection():
             with tf.variable_scope("shortcut"):
                 shortcut = _conv(x, 1, width * EXPANSION, stride)
-            shortcut = self._batch_norm(shortcut, training, updates, "bn_shortcut")
-        else:
-            shortcut = x
-        return tf.nn.relu(tf.add(y, shortcut, name="add"))
+            return self._batch_norm(shortcut, training, updates, "bn_shortcut")
+
+        return layers.residual_output(y, x, projection if project else None)
 
     def _batch_norm(self, x, training, updates, name):
         return layers.batch_norm(x, training, updates, name, momentum=self.bn_momentum, epsilon=BN_EPSILON)
