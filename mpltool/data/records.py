@@ -16,6 +16,7 @@ recomputes the file's farmhash64 fingerprint (TensorFlow's `tf.fingerprint`, com
 at prepare) and stops the run with exit 3 naming the file when it differs.
 """
 
+import abc
 import os
 from typing import Dict, Optional, Tuple
 
@@ -326,7 +327,7 @@ class _BatchDecoder:
 _DECODERS = {}  # type: Dict[Tuple, _BatchDecoder]
 
 
-class LazyImages:
+class LazyImages(abc.ABC):
     """A lazy uint8 [N, H, W, 3] array: slicing (or indexing with an array) reads, verifies and decodes
     just those records at (H, W). What eval, freeze and the report iterate over in batches, and what
     training streams from."""
@@ -339,11 +340,13 @@ class LazyImages:
     def shape(self):
         return (len(self),) + self.size + (3,)
 
+    @abc.abstractmethod
     def reader(self):
-        raise NotImplementedError
+        """The reader that reads, verifies and decodes these records (training's and eval's)."""
 
+    @abc.abstractmethod
     def _decoder_key(self) -> Tuple:
-        raise NotImplementedError
+        """What decides the decode graph: records with equal keys share one."""
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
@@ -392,7 +395,7 @@ class FileImages(LazyImages):
         return FileReader(self.size, self.root)
 
     def _decoder_key(self):
-        return ("files", self.root) + self.size
+        return ("files", self.root) + self.size  # the folder is a constant of the read graph
 
 
 class ShardImages(LazyImages):
@@ -433,4 +436,5 @@ class ShardImages(LazyImages):
         return ShardReader(self.size, self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"])
 
     def _decoder_key(self):
-        return ("shards", id(self.shards)) + self.size
+        # The graph depends on the reader's settings only; which shards and rows it reads is fed.
+        return ("shards", self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"]) + self.size

@@ -11,6 +11,7 @@ Adding one: a module with a `DataSource` subclass, a line in `_REGISTRY`, and (f
 option of `data prepare` naming it. docs/architecture.md shows the steps.
 """
 
+import abc
 import collections
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,7 +30,7 @@ _REGISTRY = Registry(collections.OrderedDict([
 DEFAULT_SOURCE = "cifar"  # a data record from before sources were named
 
 
-class DataSource:
+class DataSource(abc.ABC):
     """The interface of a source; the docstring of each method says what the data stage expects."""
 
     name = ""
@@ -44,15 +45,15 @@ class DataSource:
 
         return default_recipe()
 
+    @abc.abstractmethod
     def prepare_params(self, given: Path, recipe, options: Dict[str, Any]) -> Dict[str, Any]:
         """The data stage's params: what the user gave, with the recipe's defaults; refuses what does not
         apply to this source (a usage error naming the option)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def import_files(self, given: Path, folder: Path, params: Dict[str, Any],
                      note: Callable[[str], None]) -> List[Dict[str, Any]]:
         """Validate and copy every file into `folder`; one summary (name, records, label_counts...) per file."""
-        raise NotImplementedError
 
     def place_files(self, imported: Path, final_dir: Path, infos: List[Dict[str, Any]]) -> None:
         """Move what is not a manifest output (a tree of image files that one indexed output pins) to its
@@ -61,32 +62,32 @@ class DataSource:
     def after_commit(self, project, record: Dict[str, Any]) -> None:
         """Remove what an earlier import left that the committed `record` no longer names."""
 
+    @abc.abstractmethod
     def file_key(self, name: str) -> str:
         """The manifest output key of an imported file."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def record(self, run, project, infos: List[Dict[str, Any]], staged: Dict[str, Path],
                params: Dict[str, Any]) -> Dict[str, Any]:
         """Fill the data record (and its metrics; further outputs through run.stage_output); the result
         `data prepare` returns."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summary(self, result: Dict[str, Any]) -> Tuple[str, List[str], List[List[Any]], List[str]]:
         """(table title, columns, rows, lines) `data prepare` prints."""
-        raise NotImplementedError
 
     def next_train_args(self, result: Dict[str, Any], recipe) -> List[str]:
         """What to add to `mpltool train --recipe R` after this import."""
         return []
 
     # -- reading back --
+    @abc.abstractmethod
     def needed_outputs(self, record: Dict[str, Any], splits: Sequence[str]) -> List[str]:
         """The output keys a reader of `splits` ("train", "test") needs verified."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_split(self, prepared: Dict[str, Any], split: str, recipe=None) -> Tuple[np.ndarray, np.ndarray]:
         """(images uint8 HWC, labels int64) of one split."""
-        raise NotImplementedError
 
     def check_recipe(self, prepared: Dict[str, Any], recipe) -> None:
         """Refuse a recipe that cannot train on this data (exit 2 or 4, saying what to change)."""
@@ -94,18 +95,18 @@ class DataSource:
     def adopt(self, recipe, record: Dict[str, Any], log: Callable[[str], None]) -> None:
         """Fit the recipe to the prepared data before any graph is built (a split `data prepare` fixed)."""
 
+    @abc.abstractmethod
     def training_data(self, prepared: Dict[str, Any], recipe) -> Dict[str, Any]:
         """Everything a training run reads: train_images/labels, test_images/labels, labelled_indices,
         unlabelled_indices, valid_images/labels, train_domains (each training record's domain, an index
         into source_domains), source_domains, target_domain (the held-out one, or ""), and `train_record`
         (what the train record keeps of it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def test_set(self, prepared: Dict[str, Any], train_params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray,
                                                                                         Dict[str, Any]]:
         """(images, labels, the records of the files they come from) of the test set, given the train
         record's params (None: no training yet)."""
-        raise NotImplementedError
 
     def test_set_key(self, train_params: Optional[Dict[str, Any]]) -> str:
         """What beside the files' hashes decides which images are the test set (a cache key part)."""

@@ -10,6 +10,7 @@ went while the frozen graph kept its initial weights. No initializer is ever run
 checkpoint does not fill cannot silently keep a random value: it is refused by name before the restore.
 """
 
+import abc
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -92,23 +93,25 @@ def _first(items: Sequence[str], count: int = 3) -> str:
     return shown + (", ... ({} more)".format(len(items) - count) if len(items) > count else "")
 
 
-class InferenceModel:
+class InferenceModel(abc.ABC):
     """What every runnable model offers (a checkpoint's inference graph, a frozen .pb, an .onnx): raw
     0..255 NHWC pixels in, logits out, run at its static batch when it has one; closed by `with`."""
 
     num_classes = None  # type: Optional[int]
     static_batch = None  # type: Optional[int]  # the batch it must be fed (None: any)
 
+    @abc.abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Logits [N, classes] of raw pixels [N, H, W, 3]."""
 
     @property
+    @abc.abstractmethod
     def image_shape(self) -> List[Optional[int]]:
         """[height, width, channels] of one input image (None where the model does not fix it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the session (or runtime) behind the model."""
 
     def __enter__(self):
         return self
