@@ -5,9 +5,11 @@ and DIR/test/<class>/, 5% test; 96x96 JPEGs, each file distinct) and measures, e
 - `data prepare --images` throughput (images/s: copied, hashed, decoded once) and its peak RSS;
 - peak RSS of a short training run (supervised-domains-demo, Caffe AlexNet at 64x64, files decoded and
   resized as they are read) and of `eval` over the test domain;
-then, on the smallest folder, the images/s the training input pipeline delivers at 224x224 (read,
-fingerprint-verified, decoded, resized, flipped and cropped) against the images/s a Caffe-AlexNet step at
-227x227 consumes (inputs in memory). The figures are printed as a table; nothing is asserted.
+then, on the smallest folder, the images/s the training input pipeline delivers at 224x224 -- files read,
+fingerprint-verified and decoded, then either resized + flip/pad/crop, or autoaugment-resnet50's view
+(random-resized crop, flip, the ImageNet AutoAugment policy) -- against the images/s a ResNet-50 training
+step at 224x224 consumes (autoaugment-resnet50's network, inputs in memory). The figures are printed as a
+table; nothing is asserted.
 
 Re-measure: .venv/bin/python benchmarks/data_scale.py [--sizes 10000,50000,200000] [--steps 20] [--keep DIR]
 """
@@ -80,12 +82,16 @@ def evaluate(project):
     return {"images": result["images"], "images_per_second": result["images_per_second"]}
 
 
-def pipeline_rate(project, size=224, batch=128, batches=12):
-    """Images/s the training input delivers at `size`: files read, verified, decoded, resized, flip+crop."""
+IMAGENET_RECIPE = "autoaugment-resnet50"
+
+
+def pipeline_rate(project, view="flip-crop", size=224, batch=128, batches=12):
+    """Images/s the training input delivers at `size`: files read, verified, decoded, then `view`:
+    flip-crop (resized, flip/pad/crop) or imagenet (autoaugment-resnet50's crop + policy)."""
     from mpltool.data.pipeline import Stream, TrainInput
     from mpltool.data.records import reader_of
     from mpltool.data.stage import load_prepared, training_data
-    from mpltool.data.views import LABELS, flip_crop
+    from mpltool.data.views import LABELS, flip_crop, resized_crop
     from mpltool.manifest import Project
     from mpltool.models import normalize_input, input_spec
     from mpltool.recipes import load_recipe
@@ -94,9 +100,11 @@ def pipeline_rate(project, size=224, batch=128, batches=12):
     recipe = load_recipe(RECIPE, TRAIN_SET)
     data = training_data(load_prepared(Project(project)), recipe)
     images = data["train_images"].resized((size, size))
-    spec = input_spec(recipe.model)
+    spec = input_spec("resnet50-{}".format(size))
+    chosen = flip_crop() if view == "flip-crop" else resized_crop(load_recipe(IMAGENET_RECIPE, [
+        "model=resnet50-{}".format(size)]))
     with tf.Graph().as_default():
-        pipeline = TrainInput([Stream("labelled", batch, flip_crop(), LABELS)], lambda x: normalize_input(x, spec),
+        pipeline = TrainInput([Stream("labelled", batch, chosen, LABELS)], lambda x: normalize_input(x, spec),
                               shuffle_buffer=1024, seed=0, image_shape=images.shape[1:], reader=reader_of(images))
         with tf.Session() as session:
             pipeline.initialize(session, images, data["train_labels"], data["labelled_indices"])
@@ -109,9 +117,10 @@ def pipeline_rate(project, size=224, batch=128, batches=12):
 
 
 def step_rate(batch=32):
+    """Images/s one fwd+bwd step of autoaugment-resnet50's ResNet-50 at 224x224 consumes."""
     from train_step import plain_step
 
-    result = plain_step("masf-pacs-alexnet", ["batch_size={}".format(batch)])
+    result = plain_step(IMAGENET_RECIPE, ["batch_size={}".format(batch)], repeat=3)
     return {"images_per_second": batch / result["seconds"], "batch": batch}
 
 
@@ -143,7 +152,8 @@ def main():
                                           trained["peak_rss_mib"], evaluated["peak_rss_mib"],
                                           evaluated["images_per_second"]), flush=True)
         smallest = os.path.join(root, "project-{}".format(rows[0][0]))
-        delivered = common.child(me, "pipeline_rate", {"project": smallest})
+        delivered = {view: common.child(me, "pipeline_rate", {"project": smallest, "view": view})
+                     for view in ("flip-crop", "imagenet")}
         consumed = common.child(me, "step_rate", {})
     finally:
         if not args.keep:
@@ -158,10 +168,13 @@ def main():
     for stage, key in (("train", 2), ("eval", 3)):
         values = [row[key]["peak_rss_mib"] for row in rows]
         print("{} peak RSS, largest / smallest folder: {:.3f}".format(stage, values[-1] / values[0]))
-    print("input pipeline at 224x224: {:.0f} images/s; a Caffe-AlexNet step at 227x227 (batch {}) consumes {:.0f} "
-          "images/s: ratio {:.2f}".format(delivered["images_per_second"], consumed["batch"],
-                                          consumed["images_per_second"],
-                                          delivered["images_per_second"] / consumed["images_per_second"]))
+    print("a ResNet-50 step at 224x224 (batch {}) consumes {:.1f} images/s".format(
+        consumed["batch"], consumed["images_per_second"]))
+    for view, label in (("flip-crop", "resize + flip/pad/crop"),
+                        ("imagenet", "random-resized crop + flip + ImageNet AutoAugment")):
+        rate = delivered[view]["images_per_second"]
+        print("input pipeline at 224x224, {}: {:.0f} images/s, {:.1f}x what the step consumes".format(
+            label, rate, rate / consumed["images_per_second"]))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ def add_weight_decay(variables, gradients, weight_decay):
 
 
 def make_optimizer(learning_rate, recipe):
-    """The one place optimizers are made (a distributed wrapper wraps this): Nesterov momentum."""
-    return tf.train.MomentumOptimizer(learning_rate, momentum=recipe.momentum, use_nesterov=True,
-                                      use_locking=True)
+    """The one place optimizers are made (a distributed wrapper wraps this): momentum, Nesterov's unless
+    the recipe says `nesterov: false` (seed 003's PyTorch SGD)."""
+    return tf.train.MomentumOptimizer(learning_rate, momentum=recipe.momentum,
+                                      use_nesterov=bool(getattr(recipe, "nesterov", True)), use_locking=True)
 
 
 Gradients = collections.namedtuple("Gradients", ["values", "norm"])  # clipped, weight-decayed; global norm

@@ -10,7 +10,9 @@ class Supervised(SingleNetwork):
     description = "labelled cross-entropy only (the teacher's schedule), evaluated through its EMA"
     metric_names = ("loss", "labelled_ce", "learning_rate", "grad_norm", "accuracy", "ema_decay")
     progress_metrics = ("loss", "accuracy", "learning_rate")
-    reads = tuple(key for key in STRONG_VIEW_TRAINING if key != "unlabelled_ratio")  # no unlabelled stream
+    # No unlabelled stream; the training crop's keys (seed 003's random-resized crop) are its own to read.
+    reads = tuple(key for key in STRONG_VIEW_TRAINING if key != "unlabelled_ratio") + (
+        "train_crop", "crop_min_area", "crop_max_aspect")
     reference_recipe = "supervised-wrn28-2"
     demo_recipe = "supervised-demo"
 
@@ -19,8 +21,12 @@ class Supervised(SingleNetwork):
         from mpltool.data.pipeline import Stream
 
         # With a policy (`augment: autoaugment`, as the AutoAugment paper trains), the labelled images get
-        # it; `augment: none` (the supervised recipes) keeps flip/pad/crop.
-        view = views.strong(recipe) if recipe.augment != "none" else views.flip_crop()
+        # it; `augment: none` (the supervised recipes) keeps flip/pad/crop. `train_crop: random-resized`
+        # (ImageNet's) crops each image from its own size first, then applies the policy.
+        if recipe.train_crop == "random-resized":
+            view = views.resized_crop(recipe)
+        else:
+            view = views.strong(recipe) if recipe.augment != "none" else views.flip_crop()
         return [Stream("labelled", recipe.batch_size, view, labels=views.LABELS)]
 
     def forward_equivalents(self, recipe):

@@ -15,8 +15,9 @@ UDA_FIELDS = (
     Field("uda_steps", "int", 5000, "steps over which the UDA weight ramps up linearly", **counts()),
 )
 # The shared keys a teacher-style single network reads: its optimiser, EMA, augmentation, unlabelled ratio.
-STRONG_VIEW_TRAINING = ("unlabelled_ratio", "lr", "lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum", "weight_decay",
-             "grad_bound", "ema_decay", "augment", "augment_magnitude", "augment_layers", "augment_overflow")
+STRONG_VIEW_TRAINING = ("unlabelled_ratio", "lr", "lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
+                        "nesterov", "weight_decay", "grad_bound", "ema_decay", "augment", "augment_magnitude",
+                        "augment_layers", "augment_overflow", "autoaugment_policy")
 
 
 def labelled_and_pair_streams(recipe):

@@ -424,6 +424,9 @@ class CifarBinaries(DataSource):
         if recipe.select_best_on == "valid" and not recipe.num_valid:
             raise UsageError("select_best_on=valid but this run has no validation records",
                              hint="prepare a round-robin split with --valid N, or use select_best_on=test")
+        if recipe.eval_crop:
+            raise UsageError("eval_crop frames image files and shards as they are decoded; CIFAR's images are "
+                             "stored at 32x32", hint="drop --set eval_crop, or prepare image files (--images DIR)")
 
     def adopt(self, recipe, record, log):
         """The labelled split `data prepare` recorded is adopted for every split key the user did not set

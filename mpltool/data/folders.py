@@ -561,6 +561,10 @@ class ImageFolders(DataSource):
         self.split_domains(prepared, recipe.target_domain)
         size = list(prepared["record"].get("image_size") or [])
         wanted = list(self._size_of(recipe.model))
+        if self._legacy(prepared["record"]) and recipe.eval_crop:
+            raise UsageError("eval_crop frames image files as they are decoded; these images were stored decoded "
+                             "at {}x{} by an earlier mpltool".format(*size[:2]),
+                             hint="drop --set eval_crop, or re-run `mpltool data prepare --images DIR --force`")
         if self._legacy(prepared["record"]) and size != wanted:
             raise PrerequisiteError("the images were prepared at {}x{} (by an earlier mpltool, which stored them "
                                     "decoded at one size) but {} takes {}x{}".format(
@@ -575,7 +579,7 @@ class ImageFolders(DataSource):
         """The target domain is the test set; every record of the other domains is labelled and
         unlabelled alike, except `domain_valid_fraction` of each source domain held out for validation
         (model selection that never looks at the target)."""
-        from mpltool.data.records import subset
+        from mpltool.data.records import subset, with_eval_crop
 
         sources, target = self.split_domains(prepared, recipe.target_domain)
         size = self._size_of(recipe.model)
@@ -583,9 +587,11 @@ class ImageFolders(DataSource):
         test_images, test_labels, _ = self.read_domains(prepared, [target], size)
         valid = domain_holdout(domain_ids, recipe.domain_valid_fraction, recipe.split_seed, sources)
         rest = np.setdiff1d(np.arange(train_labels.size), valid)
-        return {"train_images": train_images, "train_labels": train_labels, "test_images": test_images,
-                "test_labels": test_labels, "labelled_indices": rest, "unlabelled_indices": rest,
-                "valid_images": subset(train_images, valid), "valid_labels": train_labels[valid],
+        return {"train_images": train_images, "train_labels": train_labels,
+                "test_images": with_eval_crop(test_images, recipe.eval_crop), "test_labels": test_labels,
+                "labelled_indices": rest, "unlabelled_indices": rest,
+                "valid_images": with_eval_crop(subset(train_images, valid), recipe.eval_crop),
+                "valid_labels": train_labels[valid],
                 "train_domains": domain_ids, "source_domains": list(sources), "target_domain": target,
                 "train_record": {"domains": {"source": list(sources), "target": target}}}
 
@@ -597,14 +603,18 @@ class ImageFolders(DataSource):
             raise PrerequisiteError("image-folder data has no test set until training names the held-out domain",
                                     hint="run `mpltool train --set target_domain=DOMAIN` first")
         self.split_domains(prepared, target)
+        from mpltool.data.records import with_eval_crop
+
         model = (train_params or {}).get("model")
         images, labels, _ = self.read_domains(prepared, [target], self._size_of(model) if model else None)
+        images = with_eval_crop(images, float((train_params or {}).get("eval_crop") or 0.0))
         keep = (self.file_key("{}.bin".format(target)), self.file_key(INDEX_FILE), self.file_key(IMAGES_INDEX))
         return images, labels, {k: v for k, v in prepared["inputs"].items() if k in keep}
 
     def test_set_key(self, train_params):
         params = train_params or {}
-        return "{}@{}".format(params.get("target_domain") or "", params.get("model") or "")
+        key = "{}@{}".format(params.get("target_domain") or "", params.get("model") or "")
+        return key + ("~{}".format(float(params["eval_crop"])) if params.get("eval_crop") else "")
 
     def class_names(self, project, record):
         return record.get("classes"), "data record classes"

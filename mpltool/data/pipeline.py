@@ -27,8 +27,11 @@ from mpltool.tfv1 import tf
 RECORDS = ("labelled", "unlabelled")
 
 # A view: `names` (the batch keys of its outputs) and `make(image, seed)` -> a tuple with one entry per
-# name, each a uint8 HWC image or a tuple of them (K views of one record).
-View = collections.namedtuple("View", ["names", "make"])
+# name, each a uint8 HWC image at the input size or a tuple of them (K views of one record).
+# `full_image`: make receives each image at its own (decoded) size and brings it to the input size
+# itself (a random-resized crop); otherwise the reader has framed it at the input size already.
+View = collections.namedtuple("View", ["names", "make", "full_image"])
+View.__new__.__defaults__ = (False,)
 
 Stream = collections.namedtuple("Stream", [
     "records",     # "labelled" or "unlabelled": which of the split's records it draws
@@ -134,7 +137,8 @@ class TrainInput:
             return tf.nest.map_structure(normalize, output)
 
         def viewed(record):
-            return tuple(as_input(o) for o in stream.view.make(reader.decode(record), map_seed))
+            image = reader.decode(record, full=stream.view.full_image)
+            return tuple(as_input(o) for o in stream.view.make(image, map_seed))
 
         if stream.labels:
             def mapped(record, label):

@@ -63,6 +63,25 @@ def resize_image(image, size: Tuple[int, int]):
     return resized
 
 
+def centre_crop(image, fraction: float):
+    """The centre square of side int(fraction * the shorter side), at least 1 px: tensorflow/models'
+    evaluation crop. With fraction 224/256, cropping then resizing to 224 frames the image exactly as
+    "resize the shorter side to 256, take the centre 224x224" does, with one resampling instead of two."""
+    from mpltool.tfv1 import tf
+
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.maximum(tf.cast(float(fraction) * tf.cast(tf.minimum(height, width), tf.float32), tf.int32), 1)
+    top, left = (height - side + 1) // 2, (width - side + 1) // 2
+    return tf.slice(image, tf.stack([top, left, 0]), tf.stack([side, side, 3]))
+
+
+def frame_image(image, size: Tuple[int, int], crop: float = 0.0):
+    """A decoded image brought to the network's `size` for evaluation: the whole image resized (crop 0,
+    mpltool's default), or its centre `crop` fraction (recipe key eval_crop; 0.875 = 224/256)."""
+    return resize_image(centre_crop(image, crop) if crop else image, size)
+
+
 def verified(data, expected, name):
     """`data`, passed on only when its fingerprint is `expected`; otherwise the step fails with an
     error naming `name` (see `data_error`)."""
@@ -157,6 +176,11 @@ class PixelReader:
     def read(self, *handles):
         return handles[0]
 
+    def decode(self, record, full=False):
+        """The image of one record: framed at the input size, or (`full`) at its own size, for a view
+        that crops it itself. Pixels in memory are both."""
+        return record
+
     def dataset(self, handles, labels=None, parallel=None):
         """The records fed (with their labels, when a placeholder of them is given), in the order fed;
         read (and verified) when the reader reads files, so a shuffle buffer after it holds bytes."""
@@ -173,19 +197,17 @@ class PixelReader:
             dataset = dataset.map(lambda *handle: self.read(*handle), num_parallel_calls=parallel)
         return dataset
 
-    def decode(self, record):
-        return record
-
 
 class FileReader(PixelReader):
     """Image files: (path, fingerprint) placeholders; each file read and verified before the shuffle,
-    decoded and resized after it."""
+    decoded and framed (frame_image) after it."""
 
     reads = True
 
-    def __init__(self, size: Tuple[int, int], root: str = ""):
+    def __init__(self, size: Tuple[int, int], root: str = "", crop: float = 0.0):
         self.size = tuple(size)
         self.root = root
+        self.crop = float(crop)
         super().__init__(self.size + (3,))
 
     def placeholders(self, name: str):
@@ -204,8 +226,9 @@ class FileReader(PixelReader):
 
         return read_verified(tf.strings.join([self.root + os.sep, relpath]), expected)
 
-    def decode(self, record):
-        return resize_image(decode_image(record), self.size)
+    def decode(self, record, full=False):
+        image = decode_image(record)
+        return image if full else frame_image(image, self.size, self.crop)
 
 
 class ShardReader(FileReader):
@@ -213,8 +236,8 @@ class ShardReader(FileReader):
     counted (its row in the index), the unchosen skipped, each chosen one verified against its recorded
     fingerprint before it is parsed; a record's label is its own (less the index's label offset)."""
 
-    def __init__(self, size, image_key: str, label_key: str, label_offset: int):
-        super().__init__(size, "")
+    def __init__(self, size, image_key: str, label_key: str, label_offset: int, crop: float = 0.0):
+        super().__init__(size, "", crop)
         self.image_key, self.label_key, self.label_offset = image_key, label_key, int(label_offset)
 
     def placeholders(self, name: str):
@@ -272,6 +295,14 @@ def at_input_size(images, image_shape):
     if isinstance(images, np.ndarray) or len(size) < 2 or None in size or tuple(images.shape[1:3]) == size:
         return images
     return images.resized(size)
+
+
+def with_eval_crop(images, crop: float):
+    """A lazy test or validation set framed by the recipe's eval_crop; pixels in memory are taken as
+    they are (DataSource.check_recipe refuses eval_crop for them)."""
+    if not crop or isinstance(images, np.ndarray):
+        return images
+    return images.cropped(crop)
 
 
 def rank_share(images, indices, rank: int, size: int):
@@ -335,6 +366,15 @@ class LazyImages(abc.ABC):
     dtype = np.dtype(np.uint8)
     ndim = 4
     size = (1, 1)
+    crop = 0.0  # the centre fraction each image is framed by (frame_image); 0: the whole image
+
+    def cropped(self, crop: float) -> "LazyImages":
+        """The same records framed by their centre `crop` fraction (recipe key eval_crop)."""
+        import copy
+
+        framed = copy.copy(self)
+        framed.crop = float(crop)
+        return framed
 
     @property
     def shape(self):
@@ -386,16 +426,16 @@ class FileImages(LazyImages):
 
     def take(self, indices) -> "FileImages":
         indices = np.asarray(indices, np.int64)
-        return FileImages(self.root, self.relpaths[indices], self.fingerprints[indices], self.size)
+        return FileImages(self.root, self.relpaths[indices], self.fingerprints[indices], self.size).cropped(self.crop)
 
     def resized(self, size) -> "FileImages":
-        return FileImages(self.root, self.relpaths, self.fingerprints, size)
+        return FileImages(self.root, self.relpaths, self.fingerprints, size).cropped(self.crop)
 
     def reader(self) -> FileReader:
-        return FileReader(self.size, self.root)
+        return FileReader(self.size, self.root, self.crop)
 
     def _decoder_key(self):
-        return ("files", self.root) + self.size  # the folder is a constant of the read graph
+        return ("files", self.root, self.crop) + self.size  # the folder is a constant of the read graph
 
 
 class ShardImages(LazyImages):
@@ -417,10 +457,10 @@ class ShardImages(LazyImages):
         return len(self.rows)
 
     def take(self, indices) -> "ShardImages":
-        return ShardImages(self.shards, self.rows[np.asarray(indices, np.int64)], self.size)
+        return ShardImages(self.shards, self.rows[np.asarray(indices, np.int64)], self.size).cropped(self.crop)
 
     def resized(self, size) -> "ShardImages":
-        return ShardImages(self.shards, self.rows, size)
+        return ShardImages(self.shards, self.rows, size).cropped(self.crop)
 
     def rank_share(self, indices, rank: int, size: int):
         shard_ids = np.unique(self.shard_of[self.rows[indices]])
@@ -433,8 +473,10 @@ class ShardImages(LazyImages):
         return np.asarray(indices)[np.isin(self.shard_of[self.rows[indices]], mine)]
 
     def reader(self) -> ShardReader:
-        return ShardReader(self.size, self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"])
+        return ShardReader(self.size, self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"],
+                           self.crop)
 
     def _decoder_key(self):
         # The graph depends on the reader's settings only; which shards and rows it reads is fed.
-        return ("shards", self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"]) + self.size
+        return ("shards", self.shards["image_key"], self.shards["label_key"], self.shards["label_offset"],
+                self.crop) + self.size

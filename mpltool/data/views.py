@@ -5,10 +5,12 @@ and the strong view of each `augment` policy; at the end, the View declarations 
 algorithms' streams are made of. An algorithm may declare a view of its own the same way.
 """
 
-from mpltool.data.augment.autoaugment import CIFAR10_POLICY, autoaugment
-from mpltool.data.augment.ops import derived_seed, flip_pad_crop, hwc, jitter, no_autograph, random_cutout, uint8_image
+from mpltool.data.augment.autoaugment import autoaugment
+from mpltool.data.augment.ops import (derived_seed, flip_pad_crop, hwc, jitter, no_autograph, op_seeds, random_cutout,
+                                      uint8_image)
 from mpltool.data.augment.randaugment import randaugment
 from mpltool.data.pipeline import View
+from mpltool.tfv1 import tf
 
 # The batch keys the common views use.
 LABELLED = "labelled"
@@ -57,26 +59,46 @@ def unlabelled_views(img, magnitude=16, num_layers=2, seed=None, overflow="clip"
 
 
 @no_autograph
-def autoaugment_view(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
+def autoaugment_view(img, seed=None, overflow="clip", policy=None, family="cifar10"):
     """TFM data_utils order: the policy, then pad 4 + random crop + random h-flip (one gather; the
     flip/shift order does not change the distribution), then cutout of half the image size (16 px for
     CIFAR) with a uniform centre, clipped at the borders. uint8 in and out; normalise afterwards."""
-    out = autoaugment(img, seed=derived_seed(seed, 1), overflow=overflow, policy=policy)
+    out = autoaugment(img, seed=derived_seed(seed, 1), overflow=overflow, policy=policy, family=family)
     out = jitter(out, derived_seed(seed, 2))
     return random_cutout(out, size=min(hwc(out)[:2]) // 2, seed=derived_seed(seed, 3))
+
+
+@no_autograph
+def random_resized_crop(img, size, min_area=0.08, max_aspect=4.0 / 3.0, seed=None):
+    """The Inception / ImageNet training crop, from a uint8 image of any size: a window covering a share
+    of the image's area in [min_area, 1] with aspect ratio (width / height) in [1/max_aspect, max_aspect]
+    (tf.image.sample_distorted_bounding_box, 10 attempts, then the whole image), resized to `size`
+    (records.resize_image, as evaluation resizes), then flipped left-right with probability 1/2."""
+    from mpltool.data.records import resize_image
+
+    img = tf.convert_to_tensor(img)
+    seeds = op_seeds(seed)
+    begin, extent, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(img), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=next(seeds),
+        min_object_covered=0.0, aspect_ratio_range=(1.0 / max_aspect, max_aspect), area_range=(min_area, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    out = resize_image(tf.slice(img, begin, extent), size)
+    flip = tf.random.uniform([], seed=next(seeds)) < 0.5
+    return tf.where_v2(flip, tf.reverse(out, [1]), out)
 
 
 POLICIES = ("randaugment", "autoaugment", "none")
 
 
-def strong_view(image, policy, magnitude, num_layers, seed, overflow):
+def strong_view(image, policy, magnitude, num_layers, seed, overflow, family="cifar10"):
     """The strong view of one uint8 image under the recipe's `augment` policy:
-    randaugment (RandAugment, cutout, flip/crop: the reference's aug view), autoaugment (the CIFAR-10
-    policy, crop, flip, cutout 16: tensorflow/models' order), or none (flip/pad/crop only)."""
+    randaugment (RandAugment, cutout, flip/crop: the reference's aug view), autoaugment (the policy
+    `family` names, crop, flip, cutout of half the size: tensorflow/models' CIFAR order), or none
+    (flip/pad/crop only)."""
     if policy == "randaugment":
         return aug_view(image, magnitude=magnitude, num_layers=num_layers, seed=seed, overflow=overflow)
     if policy == "autoaugment":
-        return autoaugment_view(image, seed=seed, overflow=overflow)
+        return autoaugment_view(image, seed=seed, overflow=overflow, family=family)
     if policy == "none":
         return labelled_view(image, seed=seed)
     raise ValueError("augment must be one of {}, got {!r}".format(", ".join(POLICIES), policy))
@@ -104,7 +126,29 @@ def weak_views(count: int, name="views") -> View:
 def strong(recipe, name=LABELLED) -> View:
     """The strong view of the recipe's `augment` policy."""
     return View((name,), lambda image, seed: (strong_view(image, recipe.augment, recipe.augment_magnitude,
-                                                          recipe.augment_layers, seed, recipe.augment_overflow),))
+                                                          recipe.augment_layers, seed, recipe.augment_overflow,
+                                                          recipe.autoaugment_policy),))
+
+
+def resized_crop(recipe, name=LABELLED) -> View:
+    """Seed 003's training view (recipe key train_crop: random-resized): a random-resized crop and flip of
+    each image at its own decoded size, brought to the model's input size, then the recipe's `augment`
+    policy, no cutout: tensorflow/models' ImageNet order (docs/imagenet-recipe.md §1)."""
+    from mpltool.models import input_spec
+
+    size = tuple(input_spec(recipe.model).shape[:2])
+
+    def make(image, seed):
+        out = random_resized_crop(image, size, recipe.crop_min_area, recipe.crop_max_aspect, derived_seed(seed, 1))
+        if recipe.augment == "autoaugment":
+            out = autoaugment(out, seed=derived_seed(seed, 2), overflow=recipe.augment_overflow,
+                              family=recipe.autoaugment_policy)
+        elif recipe.augment == "randaugment":
+            out = randaugment(out, num_layers=recipe.augment_layers, magnitude=recipe.augment_magnitude,
+                              seed=derived_seed(seed, 2), overflow=recipe.augment_overflow)
+        return (out,)
+
+    return View((name,), make, full_image=True)
 
 
 def ori_aug(recipe) -> View:
@@ -116,6 +160,6 @@ def ori_aug(recipe) -> View:
                                     seed=seed, overflow=recipe.augment_overflow)
         ori = ori_view(image, seed=seed)
         return ori, strong_view(ori, recipe.augment, recipe.augment_magnitude, recipe.augment_layers,
-                                derived_seed(seed, 7), recipe.augment_overflow)
+                                derived_seed(seed, 7), recipe.augment_overflow, recipe.autoaugment_policy)
 
     return View(("ori", "aug"), make)

@@ -155,8 +155,10 @@ SHARED_FIELDS = [
     Field("lr_warmup_steps", "int", 5000, "linear warmup steps of lr", **counts(low=0), optional=True),
     Field("lr_scale_by_batch", "bool", False, "multiply base rates by B/256 (reference TPU code; the Ascend run did not)", optional=True),
     Field("lr_decay", "str", "cosine", "decay after warmup", choices=("cosine", "constant"), optional=True),
-    Field("momentum", "float", 0.9, "Nesterov momentum of the optimizers", **UNIT_OPEN,
+    Field("momentum", "float", 0.9, "momentum of the optimizers", **UNIT_OPEN,
           why="at 1 the velocity never decays", optional=True),
+    Field("nesterov", "bool", True, "Nesterov momentum (the references'); false: plain momentum, as PyTorch's SGD "
+          "in seed 003", optional=True),
     Field("weight_decay", "float", 5e-4, "L2 added to the gradients of non-BN variables", **NON_NEGATIVE, optional=True),
     Field("grad_bound", "float", 1e9, "global-norm gradient clip (1e9: none in practice)", low=0.0, low_open=True,
           why="a clip norm of 0 zeroes every gradient (NaN when the norm is 0)", optional=True),
@@ -174,6 +176,19 @@ SHARED_FIELDS = [
     Field("augment", "str", "randaugment", "strong-view policy: randaugment (the reference's), autoaugment (the "
           "CIFAR-10 policy of tensorflow/models), none (flip/pad/crop only)",
           choices=("randaugment", "autoaugment", "none"), optional=True),
+    Field("autoaugment_policy", "str", "cifar10", "AutoAugment's policy: cifar10 (tensorflow/models research/"
+          "autoaugment) or imagenet (tensorflow/models official/vision, v0: 25 sub-policies, its own level mapping)",
+          choices=("cifar10", "imagenet"), optional=True),
+    Field("train_crop", "str", "pad-crop", "training crop: pad-crop (flip, pad by size/8, random crop: CIFAR's) or "
+          "random-resized (a random share of each image at its own size, resized to the input, flipped: "
+          "ImageNet's)", choices=("pad-crop", "random-resized"), optional=True),
+    Field("crop_min_area", "float", 0.08, "random-resized crop: least share of the image's area a crop covers",
+          low=0.0, high=1.0, low_open=True, optional=True),
+    Field("crop_max_aspect", "float", 4.0 / 3.0, "random-resized crop: aspect ratios range over [1/r, r]", low=1.0,
+          high=100.0, optional=True),
+    Field("eval_crop", "float", 0.0, "evaluation framing of image files and shards: 0 resizes the whole image to the "
+          "input; F in (0, 1] takes the centre square of F x the shorter side (0.875: resize 256, centre 224)",
+          **UNIT),
     Field("augment_magnitude", "int", 16, "RandAugment magnitude (16 = level 1.6)", low=0, high=30, optional=True),
     Field("augment_layers", "int", 2, "RandAugment ops per image", low=0, high=30, optional=True),
     Field("augment_overflow", "str", "clip", "colour ops (Color, Contrast, Brightness, Sharpness) past 255: wrap "

@@ -1,12 +1,16 @@
-"""AutoAugment: the CIFAR-10 policy as tensorflow/models research/autoaugment applies it, on the ops of
-ops.py (see the section comment below for the differences from that PIL code)."""
+"""AutoAugment: the CIFAR-10 policy as tensorflow/models research/autoaugment applies it, and the ImageNet
+policy as tensorflow/models official/vision applies it, on the ops of ops.py (see the section comments
+below for the differences from those references). `POLICIES` names them for the recipe key
+`autoaugment_policy`."""
 
+import collections
 import numbers
 
 import numpy as np
 
-from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, blend, check_overflow, grayscale_l, hwc, no_autograph,
-                                      op_seeds, random_cutout, same_shape, sample, source_index, switch, uint8_image)
+from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, SamplingMaps, blend, check_overflow, grayscale_l, hwc,
+                                      no_autograph, op_seeds, random_cutout, same_shape, sample, solarize_add, switch,
+                                      uint8_image)
 from mpltool.data.augment.randaugment import COLOUR_OPS, apply_op
 from mpltool.errors import UsageError
 from mpltool.tfv1 import tf
@@ -75,9 +79,7 @@ def autoaugment_parameters(name, level):
     """
     if name not in AUTOAUGMENT_OPS:
         raise UsageError("unknown AutoAugment op {!r}; choose one of {}".format(name, ", ".join(AUTOAUGMENT_OPS)))
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 <= level <= AUTOAUGMENT_PARAMETER_MAX:
-        raise UsageError("AutoAugment level must be a number in [0, {}], got {!r}".format(
-            AUTOAUGMENT_PARAMETER_MAX, level))
+    _check_level(level)
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
     if name == "Rotate":
@@ -95,6 +97,86 @@ def autoaugment_parameters(name, level):
     return (_tfm_int(level, 20),)  # Cutout
 
 
+# --------------------------------------------------------------------------------- ImageNet policy
+# tensorflow/models official/vision/image_classification/augment.py, AutoAugment(augmentation_name="v0"):
+# "the policy used in the AutoAugment paper" for ImageNet, as TFM's ImageNet classifiers train with it
+# (docs/imagenet-recipe.md §2). Its level -> argument mapping differs from the CIFAR code's: translations
+# of up to 250 px (translate_const), cutout of up to 2 x 100 px, Posterize keeping int(L/10 * 4) bits
+# (not 4 - that), rotation by a float angle, SolarizeAdd, and Contrast's degenerate mean taken as the
+# pixel count / 256 (the `contrast` kernel's documented quirk, which TFM shares with the MPL reference).
+
+IMAGENET_OPS = AUTOAUGMENT_OPS + ("SolarizeAdd",)
+IMAGENET_TRANSLATE_CONST = 250.0
+IMAGENET_CUTOUT_CONST = 100.0
+
+IMAGENET_POLICY = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+
+
+def imagenet_parameters(name, level):
+    """TFM's ImageNet level (0..10) -> arguments of op `name`, before the random sign, as a tuple.
+
+    With L = level / 10: Rotate 30 L degrees, Shear 0.3 L, Translate 250 L px (these three get a random
+    sign); Color/Contrast/Brightness/Sharpness factor 1.8 L + 0.1; Posterize int(4 L) bits, at least
+    1: TFM shifts right and back by 8 - bits, and TF clamps a shift to 7 for uint8, so its 0 bits
+    (level 2) keeps the top bit; Solarize threshold int(256 L) (256: no pixel changes); SolarizeAdd
+    +int(110 L) below 128; Cutout a square of 2 int(100 L) px; AutoContrast, Equalize and Invert ignore
+    the level.
+    """
+    if name not in IMAGENET_OPS:
+        raise UsageError("unknown AutoAugment op {!r}; choose one of {}".format(name, ", ".join(IMAGENET_OPS)))
+    _check_level(level)
+    fraction = level / float(AUTOAUGMENT_PARAMETER_MAX)
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (fraction * 30.0,)
+    if name in ("ShearX", "ShearY"):
+        return (fraction * 0.3,)
+    if name in ("TranslateX", "TranslateY"):
+        return (fraction * IMAGENET_TRANSLATE_CONST,)
+    if name in COLOUR_OPS:
+        return (fraction * 1.8 + 0.1,)
+    if name == "Posterize":
+        return (max(int(fraction * 4), 1),)
+    if name == "Solarize":
+        return (int(fraction * 256),)
+    if name == "SolarizeAdd":
+        return (int(fraction * 110),)
+    return (2 * int(fraction * IMAGENET_CUTOUT_CONST),)  # Cutout: TFM's pad_size is half the side
+
+
+def _check_level(level):
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 <= level <= AUTOAUGMENT_PARAMETER_MAX:
+        raise UsageError("AutoAugment level must be a number in [0, {}], got {!r}".format(
+            AUTOAUGMENT_PARAMETER_MAX, level))
+
+
 def _mean_contrast(img, factor, overflow="clip"):
     """PIL ImageEnhance.Contrast: blend from the image's mean gray level, int(mean + 0.5), towards it.
 
@@ -110,17 +192,28 @@ def _mean_contrast(img, factor, overflow="clip"):
     return same_shape(blend(degenerate, img, factor, overflow), img)
 
 
-def _autoaugment_unsigned(name, img, args, seed, overflow):
+# A named policy: its sub-policies, its level -> arguments mapping, and whether Contrast blends from the
+# image's real mean gray level (PIL's, the CIFAR code's) or from TFM's pixel-count / 256.
+Policy = collections.namedtuple("Policy", ["subpolicies", "parameters", "mean_contrast"])
+POLICIES = collections.OrderedDict([
+    ("cifar10", Policy(CIFAR10_POLICY, autoaugment_parameters, True)),
+    ("imagenet", Policy(IMAGENET_POLICY, imagenet_parameters, False)),
+])
+
+
+def _autoaugment_unsigned(name, img, args, seed, overflow, mean_contrast=True):
     if name == "Solarize" and args[0] >= 256:
         return tf.identity(img)  # threshold 256 changes nothing (the kernel would take it modulo 256)
-    if name == "Contrast":
+    if name == "Contrast" and mean_contrast:
         return _mean_contrast(img, args[0], overflow)
+    if name == "SolarizeAdd":
+        return solarize_add(img, args[0])
     if name == "Cutout":
         return tf.identity(img) if args[0] <= 0 else random_cutout(img, args[0], seed=seed)
     return apply_op(name, img, args, seed, overflow)
 
 
-def check_policy(policy):
+def check_policy(policy, parameters=autoaugment_parameters):
     """The policy as a tuple of sub-policies of (op, prob, level) triples, or a UsageError."""
     if not policy:
         raise UsageError("an AutoAugment policy needs at least one sub-policy")
@@ -129,7 +222,7 @@ def check_policy(policy):
         ops = []
         for entry in sub:
             name, prob, level = entry
-            autoaugment_parameters(name, level)
+            parameters(name, level)
             if not 0.0 <= float(prob) <= 1.0:
                 raise UsageError("AutoAugment probability must be in [0, 1], got {!r} for {}".format(prob, name))
             ops.append((name, float(prob), level))
@@ -138,14 +231,18 @@ def check_policy(policy):
 
 
 @no_autograph
-def autoaugment(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
+def autoaugment(img, seed=None, overflow="clip", policy=None, family="cifar10"):
     """AutoAugment on one uint8 HWC image: pick one sub-policy uniformly, then apply each of its ops
     in order with its own probability (independent draws u < p, so p = 0 never and p = 1 always
-    applies) and fixed level (autoaugment_parameters), signed ops getting a random sign each.
+    applies) and fixed level, signed ops getting a random sign each. `family` (a POLICIES name) gives the
+    level mapping and, unless `policy` replaces them, the sub-policies.
     """
     img = uint8_image(img)
     check_overflow(overflow)
-    policy = check_policy(policy)
+    if family not in POLICIES:
+        raise UsageError("unknown AutoAugment policy {!r}; choose one of {}".format(family, ", ".join(POLICIES)))
+    parameters, mean_contrast = POLICIES[family].parameters, POLICIES[family].mean_contrast
+    policy = check_policy(POLICIES[family].subpolicies if policy is None else policy, parameters)
     shape = hwc(img)
     width = max(len(sub) for sub in policy)
     seeds = op_seeds(seed)
@@ -162,30 +259,31 @@ def autoaugment(img, seed=None, overflow="clip", policy=CIFAR10_POLICY):
         branch_of = np.zeros(len(policy), np.int32)
         prob_of = np.zeros(len(policy), np.float32)
         map_row = np.zeros(len(policy), np.int32)
-        maps = []
+        transforms = []
         signed_subs = []
         for k, sub in enumerate(policy):
             if j >= len(sub) or sub[j][1] <= 0.0:
                 continue
             name, prob, level = sub[j]
-            args = autoaugment_parameters(name, level)
+            args = parameters(name, level)
             prob_of[k] = prob
             if name in SIGNED_OPS:
                 signed_subs.append(k)
-                map_row[k] = len(maps)
-                maps += [source_index(shape, TRANSFORMS[name](shape, sign * args[0])) for sign in (1, -1)]
+                map_row[k] = len(transforms)
+                transforms += [TRANSFORMS[name](shape, sign * args[0]) for sign in (1, -1)]
             else:
                 if (name, args) not in unsigned:
                     unsigned.append((name, args))
                 branch_of[k] = 1 + unsigned.index((name, args))
         branch_of[signed_subs] = 1 + len(unsigned)
         branches = [lambda x=out: tf.identity(x)]
-        branches += [lambda x=out, n=name, a=args, j=j: _autoaugment_unsigned(n, x, a, position_seeds[j], overflow)
+        branches += [lambda x=out, n=name, a=args, j=j: _autoaugment_unsigned(n, x, a, position_seeds[j], overflow,
+                                                                              mean_contrast)
                      for name, args in unsigned]
-        if maps:
-            stacked = np.stack(maps)
-            branches.append(lambda x=out, j=j, stacked=stacked, map_row=map_row: sample(
-                x, tf.gather(stacked, tf.gather(map_row, choice) + negative[j])))
+        if transforms:
+            maps = SamplingMaps(shape, transforms)
+            branches.append(lambda x=out, j=j, maps=maps, map_row=map_row: sample(
+                x, maps(tf.gather(map_row, choice) + negative[j])))
         applied = draws[j] < tf.gather(prob_of, choice)  # u in [0, 1): p = 1 always, p = 0 never applies
         branch = tf.where_v2(applied, tf.gather(branch_of, choice), 0)
         out = same_shape(switch(branch, branches), img)

@@ -186,6 +186,15 @@ def solarize(img, threshold):
 
 
 @no_autograph
+def solarize_add(img, addition, threshold=128):
+    """tensorflow/models' SolarizeAdd: values below `threshold` get `addition` added (clipped to 0..255),
+    the others are kept."""
+    img = uint8_image(img)
+    added = tf.cast(tf.clip_by_value(tf.cast(img, tf.int32) + int(addition), 0, 255), tf.uint8)
+    return same_shape(tf.where(img < tf.constant(int(threshold), tf.uint8), added, img), img)
+
+
+@no_autograph
 def color(img, factor, overflow="clip"):
     """PIL Color: blend from the grayscale image towards the input."""
     img = uint8_image(img)
@@ -256,6 +265,47 @@ def source_index(shape, transform):
     src_y = _round_half_away(b0 * xs + b1 * ys + b2).astype(np.int64)
     inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
     return np.where(inside, src_y * width + src_x, -1).astype(np.int32)
+
+
+# A sampling map as a graph constant costs H*W*4 bytes: nothing at 32x32, 200 KB at 224x224, where a
+# policy's two dozen maps would weigh down the input graph and every checkpoint's meta graph. Above this
+# many pixels each image's map is computed from its six transform numbers instead (the same float64
+# arithmetic and rounding as `source_index`, tested equal).
+CONSTANT_MAP_PIXELS = 96 * 96
+
+
+class SamplingMaps:
+    """The sampling maps of a list of transforms, picked per image by an int32 row tensor: constants
+    (one gather) for small images, computed in the graph for large ones."""
+
+    def __init__(self, shape, transforms):
+        self.shape = tuple(shape)
+        self.transforms = np.asarray(transforms, np.float64).reshape(-1, 6)
+        small = self.shape[0] * self.shape[1] <= CONSTANT_MAP_PIXELS
+        self.constants = np.stack([source_index(self.shape, t) for t in self.transforms]) if small else None
+
+    def __call__(self, row):
+        if self.constants is not None:
+            return tf.gather(self.constants, row)
+        return _source_index_tensor(self.shape, tf.gather(self.transforms, row))
+
+
+def _source_index_tensor(shape, transform):
+    """`source_index` of one float64 [6] transform tensor, in the graph."""
+    height, width = shape[0], shape[1]
+    xs = tf.cast(tf.range(width), tf.float64)[None, :]  # broadcast to [H, W] by the arithmetic below
+    ys = tf.cast(tf.range(height), tf.float64)[:, None]
+    a0, a1, a2, b0, b1, b2 = tf.unstack(transform)
+
+    def rounded(v):  # half away from zero, as _round_half_away
+        magnitude = tf.abs(v)
+        whole = tf.floor(magnitude)
+        return tf.cast(tf.sign(v) * (whole + tf.cast(magnitude - whole >= 0.5, tf.float64)), tf.int32)
+
+    src_x = rounded(a0 * xs + a1 * ys + a2)
+    src_y = rounded(b0 * xs + b1 * ys + b2)
+    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    return tf.where(inside, src_y * width + src_x, tf.fill([height, width], -1))
 
 
 def _rotation(shape, degrees):

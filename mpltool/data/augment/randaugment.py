@@ -4,9 +4,9 @@ reference's level -> parameter mapping (`op_parameters`)."""
 
 import numpy as np
 
-from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, auto_contrast, brightness, check_overflow,
-                                      color, contrast, equalize, hwc, invert, no_autograph, op_seeds, posterize,
-                                      random_cutout, same_shape, sample, sharpness, solarize, source_index, switch,
+from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, SamplingMaps, auto_contrast, brightness,
+                                      check_overflow, color, contrast, equalize, hwc, invert, no_autograph, op_seeds,
+                                      posterize, random_cutout, same_shape, sample, sharpness, solarize, switch,
                                       uint8_image)
 from mpltool.errors import UsageError
 from mpltool.tfv1 import tf
@@ -87,9 +87,8 @@ def _branch_plan(ops, params, shape):
     branch_of_op[signed] = 1 + len(unsigned)
     map_of_op = np.zeros(len(ops), np.int32)
     map_of_op[signed] = 2 * np.arange(len(signed))  # row of the + map; the - map follows it
-    maps = [source_index(shape, TRANSFORMS[ops[i]](shape, sign * params[i][0]))
-            for i in signed for sign in (1, -1)]
-    return branch_of_op, unsigned, map_of_op, (np.stack(maps) if maps else None)
+    transforms = [TRANSFORMS[ops[i]](shape, sign * params[i][0]) for i in signed for sign in (1, -1)]
+    return branch_of_op, unsigned, map_of_op, (SamplingMaps(shape, transforms) if transforms else None)
 
 
 @no_autograph
@@ -128,7 +127,7 @@ def randaugment(img, num_layers=2, magnitude=16, prob_range=(0.2, 0.8), seed=Non
                      for i in unsigned]
         if maps is not None:
             branches.append(lambda layer_in=out, choice=choice, negative=negative: sample(
-                layer_in, tf.gather(maps, tf.gather(map_of_op, choice) + negative)))
+                layer_in, maps(tf.gather(map_of_op, choice) + negative)))
         branch = tf.where_v2(applied, tf.gather(branch_of_op, choice), 0)
         out = same_shape(switch(branch, branches), img)
     return out
