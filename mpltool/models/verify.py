@@ -100,6 +100,7 @@ def record_parity(run, parity: Dict[str, Any], started: float, staged: Path, out
                         "parity_images": parity["images"], "seconds": time.perf_counter() - started})
     if not parity["passed"]:
         rejected = output.with_name(output.stem + ".rejected" + output.suffix)
+        rejected.parent.mkdir(parents=True, exist_ok=True)  # the first freeze or export has no folder yet
         staged.replace(rejected)
         raise VerificationError(
             "parity check failed: {} by up to {:.3g} in logits (tolerance {:g}) on {} test images, top-1 agreement "

@@ -130,7 +130,7 @@ SHARED_FIELDS = [
           "recipes` lists each recipe's)", _known_algorithm),
     Field("model", "str", "wrn-28-2", "network: wrn-DEPTH-WIDTH (wrn-28-2; wrn-10-1 for quick runs), "
           "mixmatch-resnet-FILTERS-SCALES-REPEAT (mixmatch-resnet-32-3-4), caffe-alexnet[-SIZE-FC], "
-          "resnet18-cifar[-WIDTH]", _model_name),
+          "resnet18-cifar[-WIDTH], resnet50[-SIZE]", _model_name),
     Field("num_classes", "int", 10, "classes in the data set", low=2, high=100000),
     Field("num_labelled", "int", 4000, "labelled training records (CIFAR-10-4K: 4000)", **counts()),
     Field("split", "str", "first", "labelled split: the first N records, class-balanced, or round-robin "
@@ -174,7 +174,7 @@ SHARED_FIELDS = [
     Field("dropout_rate", "float", 0.2, "dropout before the classifier", **UNIT_OPEN,
           why="at 1 it drops every activation (TF refuses it)"),
     Field("augment", "str", "randaugment", "strong-view policy: randaugment (the reference's), autoaugment (the "
-          "CIFAR-10 policy of tensorflow/models), none (flip/pad/crop only)",
+          "policy autoaugment_policy names), none (flip/pad/crop only)",
           choices=("randaugment", "autoaugment", "none"), optional=True),
     Field("autoaugment_policy", "str", "cifar10", "AutoAugment's policy: cifar10 (tensorflow/models research/"
           "autoaugment) or imagenet (tensorflow/models official/vision, v0: 25 sub-policies, its own level mapping)",
