@@ -491,16 +491,27 @@ def export(ctx, export_format, model, output, parity_images, tolerance, opset, f
 @click.option("--output-type", default=None, help="atc --output_type (FP32, FP16, UINT8, INT8).")
 @click.option("--timeout", type=int, default=900, show_default=True, help="Seconds before atc is killed.")
 @click.option("--force", is_flag=True, help=FORCE_HELP[:-1] + "; also re-runs atc when the .om is up to date.")
+@click.option("--verify/--no-verify", default=None,
+              help="Run the .om on the Ascend device against the .pb on the parity images [default: when CANN's "
+                   "runtime and a device are here; device $ASCEND_DEVICE_ID, else 0].")
+@click.option("--parity-images", type=int, default=1000, show_default=True,
+              help="Test images the verification runs (0 = all).")
+@click.option("--tolerance", type=float, default=None,
+              help="Max |logit difference| of the .om [default: by precision mode: 1e-3 fp32, 0.1 fp16, 0.5 bf16].")
 @command
 def convert(ctx, soc, atc_path, model, output, check_only, precision_mode, log_level, out_nodes, output_type,
-            timeout, force):
-    """Frozen .pb -> Ascend .om through Huawei's atc (soc_version detected when not given)."""
-    from mpltool.convert.stage import convert as convert_stage
+            timeout, force, verify, parity_images, tolerance):
+    """Frozen .pb -> Ascend .om through Huawei's atc (soc_version detected when not given), then verified."""
+    from mpltool.convert.stage import convert as convert_stage, verification_line
 
     result = convert_stage(ctx.project, soc=soc, atc=atc_path, model=model, output=output, check_only=check_only,
                            precision_mode=precision_mode, log_level=log_level, out_nodes=out_nodes,
-                           output_type=output_type, timeout=timeout, force=force, progress=ctx.out.info)
-    ctx.out.fields("convert", {k: v for k, v in result.items() if not isinstance(v, (dict, list))})
+                           output_type=output_type, timeout=timeout, force=force, verify=verify,
+                           parity_images=parity_images, tolerance=tolerance, progress=ctx.out.info)
+    fields = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+    if result.get("verification"):
+        fields["verification"] = verification_line(result["verification"])
+    ctx.out.fields("convert", fields)
     ctx.out.result(result)
 
 

@@ -142,7 +142,10 @@ def project_status(project_dir) -> Dict[str, Any]:
     convert = typed("convert", stages_data.get("convert"))
     command = convert.command or typed("convert-check", stages_data.get("convert-check")).command
     if convert.output("om"):
-        notes.append("offline model: {}".format(project.path(convert.output("om")["path"])))
+        from mpltool.convert.stage import verification_line
+
+        notes.append("offline model: {}, {}".format(project.path(convert.output("om")["path"]),
+                                                     verification_line(stages_data["convert"].get("verification"))))
     elif command:
         notes.append("to make the .om on a CANN host: {}".format(command))
     if checker.staged_in_use:

@@ -2,10 +2,8 @@
 (mpltool/train/launch.py): the files HCCL reads must match the hiascend templates exactly, and a dead
 rank must end the whole job with a message that names it."""
 
-import copy
 import json
 import os
-import signal
 import socket
 import sys
 import textwrap

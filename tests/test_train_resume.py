@@ -108,7 +108,7 @@ def test_a_diverging_run_stops_with_exit_9_and_keeps_the_last_finite_checkpoint(
                                                                                   monkeypatch):
     """The losses turn NaN from step 3 on (injected into the real MPL step): the run stops there."""
     from mpltool.tfv1 import tf
-    from mpltool.algorithms import common, mpl
+    from mpltool.algorithms import mpl
     from mpltool.train.stage import train
 
     project = tmp_path / "p"

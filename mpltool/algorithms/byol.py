@@ -281,7 +281,7 @@ class Byol(Algorithm):
         return {"pretrain": 3 * 2 * b + 2 * b, "linear": b}
 
     def build_step(self, model, recipe, batch, global_step, optimizer_wrapper=None, replicas=None):
-        from mpltool.algorithms.common import network_variables, trainable, wrapped
+        from mpltool.algorithms.common import network_variables, wrapped
         from mpltool.algorithms.schedules import replica_scale
 
         pretrain = int(recipe.byol_pretrain_steps)

@@ -31,6 +31,24 @@ PRECISION_MODES = (
     "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
     "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16",
 )
+# ATC's own default when --precision_mode is not given, for a TensorFlow or ONNX model (docs/atc.md §2).
+DEFAULT_PRECISION_MODE = "force_fp16"
+# The .om's logits against the .pb's, by how the precision mode computes (mpltool's tolerances, docs/atc.md
+# §5): fp32 kernels differ from TensorFlow's CPU kernels by summation order only; fp16 keeps 11 significant
+# bits (a logit of 10 is rounded by up to 0.004 at the output alone, more through the layers); bf16 keeps 8.
+FP32_MODES = ("force_fp32", "must_keep_origin_dtype")
+BF16_MODES = ("allow_mix_precision_bf16", "allow_fp32_to_bf16")
+OM_TOLERANCES = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.5}
+
+
+def om_tolerance(precision_mode: Optional[str]):
+    """(max |logit difference| accepted between the .om and the .pb, why) for a conversion's precision mode."""
+    mode = precision_mode or DEFAULT_PRECISION_MODE
+    kind = "fp32" if mode in FP32_MODES else "bf16" if mode in BF16_MODES else "fp16"
+    return OM_TOLERANCES[kind], "precision_mode {}{} computes in {}".format(
+        mode, "" if precision_mode else " (atc's default)", kind)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "null")
 OUTPUT_TYPES = ("FP32", "FP16", "UINT8", "INT8")
 

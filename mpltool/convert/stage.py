@@ -3,12 +3,15 @@
 Read top to bottom: the frozen graph (from the freeze record, hash-checked, or a .pb given explicitly; or an
 .onnx given explicitly, converted with --framework=5 and pre-checked by convert/onnx_check.py),
 the offline pre-check, atc and the soc_version (each with the rule that found it), the exact command,
-then either the command for a CANN host (check-only / no atc) or the run and its verified .om.
+then either the command for a CANN host (check-only / no atc) or the run and its .om, which is then run on
+the host's Ascend device, when it has one and CANN's runtime (models/om_runtime.py), against the .pb on
+the parity images (`--verify`; the tolerance follows the precision mode, convert/atc.py om_tolerance).
 """
 
 import datetime
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -21,8 +24,9 @@ from mpltool.errors import PrerequisiteError, ToolMissingError, UsageError, Veri
 from mpltool.manifest import Project
 from mpltool.manifest.records import typed
 from mpltool.manifest.stages import command as stage_command
-from mpltool.models import artifacts
+from mpltool.models import artifacts, om_runtime
 from mpltool.manifest.files import sha256_file
+from mpltool.models.verify import parity_tolerance, whole_number
 
 OM_DIR = "om"
 LOG_DIR = "logs"
@@ -131,17 +135,25 @@ def _up_to_date(project: Project, fingerprint: str) -> Optional[Dict[str, Any]]:
 def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, model=None, output=None,
             check_only: bool = False, precision_mode: Optional[str] = None, log_level: Optional[str] = None,
             out_nodes=None, output_type: Optional[str] = None, timeout: float = 900, npu_smi: Optional[str] = None,
-            toolkit_root=None, force: bool = False,
+            toolkit_root=None, force: bool = False, verify: Optional[bool] = None, parity_images: int = 1000,
+            tolerance: Optional[float] = None,
             progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Convert the frozen graph to `<project>/om/<pb stem>.om`, or with `check_only` print how to.
 
     `model` and `output` (no .om suffix needed) are paths as the user typed them, relative to the cwd.
     `toolkit_root` stands in for /usr/local/Ascend/ascend-toolkit/latest: the last place atc is looked for,
     and the platform_config set that validates soc_version. A check-only run is recorded with mode
-    `check-only` and no .om output.
+    `check-only` and no .om output. `verify`: None runs the .om against the .pb when a runtime and a device
+    are here (else records why not), True requires it, False skips it; `parity_images` (0: all) and
+    `tolerance` (None: by precision mode) as freeze's.
     """
     if timeout is None or timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds, not {}".format(timeout))
+    parity_images = whole_number(parity_images, "parity images", 0)
+    tolerance = None if tolerance is None else parity_tolerance(tolerance)
+    runtime = None if check_only or verify is False else om_runtime.find_runtime()
+    if verify and not check_only and runtime is None:  # exit 5 before atc spends minutes
+        om_runtime.require_runtime()
     options = atc_tool.validate_options(precision_mode, log_level, out_nodes, output_type)
     project = Project(project_dir)
     graph = _frozen_graph(project, model)
@@ -224,7 +236,11 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
             run.record.update(recorded)
         return result
 
+    earlier = project.stage("convert") or {}
+    earlier_verification = earlier.get("verification") if earlier.get("status") == "done" else None
     previous = None if force or fingerprint is None else _up_to_date(project, fingerprint)
+    if previous and runtime and (previous.get("verification") or {}).get("status") != "verified":
+        previous = None  # converted where it could not be run: run it now that it can be
     if previous:
         result.update({"om_sha256": previous["outputs"]["om"]["sha256"], "atc_version": previous.get("atc_version"),
                        "exit_status": previous.get("exit_status"), "log": previous.get("log"), "skipped": True})
@@ -252,8 +268,93 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         result["atc_version"] = run.record["atc_version"] = version
         run.metrics["atc_seconds"] = round(outcome.seconds, 3)
         atc_tool.check_run(outcome, staged_om, result["log"])
+        result["verification"] = verify_om(project, run, graph, staged_om, om_path, verify, runtime, precision_mode,
+                                           parity_images, tolerance, earlier_verification)
     result["om_sha256"] = run.outputs["om"]["sha256"]
     return result
+
+
+def verify_om(project: Project, run, graph: Dict[str, Any], staged_om: Path, om_path: Path, verify: Optional[bool],
+              runtime: Optional[str], precision_mode: Optional[str], parity_images: int,
+              tolerance: Optional[float], earlier: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run the new .om on the Ascend device against the model it came from, on the parity images, and record
+    it (run.record["verification"], and "parity" as freeze records it). Over tolerance: exit 7, the .om kept
+    as `<name>.rejected.om` (its verification under "rejected") and the earlier conversion still recorded
+    with `earlier`, its verification. No runtime, no device or no test images: recorded as not verified,
+    with the reason (an error instead when `verify` is True)."""
+    from mpltool.data.records import at_input_size, subset
+    from mpltool.data.stage import load_test_set
+    from mpltool.errors import InvalidInputError
+    from mpltool.models.verify import parity_check, record_parity
+
+    if verify is False:
+        return _not_verified(run, "not verified (--no-verify)")
+    if runtime is None:
+        return _not_verified(run, "not verified (no runtime)", om_runtime.INSTALL_HINT)
+    chosen, why = atc_tool.om_tolerance(precision_mode)
+    if tolerance is not None:
+        why = "given (--tolerance); {} would take {:g}".format(why, chosen)
+    try:
+        images, _, test_files = load_test_set(project)
+    except (PrerequisiteError, InvalidInputError) as exc:
+        if verify:
+            raise
+        return _not_verified(run, "not verified (no test images)", exc.message)
+    device = artifacts.device_id()
+    started = time.perf_counter()
+    try:
+        om = om_runtime.OmModel(staged_om, device, runtime)
+    except om_runtime.DeviceUnavailable as exc:
+        if verify:
+            raise
+        return _not_verified(run, "not verified (no device)", exc.message)
+    count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
+    with om, _reference_model(graph) as reference:
+        checked = at_input_size(subset(images, range(count)), om.image_shape)
+        parity = parity_check(om, reference.predict, checked, chosen if tolerance is None else tolerance)
+        described = om.describe()
+    run.inputs.update(test_files)
+    verification = dict(described, status="verified" if parity["passed"] else "failed", tolerance_reason=why,
+                        max_abs_logit_diff=parity["max_abs_logit_diff"], top1_agreement=parity["top1_agreement"],
+                        images=parity["images"], tolerance=parity["tolerance"])
+    if parity["passed"]:
+        run.record["verification"] = verification
+    else:  # the recorded .om stays the earlier one: so does the verification the record shows
+        run.record["rejected"] = dict(verification, om=project.relative(
+            om_path.with_name(om_path.stem + ".rejected" + om_path.suffix)))
+        run.record["verification"] = earlier
+    record_parity(run, parity, started, staged_om, om_path, "the .om differs from {}".format(
+        project.relative(graph["pb"])))
+    return verification
+
+
+def verification_line(verification: Optional[Dict[str, Any]]) -> str:
+    """One line for a convert record's verification (the CLI, `status` and the report show it)."""
+    if not verification:
+        return "not verified (converted before mpltool ran .om files)"
+    if verification.get("status") not in ("verified", "failed"):
+        return verification.get("status", "not verified")
+    return "{} on device {} through {}: max |dlogit| {:.3g} (tolerance {:g}: {}), top-1 agreement {:.4f} over {} " \
+           "images".format(verification["status"], verification.get("device_id"), verification.get("runtime"),
+                           verification["max_abs_logit_diff"], verification["tolerance"],
+                           verification.get("tolerance_reason"), verification["top1_agreement"],
+                           verification["images"])
+
+
+def _not_verified(run, status: str, reason: Optional[str] = None) -> Dict[str, Any]:
+    run.record["verification"] = dict({"status": status}, **({"reason": reason} if reason else {}))
+    return run.record["verification"]
+
+
+def _reference_model(graph: Dict[str, Any]):
+    """The model the .om was converted from, run on this host's CPU."""
+    if graph["format"] == "onnx":
+        from mpltool.models.onnx_runtime import OnnxModel
+
+        return OnnxModel(graph["pb"], str(graph["pb"]))
+    from mpltool.models.inference import FrozenModel
+
+    return FrozenModel(graph["graph_def"], str(graph["pb"]), any_batch=True)
 
 
 def _soc_choice(soc: Optional[str], npu_smi: Optional[str], ini_root, needed: bool):

@@ -3,7 +3,9 @@ report share.
 
 A model is named as a user names it: nothing (the stage's default), `ckpt` (the best checkpoint train
 recorded for the target, else its latest), `latest`, `frozen` (the .pb freeze recorded), `exported` (the
-.onnx export recorded), or a path: a checkpoint (prefix, .index, or directory), a frozen `.pb`, an `.onnx`.
+.onnx export recorded), `converted` (the .om convert recorded), or a path: a checkpoint (prefix, .index, or
+directory), a frozen `.pb`, an `.onnx`, an `.om` (run on Ascend device $ASCEND_DEVICE_ID, default 0,
+through CANN's runtime: models/om_runtime.py).
 Recorded ones are proven to be the recorded files (sha256; changed is exit 4); a path is read as it is.
 `open_model` gives the model behind an Artifact with one interface (models/inference.InferenceModel).
 """
@@ -15,11 +17,14 @@ from typing import Any, Dict, Optional, Sequence
 from mpltool.errors import InvalidInputError, PrerequisiteError, UsageError
 from mpltool.manifest.stages import command
 
-KINDS = ("checkpoint", "pb", "onnx")
+KINDS = ("checkpoint", "pb", "onnx", "om")
 RECORDED_CHECKPOINTS = {"ckpt": "best", "best": "best", "latest": "latest"}
 # Recorded model files: name -> (stage, output key, kind).
-RECORDED_FILES = {"frozen": ("freeze", "pb", "pb"), "exported": ("export", "onnx", "onnx")}
-SUFFIXES = {".pb": "pb", ".onnx": "onnx"}
+RECORDED_FILES = {"frozen": ("freeze", "pb", "pb"), "exported": ("export", "onnx", "onnx"),
+                  "converted": ("convert", "om", "om")}
+SUFFIXES = {".pb": "pb", ".onnx": "onnx", ".om": "om"}
+FILE_WORDS = {"pb": "frozen graph", "onnx": "ONNX model", "om": "offline model"}
+DEVICE_VARIABLE = "ASCEND_DEVICE_ID"  # the Ascend scripts' variable: which device runs an .om
 
 Artifact = collections.namedtuple("Artifact", [
     "kind",       # checkpoint | pb | onnx
@@ -53,7 +58,7 @@ def resolve(project, model=None, target: Optional[str] = None, kinds: Sequence[s
         if not file_record:
             raise PrerequisiteError("the {} record lacks its {}".format(stage, key),
                                     hint="re-run `{}`".format(command(stage)))
-        path = project.verify_file(file_record, "exported model" if kind == "onnx" else "frozen graph")
+        path = project.verify_file(file_record, FILE_WORDS[kind])
         return Artifact(kind, path, None, None, "{} record".format(stage), file_record, None, None)
     if name in RECORDED_CHECKPOINTS:
         _check_kind("checkpoint", kinds, what)
@@ -68,7 +73,7 @@ def resolve(project, model=None, target: Optional[str] = None, kinds: Sequence[s
             raise UsageError("--target chooses a network of a checkpoint; {} holds one network".format(name))
         path = Path(name).expanduser().absolute()
         if not path.is_file():
-            raise InvalidInputError("no {} at {}".format("frozen graph" if kind == "pb" else "ONNX model", name))
+            raise InvalidInputError("no {} at {}".format(FILE_WORDS[kind], name))
         return Artifact(kind, path, None, None, "path", None, None, None)
     target = resolve_target(project, target)
     source = user_checkpoint(name)
@@ -77,7 +82,8 @@ def resolve(project, model=None, target: Optional[str] = None, kinds: Sequence[s
 
 def _check_kind(kind: str, kinds: Sequence[str], what: str) -> None:
     if kind not in kinds:
-        names = {"checkpoint": "a checkpoint", "pb": "a frozen graph (.pb)", "onnx": "an ONNX model (.onnx)"}
+        names = {"checkpoint": "a checkpoint", "pb": "a frozen graph (.pb)", "onnx": "an ONNX model (.onnx)",
+                 "om": "an Ascend offline model (.om)"}
         raise UsageError("{} must be {}, not {}".format(what, " or ".join(names[k] for k in kinds), names[kind]))
 
 
@@ -87,7 +93,7 @@ def from_record(project, source: Dict[str, Any], inputs: Dict[str, Any]) -> Arti
     from mpltool.checkpoints import trained_network
 
     kind = source.get("kind")
-    if kind in ("pb", "onnx"):
+    if kind in ("pb", "onnx", "om"):
         record = inputs.get(kind) if isinstance(inputs.get(kind), dict) else None
         return Artifact(kind, project.path(source["path"]), None, None, source.get("chosen") or "path", record, None,
                         None)
@@ -129,5 +135,19 @@ def open_model(artifact: Artifact, batch_size: Optional[int] = None, any_batch: 
         from mpltool.models.onnx_runtime import OnnxModel
 
         return OnnxModel(artifact.path, str(artifact.path))
+    if artifact.kind == "om":
+        from mpltool.models.om_runtime import OmModel
+
+        return OmModel(artifact.path, device_id())
     variables = artifact.variables if artifact.variables is not None else checkpoint_variables(artifact.path)
     return CheckpointModel(artifact.path, artifact.target, variables, batch_size=batch_size, network=artifact.network)
+
+
+def device_id() -> int:
+    """The Ascend device an .om runs on: $ASCEND_DEVICE_ID, else 0."""
+    import os
+
+    text = os.environ.get(DEVICE_VARIABLE, "0").strip() or "0"
+    if not text.isdigit():
+        raise UsageError("{}={!r} is not a device number".format(DEVICE_VARIABLE, text))
+    return int(text)

@@ -183,7 +183,9 @@ def predictions(project, manifest: Dict[str, Any], cache_path, log: Callable[[st
 
 def describe(source: Dict[str, Any]) -> str:
     if source["kind"] != "checkpoint":
-        return "the {} {}".format("frozen graph" if source["kind"] == "pb" else "ONNX model", Path(source["path"]).name)
+        from mpltool.models.artifacts import FILE_WORDS
+
+        return "the {} {}".format(FILE_WORDS.get(source["kind"], source["kind"]), Path(source["path"]).name)
     return "{} checkpoint {}{}".format(source.get("target"), Path(source["prefix"]).name,
                                        " ({})".format(source["chosen"]) if source.get("chosen") else "")
 

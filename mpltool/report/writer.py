@@ -549,6 +549,8 @@ class _Builder:
                  else "not found"),
                 ("atc version", record.get("atc_version")), ("exit status", record.get("exit_status")),
                 ("offline model", "{} (sha256 {})".format(om.get("path"), om.get("sha256")) if om else None),
+                ("verification", _verification(record) if name == "convert" and record.get("mode") == "convert"
+                 else None),
                 ("atc seconds", typed_record.metrics.get("atc_seconds")), ("log", record.get("log")),
                 ("pre-check", "passed" if precheck.get("ok") else ("FAILED" if precheck else None)),
                 ("graph nodes", precheck.get("nodes")), ("error", record.get("error"))])
@@ -584,8 +586,10 @@ class _Builder:
 
 
 def _source_text(source: Dict[str, Any]) -> str:
-    if source.get("kind") in ("pb", "onnx"):
-        return "{} {}".format("frozen graph" if source["kind"] == "pb" else "ONNX model", source.get("path"))
+    if source.get("kind") in ("pb", "onnx", "om"):
+        from mpltool.models.artifacts import FILE_WORDS
+
+        return "{} {}".format(FILE_WORDS[source["kind"]], source.get("path"))
     if source:
         return "{} {} (step {}, {})".format(source.get("target"), source.get("prefix"), source.get("step"),
                                             source.get("chosen"))
@@ -666,3 +670,10 @@ PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
+
+
+def _verification(record: Dict[str, Any]) -> str:
+    """The convert record's .om verification, as `status` says it."""
+    from mpltool.convert.stage import verification_line
+
+    return verification_line(record.get("verification"))

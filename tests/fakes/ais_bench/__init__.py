@@ -1,0 +1,1 @@
+"""A stand-in for Ascend's ais_bench (tests only): see infer/interface.py."""
