@@ -201,3 +201,26 @@ def test_a_busy_device_and_a_tampered_om_are_named(host, monkeypatch):
     om.write_bytes(bytes(data))  # the recorded one changed: its sha256 says so before any runtime is asked
     line = one_error_line(invoke("--project", host, "eval", "--model", "converted"), 4)
     assert "offline model" in line and "changed" in line
+
+
+def test_pyacl_is_the_fallback_when_ais_bench_is_absent(host, frozen, monkeypatch):
+    for name in ("ais_bench", "ais_bench.infer", "ais_bench.infer.interface"):
+        monkeypatch.setitem(sys.modules, name, None)  # the fake pyACL (tests/fakes/acl) stays importable
+    result, payload = converted(host, "--precision-mode", "force_fp32")
+    assert result.exit_code == 0, result.stderr
+    assert payload["verification"]["status"] == "verified" and payload["verification"]["runtime"] == "pyacl"
+    assert payload["verification"]["max_abs_logit_diff"] < 1e-5
+    om_eval = json.loads(invoke("--project", host, "--json", "eval", "--model", "converted").stdout)
+    pb_eval = json.loads(invoke("--project", host, "--json", "eval", "--model", "frozen").stdout)
+    assert (om_eval["top1"], om_eval["images"]) == (pb_eval["top1"], 37)
+    assert {entry["runtime"] for entry in loads(host)} == {"pyacl"}
+    monkeypatch.setenv("FAKE_ASCEND_DEVICES", "0")
+    line = error_line(invoke("--project", host, "eval", "--model", "converted"), 5)
+    assert "[107001][acl.rt.set_device failed]" in line
+    monkeypatch.delenv("FAKE_ASCEND_DEVICES")
+    tampered = host / "tampered.om"
+    data = bytearray((host / "om" / "wrn-10-1-ema-step3.om").read_bytes())
+    data[-3] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    line = error_line(invoke("--project", host, "eval", "--model", tampered), 3)
+    assert "does not load on device 0 ([145000][acl.mdl.load_from_file failed])" in line

@@ -31,10 +31,10 @@ PRECISION_MODES = (
     "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
     "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16",
 )
-# ATC's own default when --precision_mode is not given, for a TensorFlow or ONNX model (docs/atc.md §2).
+# ATC's own default when --precision_mode is not given, for a TensorFlow or ONNX model (docs/atc.md §1).
 DEFAULT_PRECISION_MODE = "force_fp16"
 # The .om's logits against the .pb's, by how the precision mode computes (mpltool's tolerances, docs/atc.md
-# §5): fp32 kernels differ from TensorFlow's CPU kernels by summation order only; fp16 keeps 11 significant
+# §6): fp32 kernels differ from TensorFlow's CPU kernels by summation order only; fp16 keeps 11 significant
 # bits (a logit of 10 is rounded by up to 0.004 at the output alone, more through the layers); bf16 keeps 8.
 FP32_MODES = ("force_fp32", "must_keep_origin_dtype")
 BF16_MODES = ("allow_mix_precision_bf16", "allow_fp32_to_bf16")

@@ -1,6 +1,6 @@
 """Running an Ascend offline model (.om) on this host's NPU, like every other model (`predict` -> logits).
 
-Two runtimes, found at run time and never required (docs/om-runtime.md says what each needs):
+Two runtimes, found at run time and never required (docs/atc.md §6 says what each needs):
 - ais_bench's `InferSession` (the `aclruntime` and `ais_bench` wheels, built against CANN), preferred;
 - pyACL (`import acl`, part of CANN, on PYTHONPATH once CANN's set_env.sh is sourced), the fallback.
 
@@ -175,9 +175,18 @@ class PyAclSession(Session):
         import acl
 
         self.acl, self.device_id, self._buffers, self.model_id, self.desc = acl, int(device_id), [], None, None
+        self._device_set = False
         _acl(acl.init(), "acl.init")
-        self._initialised = True
+        try:
+            self._open(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path):
+        acl = self.acl
         _acl(acl.rt.set_device(self.device_id), "acl.rt.set_device")
+        self._device_set = True
         self.context = _acl(acl.rt.create_context(self.device_id), "acl.rt.create_context")
         self.model_id = _acl(acl.mdl.load_from_file(path), "acl.mdl.load_from_file")
         self.desc = acl.mdl.create_desc()
@@ -220,11 +229,14 @@ class PyAclSession(Session):
         _acl(acl.mdl.execute(self.model_id, self.inputs, self.outputs), "acl.mdl.execute")
         results = []
         for i, size in enumerate(self.output_sizes):
-            host = bytearray(size)
-            source = acl.get_data_buffer_addr(acl.mdl.get_dataset_buffer(self.outputs, i))
-            _acl(acl.rt.memcpy(acl.util.bytes_to_ptr(host), size, source, size, self.MEMCPY_DEVICE_TO_HOST),
-                 "acl.rt.memcpy")
-            results.append(np.frombuffer(bytes(host), self.output_dtypes[i]).reshape(self.output_dims[i]))
+            host = _acl(acl.rt.malloc_host(size), "acl.rt.malloc_host")
+            try:
+                source = acl.get_data_buffer_addr(acl.mdl.get_dataset_buffer(self.outputs, i))
+                _acl(acl.rt.memcpy(host, size, source, size, self.MEMCPY_DEVICE_TO_HOST), "acl.rt.memcpy")
+                data = acl.util.ptr_to_bytes(host, size)
+            finally:
+                acl.rt.free_host(host)
+            results.append(np.frombuffer(data, self.output_dtypes[i]).reshape(self.output_dims[i]))
         return results
 
     def close(self):
@@ -235,8 +247,10 @@ class PyAclSession(Session):
             acl.mdl.unload(self.model_id)
         if self.desc is not None:
             acl.mdl.destroy_desc(self.desc)
-        acl.rt.reset_device(self.device_id)
+        if self._device_set:
+            acl.rt.reset_device(self.device_id)
         acl.finalize()
+        self._buffers, self.model_id, self.desc, self._device_set = [], None, None, False
 
 
 SESSIONS = {"ais_bench": AisBenchSession, "pyacl": PyAclSession}
