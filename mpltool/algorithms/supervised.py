@@ -11,7 +11,7 @@ class Supervised(SingleNetwork):
     metric_names = ("loss", "labelled_ce", "learning_rate", "grad_norm", "accuracy", "ema_decay")
     progress_metrics = ("loss", "accuracy", "learning_rate")
     # No unlabelled stream; the training crop's keys (seed 003's random-resized crop) are its own to read.
-    reads = tuple(key for key in STRONG_VIEW_TRAINING if key != "unlabelled_ratio") + (
+    reads = tuple(key for key in STRONG_VIEW_TRAINING if key not in ("unlabelled_ratio", "autoaugment_pair")) + (
         "train_crop", "crop_min_area", "crop_max_aspect")
     reference_recipe = "supervised-wrn28-2"
     demo_recipe = "supervised-demo"

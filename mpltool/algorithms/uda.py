@@ -17,7 +17,8 @@ UDA_FIELDS = (
 # The shared keys a teacher-style single network reads: its optimiser, EMA, augmentation, unlabelled ratio.
 STRONG_VIEW_TRAINING = ("unlabelled_ratio", "lr", "lr_warmup_steps", "lr_scale_by_batch", "lr_decay", "momentum",
                         "nesterov", "weight_decay", "grad_bound", "ema_decay", "augment", "augment_magnitude",
-                        "augment_layers", "augment_overflow", "autoaugment_policy")
+                        "augment_layers", "augment_overflow", "autoaugment_policy", "autoaugment_pair",
+                        "augment_fill")
 
 
 def labelled_and_pair_streams(recipe):

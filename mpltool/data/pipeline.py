@@ -79,11 +79,14 @@ class TrainInput:
     """
 
     def __init__(self, streams: Sequence[Stream], normalize: Callable, shuffle_buffer: int = 1024, seed=None,
-                 image_shape=(32, 32, 3), num_domains: int = 0, reader=None):
+                 image_shape=(32, 32, 3), num_domains: int = 0, reader=None, cap_shuffle_buffer: bool = False):
         check_streams(streams)
         self.streams = list(streams)
         self.image_shape = tuple(image_shape)
         self.reader = reader or PixelReader(self.image_shape)  # what a record is (records.reader_of)
+        # The reference's memoize: range(N).repeat().shuffle(min(N, buffer)) -- a buffer never larger than the
+        # records a stream draws (recipe key shuffle_buffer_cap: records); else the recipe's buffer as given.
+        self.cap_shuffle_buffer = bool(cap_shuffle_buffer)
         self._placeholders = collections.OrderedDict()  # (records, domain or None) -> (images, labels)
         parallel = tf.data.experimental.AUTOTUNE
         counts = collections.Counter()
@@ -102,8 +105,11 @@ class TrainInput:
             for domain in domains:
                 images, labels = self._placeholder(stream.records, domain)
                 shuffle_seed = derived_seed(seed, shuffle_offset + DOMAIN_SHUFFLE_OFFSET * (domain or 0))
+                buffer = shuffle_buffer
+                if self.cap_shuffle_buffer:
+                    buffer = tf.minimum(tf.cast(tf.size(labels), tf.int64), tf.constant(int(shuffle_buffer), tf.int64))
                 datasets.append(self._dataset(stream, images, labels, shuffle_seed, derived_seed(seed, map_offset),
-                                              normalize, shuffle_buffer, parallel, self.reader))
+                                              normalize, buffer, parallel, self.reader))
             groups.setdefault(stream.group, []).append(
                 (stream, datasets[0] if not stream.per_domain else tf.data.Dataset.zip(tuple(datasets))))
         self.initializers = []

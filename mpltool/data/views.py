@@ -6,8 +6,8 @@ algorithms' streams are made of. An algorithm may declare a view of its own the 
 """
 
 from mpltool.data.augment.autoaugment import autoaugment
-from mpltool.data.augment.ops import (derived_seed, flip_pad_crop, hwc, jitter, no_autograph, op_seeds, random_cutout,
-                                      uint8_image)
+from mpltool.data.augment.ops import (FILL, derived_seed, flip_pad_crop, hwc, jitter, no_autograph, op_seeds,
+                                      random_cutout, uint8_image)
 from mpltool.data.augment.randaugment import randaugment
 from mpltool.data.pipeline import View
 from mpltool.tfv1 import tf
@@ -58,14 +58,22 @@ def unlabelled_views(img, magnitude=16, num_layers=2, seed=None, overflow="clip"
                          overflow=overflow)
 
 
+# What AutoAugment's padding, cutout and geometric ops fill with (recipe key augment_fill): mpltool's grey, or
+# the CIFAR-10 mean tensorflow/models ends up with (it augments normalised images and pads with 0, the
+# mean: MEANS = 0.49139968, 0.48215827, 0.44653124 of 255, rounded). docs/mixmatch.md §7.
+FILLS = {"grey": FILL, "cifar-mean": (125, 123, 114)}
+
+
 @no_autograph
-def autoaugment_view(img, seed=None, overflow="clip", policy=None, family="cifar10"):
+def autoaugment_view(img, seed=None, overflow="clip", policy=None, family="cifar10", fill=FILL, crop=True):
     """TFM data_utils order: the policy, then pad 4 + random crop + random h-flip (one gather; the
     flip/shift order does not change the distribution), then cutout of half the image size (16 px for
-    CIFAR) with a uniform centre, clipped at the borders. uint8 in and out; normalise afterwards."""
-    out = autoaugment(img, seed=derived_seed(seed, 1), overflow=overflow, policy=policy, family=family)
-    out = jitter(out, derived_seed(seed, 2))
-    return random_cutout(out, size=min(hwc(out)[:2]) // 2, seed=derived_seed(seed, 3))
+    CIFAR) with a uniform centre, clipped at the borders. uint8 in and out; normalise afterwards. `crop`
+    False leaves out the pad/crop/flip (an image that had it already: autoaugment_pair shared-crop)."""
+    out = autoaugment(img, seed=derived_seed(seed, 1), overflow=overflow, policy=policy, family=family, fill=fill)
+    if crop:
+        out = jitter(out, derived_seed(seed, 2), fill)
+    return random_cutout(out, size=min(hwc(out)[:2]) // 2, fill=fill, seed=derived_seed(seed, 3))
 
 
 @no_autograph
@@ -90,7 +98,7 @@ def random_resized_crop(img, size, min_area=0.08, max_aspect=4.0 / 3.0, seed=Non
 POLICIES = ("randaugment", "autoaugment", "none")
 
 
-def strong_view(image, policy, magnitude, num_layers, seed, overflow, family="cifar10"):
+def strong_view(image, policy, magnitude, num_layers, seed, overflow, family="cifar10", fill=FILL):
     """The strong view of one uint8 image under the recipe's `augment` policy:
     randaugment (RandAugment, cutout, flip/crop: the reference's aug view), autoaugment (the policy
     `family` names, crop, flip, cutout of half the size: tensorflow/models' CIFAR order), or none
@@ -98,7 +106,7 @@ def strong_view(image, policy, magnitude, num_layers, seed, overflow, family="ci
     if policy == "randaugment":
         return aug_view(image, magnitude=magnitude, num_layers=num_layers, seed=seed, overflow=overflow)
     if policy == "autoaugment":
-        return autoaugment_view(image, seed=seed, overflow=overflow, family=family)
+        return autoaugment_view(image, seed=seed, overflow=overflow, family=family, fill=fill)
     if policy == "none":
         return labelled_view(image, seed=seed)
     raise ValueError("augment must be one of {}, got {!r}".format(", ".join(POLICIES), policy))
@@ -127,7 +135,7 @@ def strong(recipe, name=LABELLED) -> View:
     """The strong view of the recipe's `augment` policy."""
     return View((name,), lambda image, seed: (strong_view(image, recipe.augment, recipe.augment_magnitude,
                                                           recipe.augment_layers, seed, recipe.augment_overflow,
-                                                          recipe.autoaugment_policy),))
+                                                          recipe.autoaugment_policy, FILLS[recipe.augment_fill]),))
 
 
 def resized_crop(recipe, name=LABELLED) -> View:
@@ -142,7 +150,7 @@ def resized_crop(recipe, name=LABELLED) -> View:
         out = random_resized_crop(image, size, recipe.crop_min_area, recipe.crop_max_aspect, derived_seed(seed, 1))
         if recipe.augment == "autoaugment":
             out = autoaugment(out, seed=derived_seed(seed, 2), overflow=recipe.augment_overflow,
-                              family=recipe.autoaugment_policy)
+                              family=recipe.autoaugment_policy, fill=FILLS[recipe.augment_fill])
         elif recipe.augment == "randaugment":
             out = randaugment(out, num_layers=recipe.augment_layers, magnitude=recipe.augment_magnitude,
                               seed=derived_seed(seed, 2), overflow=recipe.augment_overflow)
@@ -159,7 +167,11 @@ def ori_aug(recipe) -> View:
             return unlabelled_views(image, magnitude=recipe.augment_magnitude, num_layers=recipe.augment_layers,
                                     seed=seed, overflow=recipe.augment_overflow)
         ori = ori_view(image, seed=seed)
+        if recipe.augment == "autoaugment" and recipe.autoaugment_pair == "shared-crop":  # ori's crop, once
+            return ori, autoaugment_view(ori, derived_seed(seed, 7), recipe.augment_overflow,
+                                         family=recipe.autoaugment_policy, fill=FILLS[recipe.augment_fill], crop=False)
         return ori, strong_view(ori, recipe.augment, recipe.augment_magnitude, recipe.augment_layers,
-                                derived_seed(seed, 7), recipe.augment_overflow, recipe.autoaugment_policy)
+                                derived_seed(seed, 7), recipe.augment_overflow, recipe.autoaugment_policy,
+                                FILLS[recipe.augment_fill])
 
     return View(("ori", "aug"), make)

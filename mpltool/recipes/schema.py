@@ -176,9 +176,17 @@ SHARED_FIELDS = [
     Field("augment", "str", "randaugment", "strong-view policy: randaugment (the reference's), autoaugment (the "
           "policy autoaugment_policy names), none (flip/pad/crop only)",
           choices=("randaugment", "autoaugment", "none"), optional=True),
-    Field("autoaugment_policy", "str", "cifar10", "AutoAugment's policy: cifar10 (tensorflow/models research/"
-          "autoaugment) or imagenet (tensorflow/models official/vision, v0: 25 sub-policies, its own level mapping)",
-          choices=("cifar10", "imagenet"), optional=True),
+    Field("autoaugment_policy", "str", "cifar10", "AutoAugment's policy: cifar10 (the paper's 25 CIFAR-10 "
+          "sub-policies, as seed 003's 4uiiurz1 code), cifar10-tfm-good (tensorflow/models research/autoaugment "
+          "good_policies(): 95), imagenet (tensorflow/models official/vision v0, its own level mapping)",
+          choices=("cifar10", "cifar10-tfm-good", "imagenet"), optional=True),
+    Field("autoaugment_pair", "str", "recrop", "AutoAugment as the unlabelled strong view (MPL, UDA): recrop (the "
+          "policy's view of the already cropped ori image, cropped again: mpltool before 2026-12) or shared-crop "
+          "(policy and cutout on ori: one crop, as the labelled view)", choices=("recrop", "shared-crop"),
+          optional=True),
+    Field("augment_fill", "str", "grey", "what AutoAugment's padding, cutout and geometric ops fill with: grey "
+          "(128) or cifar-mean (125, 123, 114: tensorflow/models' zero of normalised images)",
+          choices=("grey", "cifar-mean"), optional=True),
     Field("train_crop", "str", "pad-crop", "training crop: pad-crop (flip, pad by size/8, random crop: CIFAR's) or "
           "random-resized (a random share of each image at its own size, resized to the input, flipped: "
           "ImageNet's)", choices=("pad-crop", "random-resized"), optional=True),
@@ -203,6 +211,8 @@ SHARED_FIELDS = [
     Field("log_every", "int", 50, "steps between log lines", **counts()),
     Field("keep_checkpoints", "int", 6, "latest checkpoints kept", **counts()),
     Field("shuffle_buffer", "int", 1024, "shuffle buffer of the input streams (records)", **counts()),
+    Field("shuffle_buffer_cap", "str", "none", "records: a stream's buffer is min(its records, shuffle_buffer), as "
+          "MixMatch's memoize (250 at 250 labels); none: shuffle_buffer as given", choices=("none", "records")),
     Field("seed", "int", 0, "graph-level random seed", **SEED),
     Field("precision_mode", "str", "allow_mix_precision", "NPU precision mode (NpuOptimizer)",
           choices=("allow_mix_precision", "force_fp32", "force_fp16", "must_keep_origin_dtype",

@@ -75,7 +75,8 @@ class TrainingGraph:
             spec = input_spec(recipe.model)  # what the exported graph does to raw pixels, training included
             self.input = TrainInput(self.algorithm.streams(recipe), lambda images: normalize_input(images, spec),
                                     shuffle_buffer=recipe.shuffle_buffer, seed=recipe.seed + 7919 * rank,
-                                    image_shape=image_shape, num_domains=num_domains, reader=reader)
+                                    image_shape=image_shape, num_domains=num_domains, reader=reader,
+                                    cap_shuffle_buffer=recipe.shuffle_buffer_cap == "records")
             self.model = build_model(recipe.model, recipe.num_classes, recipe.dropout_rate,
                                      dropout_fn=npu.dropout_fn(device), bn_momentum=recipe.bn_momentum)
             self.step = self.algorithm.build_step(self.model, recipe, self.input.batch, self.global_step,

@@ -8,9 +8,9 @@ import numbers
 
 import numpy as np
 
-from mpltool.data.augment.ops import (SIGNED_OPS, TRANSFORMS, SamplingMaps, blend, check_overflow, grayscale_l, hwc,
-                                      no_autograph, op_seeds, random_cutout, same_shape, sample, solarize_add, switch,
-                                      uint8_image)
+from mpltool.data.augment.ops import (FILL, SIGNED_OPS, TRANSFORMS, SamplingMaps, blend, check_overflow, grayscale_l,
+                                      hwc, no_autograph, op_seeds, random_cutout, same_shape, sample, solarize_add,
+                                      switch, uint8_image)
 from mpltool.data.augment.randaugment import COLOUR_OPS, apply_op
 from mpltool.errors import UsageError
 from mpltool.tfv1 import tf
@@ -27,9 +27,10 @@ AUTOAUGMENT_OPS = (
 )
 AUTOAUGMENT_PARAMETER_MAX = 10
 
-# The 25 CIFAR-10 sub-policies, ((op, prob, level), (op, prob, level)). 1-15 and 21-25 are TFM
-# policies.py good_policies() exp0_0, exp1_0, exp2_0 and exp0_1; 16-20 are the paper's remaining five
-# (as in the DeepVoltaire / 4U CIFAR10Policy, docs reference §2.1).
+# The paper's 25 CIFAR-10 sub-policies (its appendix table; the table of DeepVoltaire's CIFAR10Policy and of
+# 4uiiurz1's auto_augment.py, which seed 003 names), ((op, prob, level), (op, prob, level)). Rows 1-15 and
+# 21-25 are TFM policies.py good_policies() exp0_0, exp1_0, exp2_0 and exp0_1; rows 16-20 are not in that
+# file (docs/mixmatch.md §7 compares the two).
 CIFAR10_POLICY = (
     (("Invert", 0.1, 7), ("Contrast", 0.2, 6)),
     (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
@@ -56,6 +57,128 @@ CIFAR10_POLICY = (
     (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)),
     (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 1)),
+)
+
+
+# tensorflow/models research/autoaugment policies.py good_policies(): 19 groups of 5 sub-policies (exp0_0 ..
+# exp2_7), 95 in all, returned in this order and drawn uniformly per image by data_utils.py (one of them,
+# TranslateY 0.7/9 twice, appears twice in exp0_2). CIFAR10_POLICY's rows 1-15 and 21-25 are exp0_0,
+# exp1_0, exp2_0 and exp0_1; its rows 16-20 are the paper's own and not in this file (docs/mixmatch.md §7).
+TFM_GOOD_POLICIES = (
+    # exp0_0
+    (('Invert', 0.1, 7), ('Contrast', 0.2, 6)),
+    (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
+    (('Sharpness', 0.8, 1), ('Sharpness', 0.9, 3)),
+    (('ShearY', 0.5, 8), ('TranslateY', 0.7, 9)),
+    (('AutoContrast', 0.5, 8), ('Equalize', 0.9, 2)),
+    # exp0_1
+    (('Solarize', 0.4, 5), ('AutoContrast', 0.9, 3)),
+    (('TranslateY', 0.9, 9), ('TranslateY', 0.7, 9)),
+    (('AutoContrast', 0.9, 2), ('Solarize', 0.8, 3)),
+    (('Equalize', 0.8, 8), ('Invert', 0.1, 3)),
+    (('TranslateY', 0.7, 9), ('AutoContrast', 0.9, 1)),
+    # exp0_2
+    (('Solarize', 0.4, 5), ('AutoContrast', 0.0, 2)),
+    (('TranslateY', 0.7, 9), ('TranslateY', 0.7, 9)),
+    (('AutoContrast', 0.9, 0), ('Solarize', 0.4, 3)),
+    (('Equalize', 0.7, 5), ('Invert', 0.1, 3)),
+    (('TranslateY', 0.7, 9), ('TranslateY', 0.7, 9)),
+    # exp0_3
+    (('Solarize', 0.4, 5), ('AutoContrast', 0.9, 1)),
+    (('TranslateY', 0.8, 9), ('TranslateY', 0.9, 9)),
+    (('AutoContrast', 0.8, 0), ('TranslateY', 0.7, 9)),
+    (('TranslateY', 0.2, 7), ('Color', 0.9, 6)),
+    (('Equalize', 0.7, 6), ('Color', 0.4, 9)),
+    # exp1_0
+    (('ShearY', 0.2, 7), ('Posterize', 0.3, 7)),
+    (('Color', 0.4, 3), ('Brightness', 0.6, 7)),
+    (('Sharpness', 0.3, 9), ('Brightness', 0.7, 9)),
+    (('Equalize', 0.6, 5), ('Equalize', 0.5, 1)),
+    (('Contrast', 0.6, 7), ('Sharpness', 0.6, 5)),
+    # exp1_1
+    (('Brightness', 0.3, 7), ('AutoContrast', 0.5, 8)),
+    (('AutoContrast', 0.9, 4), ('AutoContrast', 0.5, 6)),
+    (('Solarize', 0.3, 5), ('Equalize', 0.6, 5)),
+    (('TranslateY', 0.2, 4), ('Sharpness', 0.3, 3)),
+    (('Brightness', 0.0, 8), ('Color', 0.8, 8)),
+    # exp1_2
+    (('Solarize', 0.2, 6), ('Color', 0.8, 6)),
+    (('Solarize', 0.2, 6), ('AutoContrast', 0.8, 1)),
+    (('Solarize', 0.4, 1), ('Equalize', 0.6, 5)),
+    (('Brightness', 0.0, 0), ('Solarize', 0.5, 2)),
+    (('AutoContrast', 0.9, 5), ('Brightness', 0.5, 3)),
+    # exp1_3
+    (('Contrast', 0.7, 5), ('Brightness', 0.0, 2)),
+    (('Solarize', 0.2, 8), ('Solarize', 0.1, 5)),
+    (('Contrast', 0.5, 1), ('TranslateY', 0.2, 9)),
+    (('AutoContrast', 0.6, 5), ('TranslateY', 0.0, 9)),
+    (('AutoContrast', 0.9, 4), ('Equalize', 0.8, 4)),
+    # exp1_4
+    (('Brightness', 0.0, 7), ('Equalize', 0.4, 7)),
+    (('Solarize', 0.2, 5), ('Equalize', 0.7, 5)),
+    (('Equalize', 0.6, 8), ('Color', 0.6, 2)),
+    (('Color', 0.3, 7), ('Color', 0.2, 4)),
+    (('AutoContrast', 0.5, 2), ('Solarize', 0.7, 2)),
+    # exp1_5
+    (('AutoContrast', 0.2, 0), ('Equalize', 0.1, 0)),
+    (('ShearY', 0.6, 5), ('Equalize', 0.6, 5)),
+    (('Brightness', 0.9, 3), ('AutoContrast', 0.4, 1)),
+    (('Equalize', 0.8, 8), ('Equalize', 0.7, 7)),
+    (('Equalize', 0.7, 7), ('Solarize', 0.5, 0)),
+    # exp1_6
+    (('Equalize', 0.8, 4), ('TranslateY', 0.8, 9)),
+    (('TranslateY', 0.8, 9), ('TranslateY', 0.6, 9)),
+    (('TranslateY', 0.9, 0), ('TranslateY', 0.5, 9)),
+    (('AutoContrast', 0.5, 3), ('Solarize', 0.3, 4)),
+    (('Solarize', 0.5, 3), ('Equalize', 0.4, 4)),
+    # exp2_0
+    (('Color', 0.7, 7), ('TranslateX', 0.5, 8)),
+    (('Equalize', 0.3, 7), ('AutoContrast', 0.4, 8)),
+    (('TranslateY', 0.4, 3), ('Sharpness', 0.2, 6)),
+    (('Brightness', 0.9, 6), ('Color', 0.2, 8)),
+    (('Solarize', 0.5, 2), ('Invert', 0.0, 3)),
+    # exp2_1
+    (('AutoContrast', 0.1, 5), ('Brightness', 0.0, 0)),
+    (('Cutout', 0.2, 4), ('Equalize', 0.1, 1)),
+    (('Equalize', 0.7, 7), ('AutoContrast', 0.6, 4)),
+    (('Color', 0.1, 8), ('ShearY', 0.2, 3)),
+    (('ShearY', 0.4, 2), ('Rotate', 0.7, 0)),
+    # exp2_2
+    (('ShearY', 0.1, 3), ('AutoContrast', 0.9, 5)),
+    (('TranslateY', 0.3, 6), ('Cutout', 0.3, 3)),
+    (('Equalize', 0.5, 0), ('Solarize', 0.6, 6)),
+    (('AutoContrast', 0.3, 5), ('Rotate', 0.2, 7)),
+    (('Equalize', 0.8, 2), ('Invert', 0.4, 0)),
+    # exp2_3
+    (('Equalize', 0.9, 5), ('Color', 0.7, 0)),
+    (('Equalize', 0.1, 1), ('ShearY', 0.1, 3)),
+    (('AutoContrast', 0.7, 3), ('Equalize', 0.7, 0)),
+    (('Brightness', 0.5, 1), ('Contrast', 0.1, 7)),
+    (('Contrast', 0.1, 4), ('Solarize', 0.6, 5)),
+    # exp2_4
+    (('Solarize', 0.2, 3), ('ShearX', 0.0, 0)),
+    (('TranslateX', 0.3, 0), ('TranslateX', 0.6, 0)),
+    (('Equalize', 0.5, 9), ('TranslateY', 0.6, 7)),
+    (('ShearX', 0.1, 0), ('Sharpness', 0.5, 1)),
+    (('Equalize', 0.8, 6), ('Invert', 0.3, 6)),
+    # exp2_5
+    (('AutoContrast', 0.3, 9), ('Cutout', 0.5, 3)),
+    (('ShearX', 0.4, 4), ('AutoContrast', 0.9, 2)),
+    (('ShearX', 0.0, 3), ('Posterize', 0.0, 3)),
+    (('Solarize', 0.4, 3), ('Color', 0.2, 4)),
+    (('Equalize', 0.1, 4), ('Equalize', 0.7, 6)),
+    # exp2_6
+    (('Equalize', 0.3, 8), ('AutoContrast', 0.4, 3)),
+    (('Solarize', 0.6, 4), ('AutoContrast', 0.7, 6)),
+    (('AutoContrast', 0.2, 9), ('Brightness', 0.4, 8)),
+    (('Equalize', 0.1, 0), ('Equalize', 0.0, 6)),
+    (('Equalize', 0.8, 4), ('Equalize', 0.0, 4)),
+    # exp2_7
+    (('Equalize', 0.5, 5), ('AutoContrast', 0.1, 2)),
+    (('Solarize', 0.5, 5), ('AutoContrast', 0.9, 5)),
+    (('AutoContrast', 0.6, 1), ('AutoContrast', 0.7, 8)),
+    (('Equalize', 0.2, 0), ('AutoContrast', 0.1, 2)),
+    (('Equalize', 0.6, 9), ('Equalize', 0.4, 4)),
 )
 
 
@@ -197,11 +320,12 @@ def _mean_contrast(img, factor, overflow="clip"):
 Policy = collections.namedtuple("Policy", ["subpolicies", "parameters", "mean_contrast"])
 POLICIES = collections.OrderedDict([
     ("cifar10", Policy(CIFAR10_POLICY, autoaugment_parameters, True)),
+    ("cifar10-tfm-good", Policy(TFM_GOOD_POLICIES, autoaugment_parameters, True)),
     ("imagenet", Policy(IMAGENET_POLICY, imagenet_parameters, False)),
 ])
 
 
-def _autoaugment_unsigned(name, img, args, seed, overflow, mean_contrast=True):
+def _autoaugment_unsigned(name, img, args, seed, overflow, mean_contrast=True, fill=FILL):
     if name == "Solarize" and args[0] >= 256:
         return tf.identity(img)  # threshold 256 changes nothing (the kernel would take it modulo 256)
     if name == "Contrast" and mean_contrast:
@@ -209,7 +333,7 @@ def _autoaugment_unsigned(name, img, args, seed, overflow, mean_contrast=True):
     if name == "SolarizeAdd":
         return solarize_add(img, args[0])
     if name == "Cutout":
-        return tf.identity(img) if args[0] <= 0 else random_cutout(img, args[0], seed=seed)
+        return tf.identity(img) if args[0] <= 0 else random_cutout(img, args[0], fill=fill, seed=seed)
     return apply_op(name, img, args, seed, overflow)
 
 
@@ -231,11 +355,12 @@ def check_policy(policy, parameters=autoaugment_parameters):
 
 
 @no_autograph
-def autoaugment(img, seed=None, overflow="clip", policy=None, family="cifar10"):
+def autoaugment(img, seed=None, overflow="clip", policy=None, family="cifar10", fill=FILL):
     """AutoAugment on one uint8 HWC image: pick one sub-policy uniformly, then apply each of its ops
     in order with its own probability (independent draws u < p, so p = 0 never and p = 1 always
     applies) and fixed level, signed ops getting a random sign each. `family` (a POLICIES name) gives the
-    level mapping and, unless `policy` replaces them, the sub-policies.
+    level mapping and, unless `policy` replaces them, the sub-policies; `fill` (grey, or one value per
+    channel) is what geometric ops and cutout leave.
     """
     img = uint8_image(img)
     check_overflow(overflow)
@@ -278,12 +403,12 @@ def autoaugment(img, seed=None, overflow="clip", policy=None, family="cifar10"):
         branch_of[signed_subs] = 1 + len(unsigned)
         branches = [lambda x=out: tf.identity(x)]
         branches += [lambda x=out, n=name, a=args, j=j: _autoaugment_unsigned(n, x, a, position_seeds[j], overflow,
-                                                                              mean_contrast)
+                                                                              mean_contrast, fill)
                      for name, args in unsigned]
         if transforms:
             maps = SamplingMaps(shape, transforms)
             branches.append(lambda x=out, j=j, maps=maps, map_row=map_row: sample(
-                x, maps(tf.gather(map_row, choice) + negative[j])))
+                x, maps(tf.gather(map_row, choice) + negative[j]), fill))
         applied = draws[j] < tf.gather(prob_of, choice)  # u in [0, 1): p = 1 always, p = 0 never applies
         branch = tf.where_v2(applied, tf.gather(branch_of, choice), 0)
         out = same_shape(switch(branch, branches), img)

@@ -334,8 +334,8 @@ def sample(img, index, fill=FILL):
     broadcasting SelectV2 at ~20x the per-element cost.
     """
     height, width, channels = hwc(img)
-    table = tf.concat([tf.fill([1, channels], tf.constant(fill, tf.uint8)),
-                       tf.reshape(img, [height * width, channels])], 0)
+    fill_row = np.broadcast_to(np.asarray(fill, np.uint8), (channels,)).reshape(1, channels)  # grey or per channel
+    table = tf.concat([tf.constant(fill_row), tf.reshape(img, [height * width, channels])], 0)
     if isinstance(index, np.ndarray):
         rows = np.maximum(index + 1, 0)
     else:
@@ -443,10 +443,10 @@ def switch(index, branches, first=0):
                    lambda: switch(index, branches[half:], first + half))
 
 
-def jitter(img, seed):
+def jitter(img, seed, fill=FILL):
     """The reference's flip + pad + crop, padding by image_size // 8 (4 px for CIFAR)."""
     img = uint8_image(img)
-    return flip_pad_crop(img, pad=min(hwc(img)[:2]) // 8, seed=seed)
+    return flip_pad_crop(img, pad=min(hwc(img)[:2]) // 8, fill=fill, seed=seed)
 
 
 def derived_seed(seed, offset):
