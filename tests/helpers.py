@@ -76,6 +76,15 @@ def graph_runner(graph_seed):
     return run, session.close
 
 
+def run_once(build, graph_seed=1):
+    """build() evaluated once in a fresh seeded graph and session."""
+    run, close = graph_runner(graph_seed)
+    try:
+        return run(build)
+    finally:
+        close()
+
+
 def dataset_samples(fn, image, count):
     """`count` independent results of fn(image), produced by Dataset.map as in the input pipeline."""
     from mpltool.tfv1 import tf

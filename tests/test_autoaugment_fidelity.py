@@ -7,7 +7,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers import dataset_samples, graph_runner
+from helpers import dataset_samples, run_once as _run
 
 from mpltool.data import views
 from mpltool.data.augment import autoaugment as aa
@@ -17,13 +17,6 @@ from mpltool.tfv1 import tf
 IMG = np.random.RandomState(3).randint(0, 256, (32, 32, 3)).astype(np.uint8)
 IDENTITY = ((("Invert", 0.0, 0), ("Invert", 0.0, 0)),)
 
-
-def _run(build, seed=1):
-    run, close = graph_runner(seed)
-    try:
-        return run(build)
-    finally:
-        close()
 
 
 # ------------------------------------------------------------------------------- 1. the shuffle buffer

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import dataset_samples, graph_runner, invoke, manifest, one_error_line
+from helpers import dataset_samples, invoke, manifest, one_error_line, run_once as _run
 
 from mpltool.data.augment import autoaugment as aa
 from mpltool.data.augment import ops
@@ -17,13 +17,6 @@ from mpltool.tfv1 import tf
 RNG = np.random.RandomState(7)
 IMG224 = RNG.randint(0, 256, (224, 224, 3)).astype(np.uint8)
 
-
-def _run(build, seed=1):
-    run, close = graph_runner(seed)
-    try:
-        return run(build)
-    finally:
-        close()
 
 
 # ------------------------------------------------------------------------------------------- the policy
@@ -39,7 +32,7 @@ def test_the_imagenet_policy_is_tensorflow_models_v0():
     ops_used = {op for sub in policy for op, _, _ in sub}
     assert ops_used == {"Equalize", "ShearY", "Color", "Rotate", "Solarize", "SolarizeAdd", "ShearX", "Invert",
                         "Posterize", "AutoContrast", "TranslateY"}
-    assert set(aa.POLICIES) == {"cifar10", "imagenet"}
+    assert set(aa.POLICIES) == {"cifar10", "cifar10-tfm-good", "imagenet"}
 
 
 @pytest.mark.parametrize("name, level, want", [

@@ -180,7 +180,7 @@ SHARED_FIELDS = [
           "sub-policies, as seed 003's 4uiiurz1 code), cifar10-tfm-good (tensorflow/models research/autoaugment "
           "good_policies(): 95), imagenet (tensorflow/models official/vision v0, its own level mapping)",
           choices=("cifar10", "cifar10-tfm-good", "imagenet"), optional=True),
-    Field("autoaugment_pair", "str", "recrop", "AutoAugment as the unlabelled strong view (MPL, UDA): recrop (the "
+    Field("autoaugment_pair", "str", "recrop", "AutoAugment as an unlabelled strong view: recrop (the "
           "policy's view of the already cropped ori image, cropped again: mpltool before 2026-12) or shared-crop "
           "(policy and cutout on ori: one crop, as the labelled view)", choices=("recrop", "shared-crop"),
           optional=True),
@@ -212,7 +212,7 @@ SHARED_FIELDS = [
     Field("keep_checkpoints", "int", 6, "latest checkpoints kept", **counts()),
     Field("shuffle_buffer", "int", 1024, "shuffle buffer of the input streams (records)", **counts()),
     Field("shuffle_buffer_cap", "str", "none", "records: a stream's buffer is min(its records, shuffle_buffer), as "
-          "MixMatch's memoize (250 at 250 labels); none: shuffle_buffer as given", choices=("none", "records")),
+          "google-research's memoize (250 at 250 labels); none: shuffle_buffer as given", choices=("none", "records")),
     Field("seed", "int", 0, "graph-level random seed", **SEED),
     Field("precision_mode", "str", "allow_mix_precision", "NPU precision mode (NpuOptimizer)",
           choices=("allow_mix_precision", "force_fp32", "force_fp16", "must_keep_origin_dtype",
