@@ -145,7 +145,7 @@ def project_status(project_dir) -> Dict[str, Any]:
         from mpltool.convert.stage import verification_line
 
         notes.append("offline model: {}, {}".format(project.path(convert.output("om")["path"]),
-                                                     verification_line(stages_data["convert"].get("verification"))))
+                                                     verification_line(convert.raw.get("verification"))))
     elif command:
         notes.append("to make the .om on a CANN host: {}".format(command))
     if checker.staged_in_use:

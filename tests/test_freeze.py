@@ -241,7 +241,8 @@ def _tampering(change):
     return tampered
 
 
-def test_graph_that_computes_something_else_fails_parity(project_copy, monkeypatch):
+def test_graph_that_computes_something_else_fails_parity(frozen, project_copy, monkeypatch):
+    # `frozen` first: the copy must hold a good freeze record for the failed run to leave in place
     def add_offset_to_logits(graph_def):
         logits = next(node for node in graph_def.node if node.name == "logits")
         offset = graph_def.node.add()

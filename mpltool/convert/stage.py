@@ -118,8 +118,8 @@ def _fingerprint(argv, atc_path: Path, pb_sha256: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _up_to_date(project: Project, fingerprint: str) -> Optional[Dict[str, Any]]:
-    previous = project.stage("convert")
+def _up_to_date(project: Project, previous: Dict[str, Any], fingerprint: str) -> Optional[Dict[str, Any]]:
+    """The earlier convert record when it converted this very command and its .om is still the recorded one."""
     if not previous or previous.get("status") != "done" or previous.get("fingerprint") != fingerprint:
         return None
     om_record = typed("convert", previous).output("om")
@@ -151,9 +151,9 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
         raise UsageError("--timeout must be a positive number of seconds, not {}".format(timeout))
     parity_images = whole_number(parity_images, "parity images", 0)
     tolerance = None if tolerance is None else parity_tolerance(tolerance)
-    runtime = None if check_only or verify is False else om_runtime.find_runtime()
-    if verify and not check_only and runtime is None:  # exit 5 before atc spends minutes
-        om_runtime.require_runtime()
+    runtime = None  # the .om's runtime: required (exit 5 before atc spends minutes) with --verify
+    if not check_only and verify is not False:
+        runtime = om_runtime.require_runtime() if verify else om_runtime.find_runtime()
     options = atc_tool.validate_options(precision_mode, log_level, out_nodes, output_type)
     project = Project(project_dir)
     graph = _frozen_graph(project, model)
@@ -238,7 +238,7 @@ def convert(project_dir, soc: Optional[str] = None, atc: Optional[str] = None, m
 
     earlier = project.stage("convert") or {}
     earlier_verification = earlier.get("verification") if earlier.get("status") == "done" else None
-    previous = None if force or fingerprint is None else _up_to_date(project, fingerprint)
+    previous = None if force or fingerprint is None else _up_to_date(project, earlier, fingerprint)
     if previous and runtime and (previous.get("verification") or {}).get("status") != "verified":
         previous = None  # converted where it could not be run: run it now that it can be
     if previous:
@@ -282,10 +282,9 @@ def verify_om(project: Project, run, graph: Dict[str, Any], staged_om: Path, om_
     as `<name>.rejected.om` (its verification under "rejected") and the earlier conversion still recorded
     with `earlier`, its verification. No runtime, no device or no test images: recorded as not verified,
     with the reason (an error instead when `verify` is True)."""
-    from mpltool.data.records import at_input_size, subset
     from mpltool.data.stage import load_test_set
     from mpltool.errors import InvalidInputError
-    from mpltool.models.verify import parity_check, record_parity
+    from mpltool.models.verify import parity_check, parity_count, parity_set, record_parity, rejected_path
 
     if verify is False:
         return _not_verified(run, "not verified (--no-verify)")
@@ -308,9 +307,8 @@ def verify_om(project: Project, run, graph: Dict[str, Any], staged_om: Path, om_
         if verify:
             raise
         return _not_verified(run, "not verified (no device)", exc.message)
-    count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
     with om, _reference_model(graph) as reference:
-        checked = at_input_size(subset(images, range(count)), om.image_shape)
+        checked = parity_set(images, parity_count(images.shape[0], parity_images), om.image_shape)
         parity = parity_check(om, reference.predict, checked, chosen if tolerance is None else tolerance)
         described = om.describe()
     run.inputs.update(test_files)
@@ -320,8 +318,7 @@ def verify_om(project: Project, run, graph: Dict[str, Any], staged_om: Path, om_
     if parity["passed"]:
         run.record["verification"] = verification
     else:  # the recorded .om stays the earlier one: so does the verification the record shows
-        run.record["rejected"] = dict(verification, om=project.relative(
-            om_path.with_name(om_path.stem + ".rejected" + om_path.suffix)))
+        run.record["rejected"] = dict(verification, om=project.relative(rejected_path(om_path)))
         run.record["verification"] = earlier
     record_parity(run, parity, started, staged_om, om_path, "the .om differs from {}".format(
         project.relative(graph["pb"])))

@@ -16,16 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
-from mpltool.data.records import at_input_size, subset
 from mpltool.data.stage import load_test_set
 from mpltool.errors import InvalidInputError, UsageError
 from mpltool.export.formats import get_format
 from mpltool.manifest import Project
 from mpltool.manifest.files import atomic_write_bytes
 from mpltool.models import artifacts
-from mpltool.models.verify import parity_check, parity_tolerance, record_parity, whole_number
+from mpltool.models.verify import parity_check, parity_count, parity_set, parity_tolerance, record_parity, whole_number
 
 def export(project_dir, format: str = "onnx", model=None, output=None, parity_images: int = 1000,
            tolerance: Optional[float] = None, opset: Optional[int] = None, force: bool = False,
@@ -52,7 +49,7 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
     if absent:
         raise InvalidInputError("frozen graph {} lacks output node(s) {}".format(pb, ", ".join(absent)))
     images, _, test_files = load_test_set(project)
-    count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
+    count = parity_count(images.shape[0], parity_images)
     suffix = chosen_format.suffix
     if output is None:
         output = project.path("{}/{}{}".format(chosen_format.folder, pb.stem, suffix))
@@ -80,7 +77,7 @@ def export(project_dir, format: str = "onnx", model=None, output=None, parity_im
         with chosen_format.open(written, str(output)) as exported, \
                 FrozenModel(graph_def, str(pb), any_batch=True) as reference:
             run.record["io"] = exported.describe()
-            checked = at_input_size(subset(images, np.arange(count)), exported.image_shape)
+            checked = parity_set(images, count, exported.image_shape)
             parity = parity_check(exported, reference.predict, checked, tolerance, progress)
         record_parity(run, parity, started, staged, output, "the {} model differs from {}".format(
             key.upper(), project.relative(pb)))

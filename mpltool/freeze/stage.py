@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
 from mpltool.checkpoints import resolve_target
-from mpltool.data.records import at_input_size, subset
 from mpltool.data.stage import load_test_set
 from mpltool.errors import UsageError
 from mpltool.freeze.fold import simplify_for_inference
@@ -27,7 +24,7 @@ from mpltool.manifest import Project
 from mpltool.models import artifacts
 from mpltool.manifest.files import atomic_write_bytes
 from mpltool.models.inference import OUTPUT_NAMES
-from mpltool.models.verify import parity_check, parity_tolerance, record_parity, whole_number
+from mpltool.models.verify import parity_check, parity_count, parity_set, parity_tolerance, record_parity, whole_number
 
 FROZEN_DIR = "frozen"
 PARITY_REFERENCE_BATCH = 100
@@ -80,7 +77,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
     if batch > MAX_BATCH:
         raise UsageError("--batch {} is above the limit of {}".format(batch, MAX_BATCH))
     images, _, test_files = load_test_set(project)
-    count = images.shape[0] if parity_images == 0 else min(parity_images, images.shape[0])
+    count = parity_count(images.shape[0], parity_images)
     if batch > count:
         # The parity check runs the graph as written, at its static batch: a batch larger than the images
         # checked would pad with thousands of blank images (20,000 took 5.7 GB for a 20-image check).
@@ -129,7 +126,7 @@ def freeze(project_dir, checkpoint: str = "ckpt", target: Optional[str] = None, 
         with FrozenModel(written, str(output), any_batch=False) as frozen, \
                 CheckpointModel(prefix, target, source.variables, network=network) as reference:
             run.record["io"] = describe_io(frozen, network["input_spec"])
-            checked = at_input_size(subset(images, np.arange(count)), network["input_spec"]["shape"])
+            checked = parity_set(images, count, network["input_spec"]["shape"])
             parity = parity_check(frozen, reference.predict, checked, tolerance, progress)
         record_parity(run, parity, started, staged, output, "the frozen graph differs from checkpoint {}".format(
             prefix))

@@ -75,6 +75,23 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 ATC_INPUT_DTYPES = ("float16", "float32", "uint8", "int32", "int64", "bool")
 
 
+def parity_count(available: int, parity_images: int) -> int:
+    """How many test images a parity check runs: `parity_images` of them, 0 meaning all."""
+    return available if parity_images == 0 else min(parity_images, available)
+
+
+def parity_set(images, count: int, image_shape):
+    """The first `count` test images, decoded at the checked model's input size (lazy sets are read here)."""
+    from mpltool.data.records import at_input_size, subset
+
+    return at_input_size(subset(images, np.arange(count)), image_shape)
+
+
+def rejected_path(output: Path) -> Path:
+    """Where a file that failed its parity check is kept: `<name>.rejected<suffix>` beside the output."""
+    return output.with_name(output.stem + ".rejected" + output.suffix)
+
+
 def parity_check(frozen, reference_predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
                  tolerance: float, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
     """Exported model vs the model it came from: logits on the same images (raw pixels)."""
@@ -99,7 +116,7 @@ def record_parity(run, parity: Dict[str, Any], started: float, staged: Path, out
     run.metrics.update({"max_abs_logit_diff": parity["max_abs_logit_diff"], "top1_agreement": parity["top1_agreement"],
                         "parity_images": parity["images"], "seconds": time.perf_counter() - started})
     if not parity["passed"]:
-        rejected = output.with_name(output.stem + ".rejected" + output.suffix)
+        rejected = rejected_path(output)
         rejected.parent.mkdir(parents=True, exist_ok=True)  # the first freeze or export has no folder yet
         staged.replace(rejected)
         raise VerificationError(
